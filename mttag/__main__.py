@@ -1,0 +1,3 @@
+from mttag.cli import main
+
+main()

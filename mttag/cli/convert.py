@@ -1,0 +1,27 @@
+"""``mttag convert``: the authors' released checkpoints → mttag model directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..convert import ConversionError, convert_checkpoint
+from ..vocab import resolve_tags
+from ._common import app, console, fail
+
+
+@app.command()
+def convert(
+    checkpoint: Path = typer.Argument(..., help="teacher.ckpt or compact_student.ckpt from the authors' release."),
+    out_dir: Path = typer.Argument(..., help="Model directory to write."),
+    tags: str = typer.Option(..., "--tags", help="Tag vocabulary of the checkpoint: cals, msd, or a file with one tag per line."),
+    heads: int = typer.Option(8, "--heads", min=1, help="Attention heads (not recoverable from tensor shapes)."),
+) -> None:
+    """Convert an authors' Music Tagging Transformer checkpoint into a model directory."""
+    try:
+        tag_list = resolve_tags(tags)
+        out = convert_checkpoint(checkpoint, out_dir, tag_list, heads=heads)
+    except (ConversionError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {out} ({len(tag_list)} tags); use it with: mttag tag ./music --model {out}")

@@ -1,0 +1,155 @@
+"""``mttag tag``: tag audio files and folders."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..audio import iter_audio_files
+from ..device import select_device
+from ..modelfile import ModelLoadError
+from ..output import ResultWriter, read_done
+from ..tagging import DEFAULT_WINDOWS, Tagger
+from ._common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, console, fail
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+
+
+def _parse_windows(value: str) -> int | None:
+    if value.lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        fail(f"--windows {value}: expected a positive number or 'all'")
+    return n
+
+
+@app.command()
+def tag(
+    paths: List[Path] = typer.Argument(..., help="Audio files and/or folders (searched recursively)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name or Hub id owner/name[@revision]. Default: the bundled default model."),
+    top: Optional[int] = typer.Option(5, "--top", "-k", min=1, help="Keep the K most probable tags."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Keep only tags with probability >= P."),
+    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
+    resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv/json/jsonl)."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Windows per forward pass."),
+    windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Evenly spaced windows averaged per track, or 'all'."),
+    all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Tag audio files with genre, mood, instrument and era tags.
+
+    Exit codes: 0 every file tagged; 1 some files failed (each gets an error record) or none found; 2 usage error.
+    """
+    n_windows = _parse_windows(windows)
+    if resume and output is None:
+        fail("--resume needs --output FILE")
+    if output is not None and output.is_dir():
+        fail(f"--output {output}: is a directory")
+    try:
+        dev = select_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+
+    from ..pretrained import load_model
+
+    try:
+        net = load_model(model, device=str(dev))
+    except ModelLoadError as exc:
+        fail(str(exc))
+
+    files = list(iter_audio_files(paths))
+    if not files:
+        fail(f"no audio files found in {', '.join(map(str, paths))}", EXIT_SOME_FAILED)
+
+    kept: list[dict] = []
+    if resume:
+        try:
+            kept, done = read_done(output, fmt.value)
+        except (ValueError, OSError) as exc:
+            fail(f"--resume {output}: {exc}")
+        files = [f for f in files if os.path.abspath(f) not in done]
+        if not quiet:
+            console.print(f"resuming: {len(done)} tracks already tagged in {output}, {len(files)} to go")
+
+    stream, tmp_path = _open(output, resume)
+    to_console = output is None and fmt is Format.table
+    writer = ResultWriter(stream, fmt.value, console=Console(highlight=False) if to_console else None)
+    for record in kept:
+        writer.write_record(record)
+    if tmp_path is not None:
+        # the earlier results are safely in the new file: it replaces the old one
+        os.replace(tmp_path, output)
+
+    failed = 0
+    start = time.perf_counter()
+    tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows)
+    top_k = None if all_tags else top
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
+    interrupted = False
+    try:
+        with progress:
+            task = progress.add_task("tagging", total=len(files), rate="")
+            for i, result in enumerate(tagger.tag_files(files, top=top_k, threshold=threshold), 1):
+                writer.write(result)
+                if not result.ok:
+                    failed += 1
+                    if not quiet and not to_console:
+                        console.print(f"[yellow]warning:[/] {result.path}: {result.error}", highlight=False, soft_wrap=True)
+                elapsed = time.perf_counter() - start
+                progress.update(task, advance=1, rate=f"{i / elapsed:.2f} tracks/s")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        writer.close()
+        if output is not None:
+            stream.close()
+    elapsed = time.perf_counter() - start
+    done_now = writer.count - len(kept)
+    if not quiet:
+        msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type}"
+        if output is not None:
+            msg += f"; results in {output}"
+        console.print(("[yellow]interrupted:[/] " if interrupted else "") + msg, highlight=False)
+    if interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _open(output: Path | None, resume: bool):
+    import sys
+
+    if output is None:
+        return sys.stdout, None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if resume and output.exists():
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        return os.fdopen(fd, "w", encoding="utf-8", newline=""), tmp
+    return open(output, "w", encoding="utf-8", newline=""), None

@@ -1,0 +1,110 @@
+"""Convert the authors' released checkpoints (``teacher.ckpt``, ``compact_student.ckpt``)
+into mttag model directories (SPEC §2 gives their key layout)."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .models import ModelConfig, build_model
+from .modelfile import save_model
+
+_BLOCK_KEYS = {
+    "0.fn.norm": "attn_norm",
+    "0.fn.fn.to_qkv": "attn.to_qkv",
+    "0.fn.fn.to_out.0": "attn.to_out",
+    "1.fn.norm": "ff_norm",
+    "1.fn.fn.net.0": "ff.0",
+    "1.fn.fn.net.3": "ff.3",
+}
+_BLOCK_RE = re.compile(r"^transformer\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+class ConversionError(Exception):
+    pass
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The student network's tensors, prefix removed. Loaded with ``weights_only=True``:
+    a checkpoint cannot run code, and one that needs arbitrary objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{path}: not a loadable weights-only PyTorch checkpoint ({first[:160]})") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path}: no state_dict inside")
+    # the student checkpoint also carries its teacher ("teacher_network.") — not ours to keep
+    net = {k[len("network."):]: v for k, v in state.items() if k.startswith("network.")}
+    if not net:
+        raise ConversionError(f"{path}: no 'network.' keys; not an authors' Music Tagging Transformer checkpoint")
+    return net
+
+
+def rename_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Authors' key names → mttag's MusicTaggingTransformer names."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("spec."):
+            continue  # STFT window and mel matrix: rebuilt from the config
+        m = _BLOCK_RE.match(key)
+        if m:
+            layer, inner, kind = m.groups()
+            if inner not in _BLOCK_KEYS:
+                raise ConversionError(f"unexpected checkpoint key {key}")
+            out[f"blocks.{layer}.{_BLOCK_KEYS[inner]}.{kind}"] = value
+        elif key.startswith("mlp_head.0."):
+            out["head_norm." + key.split(".")[-1]] = value
+        elif key.startswith("mlp_head.1."):
+            out["head." + key.split(".")[-1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def infer_config(state: dict[str, torch.Tensor], tags: list[str], heads: int = 8) -> ModelConfig:
+    try:
+        channels = state["frontend.layer1.conv_1.weight"].shape[0]
+        dim, fc_in = state["frontend.fc.weight"].shape
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        max_len = state["pos_embedding"].shape[1] - 1
+        n_out = state["head.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise ConversionError(f"checkpoint lacks expected tensor {exc}") from None
+    if n_out != len(tags):
+        raise ConversionError(f"the checkpoint predicts {n_out} tags but the tag list has {len(tags)}")
+    n_mels = fc_in // channels * 8
+    preset = "teacher" if (channels, dim, depth) == (128, 256, 4) else None
+    return ModelConfig(
+        arch="transformer",
+        tags=list(tags),
+        preset=preset,
+        params=dict(conv_channels=channels, dim=dim, depth=depth, heads=heads, max_len=max_len, n_mels=n_mels),
+        crop_seconds=10.0,
+    )
+
+
+def convert_checkpoint(path: str | Path, out_dir: str | Path, tags: list[str], heads: int = 8,
+                       name: str | None = None) -> Path:
+    """Convert an authors' checkpoint to a model directory; returns the directory."""
+    state = rename_keys(read_checkpoint(path))
+    config = infer_config(state, tags, heads)
+    config.provenance.update({
+        "name": name or Path(path).stem,
+        "converted_from": Path(path).name,
+        "source": "Won, Choi, Serra (ISMIR 2021), github.com/minzwon/semi-supervised-music-tagging-transformer",
+        "license": "mit",
+        "datasets": ["million-song-dataset"],
+    })
+    model = build_model(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConversionError(f"{path}: keys do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return save_model(model, out_dir, card_body="Converted from the authors' released PyTorch Lightning checkpoint.")

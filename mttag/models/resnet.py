@@ -1,0 +1,57 @@
+"""Short-chunk ResNet baseline (Won et al., SMC 2020; SPEC §3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..features import LogMelSpectrogram
+from .config import ModelConfig
+
+PRESETS = {
+    "teacher": dict(channels=128),
+    "small": dict(channels=64),
+    "tiny": dict(channels=16),
+}
+DEFAULTS = dict(n_mels=128, n_fft=1024, hop_length=512, dropout=0.5)
+
+
+class ResBlockStride2(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv_1 = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.bn_1 = nn.BatchNorm2d(c_out)
+        self.conv_2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.bn_2 = nn.BatchNorm2d(c_out)
+        self.conv_3 = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+        self.bn_3 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn_2(self.conv_2(F.relu(self.bn_1(self.conv_1(x)))))
+        return F.relu(y + self.bn_3(self.conv_3(x)))
+
+
+class ShortChunkResNet(nn.Module):
+    """Waveform ``B×N`` (a 3.69 s chunk) → tag logits ``B×n_tags``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        p = {**DEFAULTS, **config.params}
+        self.config = config
+        n = p["channels"]
+        self.spec = LogMelSpectrogram(config.sample_rate, p["n_fft"], p["hop_length"], p["n_mels"])
+        self.input_bn = nn.BatchNorm2d(1)
+        widths = [1, n, n, 2 * n, 2 * n, 2 * n, 2 * n, 4 * n]
+        self.layers = nn.Sequential(*(ResBlockStride2(a, b) for a, b in zip(widths[:-1], widths[1:])))
+        self.dense1 = nn.Linear(4 * n, 4 * n)
+        self.bn = nn.BatchNorm1d(4 * n)
+        self.dropout = nn.Dropout(p["dropout"])
+        self.dense2 = nn.Linear(4 * n, config.n_tags)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.input_bn(self.spec(waveform).unsqueeze(1)))
+        # 128 mel bands halve seven times to one; max over whatever remains of frequency too
+        x = x.amax(dim=(2, 3))
+        x = self.dropout(F.relu(self.bn(self.dense1(x))))
+        return self.dense2(x)

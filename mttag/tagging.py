@@ -1,0 +1,215 @@
+"""Tag audio files: files → windows → batched model → averaged probabilities.
+
+Decoding runs in a thread pool ahead of the model (libsndfile, soxr and ffmpeg
+all release the GIL), windows from several tracks share a batch so the
+accelerator stays busy, and results come out in input order as soon as each
+track is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio import AudioError, is_silent, iter_audio_files, iter_windows
+from .device import select_device
+
+DEFAULT_WINDOWS = 8
+# With a bounded number of windows a track is decoded whole in a worker thread;
+# above this many windows they are streamed, so memory stays bounded for hour-long tracks.
+_MAX_PREFETCHED_WINDOWS = 16
+
+
+@dataclass
+class TagResult:
+    """One track's outcome: ``tags`` (best first) or ``error``."""
+
+    path: str
+    duration: float | None = None
+    tags: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    probabilities: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {
+            "path": self.path,
+            "duration": round(self.duration, 3) if self.duration is not None else None,
+            "tags": [{"tag": t, "score": round(s, 4)} for t, s in self.tags],
+        }
+
+
+def select_tags(probabilities: np.ndarray, names: list[str], top: int | None, threshold: float | None) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities, kind="stable")
+    chosen = [(names[i], float(probabilities[i])) for i in order]
+    if threshold is not None:
+        chosen = [(t, s) for t, s in chosen if s >= threshold]
+    if top is not None:
+        chosen = chosen[:top]
+    return chosen
+
+
+@dataclass
+class _Track:
+    index: int
+    path: str
+    duration: float | None = None
+    error: str | None = None
+    prob_sum: np.ndarray | None = None
+    done: int = 0  # windows through the model
+    submitted: int = 0  # windows handed to the batcher
+    complete: bool = False  # no more windows will come
+    peak_silent: bool = True
+
+
+class Tagger:
+    """Runs a model over many files. Construct once, then call :meth:`tag_files`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "auto",
+        batch_size: int = 16,
+        windows: int | None = DEFAULT_WINDOWS,
+        workers: int | None = None,
+    ):
+        self.device = select_device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.batch_size = max(1, batch_size)
+        self.windows = windows
+        self.workers = workers or min(4, os.cpu_count() or 1)
+
+    # -- decoding -------------------------------------------------------
+    def _load(self, path: str):
+        info, gen = iter_windows(path, self.config.sample_rate, self.config.crop_seconds, self.windows)
+        if self.windows is not None and self.windows <= _MAX_PREFETCHED_WINDOWS:
+            return info, list(gen)
+        return info, gen
+
+    # -- model ----------------------------------------------------------
+    @torch.inference_mode()
+    def _predict(self, batch: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+        use_amp = self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = self.model(x)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def tag_files(self, paths: Iterable[str | os.PathLike], top: int | None = 5,
+                  threshold: float | None = None) -> Iterator[TagResult]:
+        """Yield a :class:`TagResult` per file, in order, as each completes."""
+        paths = [str(p) for p in paths]
+        tracks = [_Track(i, p) for i, p in enumerate(paths)]
+        names = self.config.tags
+        pending: list[tuple[_Track, np.ndarray]] = []
+        next_out = 0
+
+        def run_batch() -> None:
+            if not pending:
+                return
+            probs = self._predict([w for _, w in pending])
+            for (track, _), p in zip(pending, probs):
+                track.prob_sum = p.astype(np.float64) if track.prob_sum is None else track.prob_sum + p
+                track.done += 1
+            pending.clear()
+
+        def finished() -> Iterator[TagResult]:
+            nonlocal next_out
+            while next_out < len(tracks):
+                t = tracks[next_out]
+                if not (t.complete and t.done == t.submitted):
+                    return
+                next_out += 1
+                yield self._result(t, names, top, threshold)
+
+        def add(track: _Track, window: np.ndarray) -> None:
+            if track.peak_silent and not is_silent(window):
+                track.peak_silent = False
+            pending.append((track, window))
+            track.submitted += 1
+            if len(pending) >= self.batch_size:
+                run_batch()
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="mttag-decode") as pool:
+            lookahead = max(2, 2 * self.workers)
+            futures: deque[tuple[_Track, Future]] = deque()
+            queue = iter(tracks)
+
+            def refill() -> None:
+                while len(futures) < lookahead:
+                    t = next(queue, None)
+                    if t is None:
+                        return
+                    futures.append((t, pool.submit(self._load, t.path)))
+
+            refill()
+            while futures:
+                track, fut = futures.popleft()
+                refill()
+                try:
+                    info, windows = fut.result()
+                    track.duration = info.duration
+                    for window in windows:  # a generator for streamed tracks: decoding errors surface here
+                        add(track, window)
+                except AudioError as exc:
+                    track.error = exc.reason
+                except (MemoryError, OSError, ValueError, RuntimeError) as exc:
+                    track.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                track.complete = True
+                if track.error is not None:
+                    # windows already queued for a failed track are computed but ignored
+                    track.done = track.submitted = 0
+                    pending[:] = [(t, w) for t, w in pending if t is not track]
+                yield from finished()
+            run_batch()
+            yield from finished()
+
+    def _result(self, t: _Track, names, top, threshold) -> TagResult:
+        if t.error is None and t.submitted == 0:
+            t.error = "no audio could be decoded"
+        if t.error is None and t.peak_silent:
+            t.error = "silent (no signal above -90 dBFS)"
+        if t.error is not None:
+            return TagResult(t.path, t.duration, error=t.error)
+        probs = (t.prob_sum / t.done).astype(np.float32)
+        return TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs)
+
+
+def tag(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    model: str | os.PathLike | nn.Module | None = None,
+    top: int | None = 5,
+    threshold: float | None = None,
+    windows: int | None = DEFAULT_WINDOWS,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> Iterator[TagResult]:
+    """Tag audio files and folders (searched recursively); yields one result per file.
+
+    ``model`` is a loaded model, a model directory, a registered name or a Hub
+    id (``None``: the default model). ``windows``: windows per track averaged
+    (``None``: every window).
+    """
+    from .pretrained import load_model
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    dev = select_device(device)
+    net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
+    files = list(iter_audio_files(Path(p) for p in paths))
+    yield from Tagger(net, dev, batch_size=batch_size, windows=windows).tag_files(files, top=top, threshold=threshold)
