@@ -1,0 +1,1406 @@
+"""Prepared datasets: audio decoded once into int16 memory-mapped shards, plus labels and splits.
+
+Training reads random 10 s crops of hundreds of thousands of tracks, many times over.
+:func:`prepare_dataset` decodes every track once (22,050 Hz mono, all cores) into a few
+large append-only int16 shard files and builds the tag vocabulary and leak-free splits;
+:class:`PreparedDataset` then reads any crop of any track with one memory-mapped slice.
+
+Stable API (used by the training code)
+--------------------------------------
+``PreparedDataset(path)`` opens a prepared directory. It is cheap to construct, picklable
+(only the path travels) and opens its memory maps lazily in each process, so it can be
+handed to ``torch.utils.data.DataLoader`` workers (fork or spawn).
+
+* ``.tags -> list[str]`` vocabulary, in label-column order; ``.sample_rate -> int``
+* ``len(ds)`` number of stored tracks; track indices are ``0 .. len(ds)-1``
+* ``.split(name) -> np.ndarray`` (int64 track indices, ascending) for ``"train"``,
+  ``"valid"``, ``"test"``, ``"unlabeled"`` (``"unlabelled"``/``"student"`` accepted)
+* ``.labels -> np.ndarray`` N×T float32 0/1 (rows of unlabelled tracks are all zero)
+* ``.is_labeled -> np.ndarray`` bool (N,)
+* ``.lengths -> np.ndarray`` int64 samples per track; ``.num_samples(i) -> int``
+* ``.read(i, start, length) -> np.ndarray`` float32, exactly ``length`` samples from sample
+  ``start``; the track is treated as a loop, so short tracks are repeated to fill and a
+  read running past the end wraps to the start
+* ``.random_crop(i, length, rng) -> np.ndarray`` a uniformly placed crop (``rng`` is a
+  ``np.random.Generator``); tracks shorter than ``length`` are looped from a random phase
+* ``.evenly_spaced_crops(i, length, n) -> np.ndarray`` n×length, starts evenly spaced from
+  the first to the last possible start (one crop: the middle)
+* ``.track_info(i) -> TrackInfo`` (index, path as given in the source, file, group, split,
+  tags, num_samples, duration)
+* ``.summary -> dict`` the content of ``dataset.json``
+
+Building: ``prepare_dataset(tracks, out_dir, top_tags=50, min_count=10, ratios=(0.8, 0.1, 0.1),
+seed=0, workers=os.cpu_count(), tags_vocab=None, ...) -> PreparedDataset`` takes any iterable
+of :class:`TrackSpec` (``path``, ``tags`` or ``None`` for unlabelled, ``group`` (artist or
+stand-in), ``split`` or ``None``, ``root``). Source readers produce them lazily:
+:func:`tracks_from_annotations` (CSV/TSV), :func:`tracks_from_cals` (the authors' CALS split
+files), :func:`tracks_from_metadata` (tags embedded in the files, see :mod:`mttag.metadata`),
+:func:`tracks_from_folder` (untagged audio for the unlabelled set).
+
+On-disk format (version 1)
+--------------------------
+``dataset.json``   summary and parameters; written last, so its presence means complete
+``shards/NNNNN.i16`` raw little-endian int16 PCM, tracks back to back (≈1 GB per shard;
+                   a track never spans two shards); float = int16 / 32768
+``index.npy``      structured array, one row per stored track: shard, offset, length
+                   (samples), split, group, root, path_start, path_len, row (manifest row)
+``labels.npy``     uint8 N×T; ``paths.bin`` UTF-8 paths referenced by the index;
+                   ``groups.json`` group names referenced by the index (-1: none)
+``manifest.csv``   every source track: path, split (train/valid/test/unlabeled/excluded/
+                   failed), group, tags (``|``-joined), index, seconds, reason
+``tag_counts.csv`` per-tag counts and shares per split; ``failures.csv`` path, file, reason
+``journal.bin``    append-only completion journal (resume); ``failures.jsonl`` its reasons;
+``state.json``     settings that must match to resume
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import MIN_DURATION, AudioError, iter_audio_files, probe, read_segment
+
+FORMAT = "mttag-prepared"
+FORMAT_VERSION = 1
+SAMPLE_RATE = 22050
+INT16_SCALE = 32768.0
+DEFAULT_SHARD_BYTES = 1 << 30
+SEGMENT_SECONDS = 300.0  # longer tracks are decoded in segments and spilled to a temp file
+
+SPLITS = ("train", "valid", "test", "unlabeled")
+TRAIN, VALID, TEST, UNLABELED, EXCLUDED, FAILED = 0, 1, 2, 3, 4, 5
+_SPLIT_NAMES = ("train", "valid", "test", "unlabeled", "excluded", "failed")
+_SPLIT_ALIASES = {
+    "train": TRAIN, "training": TRAIN, "valid": VALID, "val": VALID, "validation": VALID, "dev": VALID,
+    "test": TEST, "testing": TEST, "eval": TEST, "unlabeled": UNLABELED, "unlabelled": UNLABELED,
+    "student": UNLABELED,
+}
+
+_OK, _FAILED_REC = 1, 2
+_JREC = np.dtype([("key", "<u8"), ("status", "<i4"), ("shard", "<i4"), ("offset", "<i8"),
+                  ("length", "<i8"), ("clipped", "<i8")])
+_INDEX = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("length", "<i8"), ("split", "i1"),
+                   ("group", "<i4"), ("root", "<i2"), ("path_start", "<i8"), ("path_len", "<i4"),
+                   ("row", "<i8")])
+_SPACE = re.compile(r"\s+")
+
+
+def parse_split(name: str | None) -> int | None:
+    """Split name (with aliases such as ``val``, ``student``) → code; ``None``/empty → ``None``."""
+    if name is None:
+        return None
+    key = str(name).strip().lower()
+    if not key:
+        return None
+    if key not in _SPLIT_ALIASES:
+        raise ValueError(f"unknown split {name!r} (expected train, valid, test or unlabeled)")
+    return _SPLIT_ALIASES[key]
+
+
+@dataclass
+class TrackSpec:
+    """One source track.
+
+    ``path``: the file, as the source names it (relative to ``root`` when ``root`` is set);
+    ``tags``: list of tag names, or ``None`` for an unlabelled track (an empty list is a
+    labelled track with no tags); ``group``: artist or its stand-in (album/folder); ``None``
+    makes the track its own group; ``split``: a given split (train/valid/test/unlabeled) or
+    ``None`` to let :func:`prepare_dataset` assign one.
+    """
+
+    path: str
+    tags: list[str] | None = None
+    group: str | None = None
+    split: str | None = None
+    root: str | None = None
+
+    @property
+    def file(self) -> str:
+        return os.path.join(self.root, self.path) if self.root else str(self.path)
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    index: int
+    path: str  # as given in the source
+    file: str  # where it was decoded from
+    group: str | None
+    split: str
+    tags: list[str]
+    num_samples: int
+    duration: float
+
+
+@dataclass
+class PrepareProgress:
+    """Passed to ``on_progress``: ``stage`` is ``"scan"`` (reading the source; ``total`` None),
+    ``"decode"`` or ``"finalize"``."""
+
+    stage: str
+    done: int
+    total: int | None
+    failed: int = 0
+    seconds: float = 0.0  # audio decoded so far in this run
+
+
+class PrepareInterrupted(Exception):
+    """The run stopped before every track was decoded (Ctrl-C or ``stop_after``); what was
+    written is consistent, and calling :func:`prepare_dataset` again resumes."""
+
+    def __init__(self, done: int, remaining: int):
+        self.done, self.remaining = done, remaining
+        super().__init__(f"interrupted after {done} tracks, {remaining} left; run again to resume")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reader
+# ---------------------------------------------------------------------------------------------
+
+
+class PreparedDataset:
+    """A prepared dataset directory (see the module docstring for the API and format)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / "dataset.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.path}: not a prepared dataset (no dataset.json; "
+                                    "was `mttag prepare` interrupted? run it again to finish)")
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT or int(meta.get("version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{self.path}: unsupported dataset format {meta.get('format')} v{meta.get('version')}")
+        self._meta = meta
+        self.tags: list[str] = list(meta["tags"])
+        self.sample_rate: int = int(meta["sample_rate"])
+        self._n = int(meta["num_tracks"])
+        self._scale = 1.0 / float(meta.get("int16_scale", INT16_SCALE))
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._index: np.ndarray | None = None
+        self._offsets = self._lengths = self._shard_ids = self._splits = None
+        self._labels: np.ndarray | None = None
+        self._mmaps: dict[int, np.memmap] = {}
+        self._paths: bytes | None = None
+        self._groups: list[str] | None = None
+
+    # pickling: only the path travels; each process opens its own memory maps
+    def __getstate__(self):
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({str(self.path)!r}, tracks={self._n}, tags={len(self.tags)})"
+
+    def __len__(self) -> int:
+        return self._n
+
+    def close(self) -> None:
+        self._reset()
+
+    @property
+    def summary(self) -> dict:
+        return self._meta
+
+    def _check_pid(self) -> None:
+        # a forked child re-opens its own maps (inherited ones would work, but a fresh
+        # process state is simpler to reason about and costs one open per shard)
+        if self._pid != os.getpid():
+            self._reset()
+
+    def _load_index(self) -> np.ndarray:
+        self._check_pid()
+        if self._index is None:
+            index = np.load(self.path / "index.npy")
+            if len(index) != self._n:
+                raise ValueError(f"{self.path}: index.npy has {len(index)} rows, dataset.json says {self._n}")
+            self._offsets = np.ascontiguousarray(index["offset"])
+            self._lengths = np.ascontiguousarray(index["length"])
+            self._shard_ids = np.ascontiguousarray(index["shard"])
+            self._splits = np.ascontiguousarray(index["split"])
+            self._index = index
+        return self._index
+
+    def _shard(self, shard: int) -> np.memmap:
+        mm = self._mmaps.get(shard)
+        if mm is None:
+            mm = np.memmap(self.path / self._meta["shards"][shard], dtype="<i2", mode="r")
+            self._mmaps[shard] = mm
+        return mm
+
+    @property
+    def lengths(self) -> np.ndarray:
+        self._load_index()
+        return self._lengths
+
+    @property
+    def labels(self) -> np.ndarray:
+        self._check_pid()
+        if self._labels is None:
+            raw = np.load(self.path / "labels.npy")
+            self._labels = raw.astype(np.float32)
+        return self._labels
+
+    @property
+    def is_labeled(self) -> np.ndarray:
+        self._load_index()
+        return self._splits < UNLABELED
+
+    def split(self, name: str) -> np.ndarray:
+        code = parse_split(name)
+        if code is None:
+            raise ValueError("split name is empty")
+        self._load_index()
+        return np.flatnonzero(self._splits == code)
+
+    def num_samples(self, i: int) -> int:
+        self._load_index()
+        return int(self._lengths[i])
+
+    def read(self, i: int, start: int, length: int) -> np.ndarray:
+        """``length`` float32 samples of track ``i`` from sample ``start`` (looping)."""
+        self._load_index()
+        length = int(length)
+        if length < 0:
+            raise ValueError("length must be >= 0")
+        n = int(self._lengths[i])
+        base = int(self._offsets[i])
+        mm = self._shard(int(self._shard_ids[i]))
+        start = int(start) % n
+        if start + length <= n:
+            raw = mm[base + start : base + start + length]
+        else:
+            raw = np.empty(length, dtype=np.int16)
+            pos, cur = 0, start
+            while pos < length:
+                take = min(n - cur, length - pos)
+                raw[pos : pos + take] = mm[base + cur : base + cur + take]
+                pos += take
+                cur = 0
+        out = raw.astype(np.float32)
+        out *= self._scale
+        return out
+
+    def random_crop(self, i: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        n = self.num_samples(i)
+        start = int(rng.integers(0, n - length + 1)) if n >= length else int(rng.integers(0, n))
+        return self.read(i, start, length)
+
+    def evenly_spaced_crops(self, i: int, length: int, n: int) -> np.ndarray:
+        total = self.num_samples(i)
+        last = max(0, total - int(length))
+        if n == 1:
+            starts = [last // 2]
+        else:
+            starts = np.round(np.linspace(0, last, int(n))).astype(np.int64)
+        return np.stack([self.read(i, int(s), length) for s in starts])
+
+    def _path_blob(self) -> bytes:
+        if self._paths is None:
+            self._paths = (self.path / "paths.bin").read_bytes()
+        return self._paths
+
+    def _group_names(self) -> list[str]:
+        if self._groups is None:
+            with open(self.path / "groups.json", encoding="utf-8") as f:
+                self._groups = json.load(f)
+        return self._groups
+
+    def track_info(self, i: int) -> TrackInfo:
+        row = self._load_index()[i]
+        blob = self._path_blob()
+        start, size = int(row["path_start"]), int(row["path_len"])
+        path = blob[start : start + size].decode("utf-8", errors="surrogateescape")
+        root = self._meta["roots"][int(row["root"])]
+        group_id = int(row["group"])
+        labels = np.load(self.path / "labels.npy", mmap_mode="r")[i] if self._labels is None else self._labels[i]
+        n = int(row["length"])
+        return TrackInfo(
+            index=int(i), path=path, file=os.path.join(root, path) if root else path,
+            group=self._group_names()[group_id] if group_id >= 0 else None,
+            split=_SPLIT_NAMES[int(row["split"])], tags=[t for t, y in zip(self.tags, labels) if y],
+            num_samples=n, duration=n / self.sample_rate,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Source readers
+# ---------------------------------------------------------------------------------------------
+
+
+def _clean_tags(tags: Iterable[str], normalize: bool) -> list[str]:
+    from .metadata import normalize_tag
+
+    out: list[str] = []
+    seen: set[str] = set()
+    for tag in tags:
+        tag = normalize_tag(tag) if normalize else _SPACE.sub(" ", str(tag)).strip()
+        if tag and tag not in seen:
+            seen.add(tag)
+            out.append(tag)
+    return out
+
+
+def _folder_group(path: str) -> str | None:
+    parent = os.path.dirname(os.path.normpath(path))
+    return f"folder:{parent}" if parent and parent not in (".", os.sep) else None
+
+
+def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.PathLike | None = None,
+                            path_col: str = "path", tags_col: str = "tags", sep: str = ",",
+                            artist_col: str = "artist", split_col: str = "split",
+                            delimiter: str | None = None, normalize: bool = True) -> Iterator[TrackSpec]:
+    """Tracks from a CSV/TSV file.
+
+    ``path_col`` holds paths relative to ``audio_root`` (default: the file's folder),
+    ``tags_col`` tags separated by ``sep`` (an empty cell: unlabelled). Optional columns
+    ``artist_col`` (grouping for the split; without it, the track's folder is the group) and
+    ``split_col`` (train/valid/test/unlabeled, empty: assign). The delimiter is a tab for
+    ``.tsv``/``.tab`` files or when the header has tabs and no commas, else a comma.
+    ``normalize``: lower-case tags and collapse whitespace.
+    """
+    from .metadata import normalize_artist
+
+    csv_path = Path(csv_path)
+    root = str(audio_root) if audio_root is not None else str(csv_path.parent)
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        header_line = f.readline()
+        if delimiter is None:
+            tabbed = csv_path.suffix.lower() in (".tsv", ".tab") or ("\t" in header_line and "," not in header_line)
+            delimiter = "\t" if tabbed else ","
+        f.seek(0)
+        if header_line.startswith("\ufeff"):
+            f.read(1)
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{csv_path}: empty annotations file") from None
+        lower = {h.lower(): i for i, h in enumerate(header)}
+
+        def column(name: str, required: bool) -> int | None:
+            if name in header:
+                return header.index(name)
+            if name.lower() in lower:
+                return lower[name.lower()]
+            if required:
+                raise ValueError(f"{csv_path}: no column {name!r} (columns: {', '.join(header)})")
+            return None
+
+        ip, it = column(path_col, True), column(tags_col, True)
+        ia, isplit = column(artist_col, False), column(split_col, False)
+        for line_no, row in enumerate(reader, start=2):
+            if not row or ip >= len(row) or not row[ip].strip():
+                continue
+            path = row[ip].strip()
+            cell = row[it] if it < len(row) else ""
+            tags = _clean_tags(cell.split(sep) if sep else [cell], normalize) if cell.strip() else []
+            artist = row[ia].strip() if ia is not None and ia < len(row) else ""
+            group = normalize_artist(artist) if artist else None
+            split = row[isplit].strip() if isplit is not None and isplit < len(row) else ""
+            try:
+                code = parse_split(split)
+            except ValueError as exc:
+                raise ValueError(f"{csv_path}:{line_no}: {exc}") from None
+            yield TrackSpec(path=path, tags=tags or None, group=group or _folder_group(path),
+                            split=_SPLIT_NAMES[code] if code is not None else None, root=root)
+
+
+CALS_AUDIO_EXTENSIONS = (".wav", ".mp3", ".clip.mp3", ".flac", ".ogg", ".m4a")
+
+
+def _cals_rel(track_id: str, ext: str) -> str:
+    return f"{track_id[2]}/{track_id[3]}/{track_id[4]}/{track_id}{ext}"
+
+
+def tracks_from_cals(splits_dir: str | os.PathLike, audio_root: str | os.PathLike,
+                     ext: str | None = None) -> Iterator[TrackSpec]:
+    """The authors' CALS split (SPEC §7): ``{train,valid,test}_ids.npy`` with
+    ``{train,valid,test}_binaries.npy`` (N×50, :data:`mttag.vocab.CALS_TAGS` order) and
+    ``student_ids.npy`` (unlabelled, optional); audio at
+    ``{id[2]}/{id[3]}/{id[4]}/{id}{ext}`` under ``audio_root``. ``ext=None`` looks at the
+    first training ids for ``.wav``, ``.mp3``, ``.clip.mp3`` ... (default ``.wav``).
+    Prepare with ``tags_vocab=CALS_TAGS``. CALS has no artist column and already keeps
+    artists apart, so every track is its own group here.
+    """
+    from .vocab import CALS_TAGS
+
+    splits_dir, root = Path(splits_dir), str(audio_root)
+
+    def load(name: str, required: bool) -> np.ndarray | None:
+        path = splits_dir / name
+        if not path.is_file():
+            if required:
+                raise ValueError(f"{splits_dir}: missing {name} (expected the CALS split files of SPEC §7)")
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: cannot read ({exc})") from None
+
+    train_ids = load("train_ids.npy", True)
+    if ext is None:
+        ext = ".wav"
+        probe_ids = [str(t) for t in train_ids[:20]]
+        for candidate in CALS_AUDIO_EXTENSIONS:
+            if any(os.path.exists(os.path.join(root, _cals_rel(t, candidate))) for t in probe_ids):
+                ext = candidate
+                break
+    for name, split in (("train", "train"), ("valid", "valid"), ("test", "test"), ("student", "unlabeled")):
+        ids = train_ids if name == "train" else load(f"{name}_ids.npy", name != "student")
+        if ids is None:
+            continue
+        ids = np.asarray(ids).reshape(-1)
+        binaries = None
+        if split != "unlabeled":
+            binaries = load(f"{name}_binaries.npy", True)
+            if binaries.ndim != 2 or binaries.shape != (len(ids), len(CALS_TAGS)):
+                raise ValueError(f"{splits_dir}/{name}_binaries.npy: shape {binaries.shape}, expected "
+                                 f"({len(ids)}, {len(CALS_TAGS)})")
+        for j, track_id in enumerate(ids):
+            track_id = str(track_id).strip()
+            if len(track_id) < 5:
+                raise ValueError(f"{splits_dir}/{name}_ids.npy: {track_id!r} is not an MSD track id")
+            tags = None if binaries is None else [CALS_TAGS[k] for k in np.flatnonzero(binaries[j])]
+            yield TrackSpec(path=_cals_rel(track_id, ext), tags=tags, group=None, split=split, root=root)
+
+
+def tracks_from_metadata(folder: str | os.PathLike, fields: Sequence[str] = ("genre",),
+                         separators: Sequence[str] | None = None,
+                         artist_fields: Sequence[str] = ("artist", "albumartist")) -> Iterator[TrackSpec]:
+    """Audio files under ``folder`` labelled with the tags embedded in them (``fields``, e.g.
+    genre, mood, grouping; see :mod:`mttag.metadata`). Files without any value in those
+    fields are unlabelled. The group is the artist tag, else the file's folder."""
+    from .metadata import DEFAULT_SEPARATORS, read_file_tags
+
+    folder = str(folder)
+    seps = DEFAULT_SEPARATORS if separators is None else separators
+    for file in iter_audio_files([folder]):
+        rel = os.path.relpath(file, folder) if os.path.isdir(folder) else str(file)
+        tags, artist = read_file_tags(file, fields, seps, artist_fields)
+        yield TrackSpec(path=rel, tags=tags or None, group=artist or _folder_group(rel),
+                        root=folder if os.path.isdir(folder) else None)
+
+
+def tracks_from_folder(folder: str | os.PathLike, read_artist: bool = True) -> Iterator[TrackSpec]:
+    """Untagged audio under ``folder`` for the unlabelled set; the group (for the rule that
+    excludes unlabelled tracks by valid/test artists) is the artist tag if any, else the folder."""
+    from .metadata import read_file_tags
+
+    folder = str(folder)
+    is_dir = os.path.isdir(folder)
+    for file in iter_audio_files([folder]):
+        rel = os.path.relpath(file, folder) if is_dir else str(file)
+        artist = read_file_tags(file, (), artist_fields=("artist", "albumartist"))[1] if read_artist else None
+        yield TrackSpec(path=rel, tags=None, group=artist or _folder_group(rel), split="unlabeled",
+                        root=folder if is_dir else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalog: the source tracks, columnar (no per-track Python objects)
+# ---------------------------------------------------------------------------------------------
+
+
+def _file_key(file: str) -> int:
+    data = os.path.abspath(file).encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+class _Catalog:
+    def __init__(self) -> None:
+        self.paths = bytearray()
+        self.path_end = array("q")
+        self.roots: dict[str, int] = {}
+        self.root_ids = array("h")
+        self.groups: dict[str, int] = {}
+        self.group_ids = array("i")
+        self.given = array("b")
+        self.has_tags = array("b")
+        self.tag_names: dict[str, int] = {}
+        self.tag_ids = array("i")
+        self.tag_end = array("q")
+        self.keys = array("Q")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, spec: TrackSpec) -> None:
+        path = os.fspath(spec.path)
+        root = os.fspath(spec.root) if spec.root else ""
+        self.paths += path.encode("utf-8", "surrogateescape")
+        self.path_end.append(len(self.paths))
+        rid = self.roots.setdefault(root, len(self.roots))
+        if rid > 32767:
+            raise ValueError("more than 32768 distinct audio roots")
+        self.root_ids.append(rid)
+        self.keys.append(_file_key(os.path.join(root, path) if root else path))
+        group = spec.group.strip() if isinstance(spec.group, str) else None
+        self.group_ids.append(self.groups.setdefault(group, len(self.groups)) if group else -1)
+        code = parse_split(spec.split)
+        self.given.append(-1 if code is None else code)
+        if spec.tags is None:
+            self.has_tags.append(0)
+        else:
+            self.has_tags.append(1)
+            seen = set()
+            for tag in spec.tags:
+                tag = _SPACE.sub(" ", str(tag)).strip()
+                if tag and tag not in seen:
+                    seen.add(tag)
+                    self.tag_ids.append(self.tag_names.setdefault(tag, len(self.tag_names)))
+        self.tag_end.append(len(self.tag_ids))
+
+    def path(self, i: int) -> str:
+        start = self.path_end[i - 1] if i else 0
+        return bytes(self.paths[start : self.path_end[i]]).decode("utf-8", "surrogateescape")
+
+    def root_names(self) -> list[str]:
+        return list(self.roots)
+
+    def group_names(self) -> list[str]:
+        return list(self.groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary and splits
+# ---------------------------------------------------------------------------------------------
+
+
+def choose_vocabulary(counts: dict[str, int], top_tags: int, min_count: int) -> list[str]:
+    """The ``top_tags`` most frequent tags with at least ``min_count`` tracks (ties by name)."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [tag for tag, n in ranked if n >= min_count][:top_tags]
+
+
+def stratified_group_split(counts: np.ndarray, sizes: np.ndarray, ratios: Sequence[float], seed: int = 0,
+                           preassigned: np.ndarray | None = None) -> np.ndarray:
+    """Iterative stratification (Sechidis et al., 2011) over groups.
+
+    ``counts``: G×T, how many of the group's tracks carry each tag; ``sizes``: tracks per
+    group; ``ratios``: target share of each subset; ``preassigned``: subset per group or -1
+    (pre-assigned groups count towards the targets). Returns the subset of every group.
+    The rarest remaining tag is handled first; its groups (largest first, ties in a
+    seed-determined order) go to the subset that still most wants that tag, then the one
+    most short of tracks overall. Deterministic for a given seed.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    ratios = np.asarray(ratios, dtype=np.float64)
+    ratios = ratios / ratios.sum()
+    n_groups, n_tags = counts.shape
+    rng = np.random.default_rng(seed)
+    out = np.full(n_groups, -1, dtype=np.int64) if preassigned is None else np.asarray(preassigned, np.int64).copy()
+    desired = ratios[:, None] * counts.sum(0)[None, :]
+    desired_n = ratios * sizes.sum()
+    fixed = out >= 0
+    for k in range(len(ratios)):
+        desired[k] -= counts[out == k].sum(0)
+        desired_n[k] -= sizes[out == k].sum()
+    allowed = ratios > 0
+    has = counts > 0
+    free = ~fixed
+    remaining = has[free].sum(0).astype(np.int64)
+    # a fixed random order breaks ties between equal groups reproducibly
+    tiebreak = rng.permutation(n_groups)
+
+    def assign(g: int, want: np.ndarray) -> None:
+        best = np.flatnonzero(allowed & (want == want[allowed].max()))
+        if len(best) > 1:
+            sub = desired_n[best]
+            best = best[sub == sub.max()]
+        k = int(best[0] if len(best) == 1 else rng.choice(best))
+        out[g] = k
+        desired[k] -= counts[g]
+        desired_n[k] -= sizes[g]
+
+    while True:
+        live = np.flatnonzero(remaining > 0)
+        if len(live) == 0:
+            break
+        t = int(live[np.argmin(remaining[live])])
+        members = np.flatnonzero(free & has[:, t])
+        order = np.lexsort((tiebreak[members], -sizes[members]))
+        for g in members[order]:
+            assign(int(g), desired[:, t])
+            free[g] = False
+            remaining -= has[g]
+    for g in np.flatnonzero(free):  # groups without any tag: balance track counts
+        assign(int(g), desired_n)
+        free[g] = False
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding (worker side)
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_int16(x: np.ndarray) -> tuple[np.ndarray, int]:
+    clipped = int(np.count_nonzero(np.abs(x) > 1.0))
+    y = np.rint(x * np.float32(INT16_SCALE))
+    np.clip(y, -32768, 32767, out=y)
+    return y.astype("<i2"), clipped
+
+
+def _decode_track(key: int, file: str, sample_rate: int, max_seconds: float | None, spill_dir: str):
+    info = probe(file)
+    if info.duration < MIN_DURATION:
+        raise AudioError(file, f"too short ({info.duration:.2f} s; at least {MIN_DURATION:g} s needed)")
+    start, total, limited = 0.0, info.duration, False
+    if max_seconds and info.duration > max_seconds:
+        start, total, limited = (info.duration - max_seconds) / 2, float(max_seconds), True
+    min_samples = MIN_DURATION * sample_rate * 0.5
+    if total <= SEGMENT_SECONDS + 1:
+        x = read_segment(info, start, total if limited else None, sample_rate)
+        if x.size < min_samples:
+            raise AudioError(file, f"truncated: header says {info.duration:.1f} s but almost no audio could be decoded")
+        y, clipped = _to_int16(x)
+        return y, len(y), clipped
+    spill = os.path.join(spill_dir, f"{key:016x}.i16")
+    n = clipped = 0
+    try:
+        with open(spill, "wb") as f:
+            t, end = start, start + total
+            while True:
+                last = end - t <= SEGMENT_SECONDS + 1
+                x = read_segment(info, t, (end - t if limited else None) if last else SEGMENT_SECONDS, sample_rate)
+                if x.size == 0:
+                    break
+                y, c = _to_int16(x)
+                f.write(y.tobytes())
+                n, clipped = n + len(y), clipped + c
+                if last:
+                    break
+                t += SEGMENT_SECONDS
+        if n < min_samples:
+            raise AudioError(file, f"truncated: header says {info.duration:.1f} s but almost no audio could be decoded")
+    except BaseException:
+        if os.path.exists(spill):
+            os.remove(spill)
+        raise
+    return spill, n, clipped
+
+
+def _decode_job(job: tuple) -> tuple:
+    """Worker entry point: ``(row, key, file, sample_rate, max_seconds, spill_dir)`` →
+    ``(row, key, ok, payload, samples, clipped, reason)``; never raises for a bad file."""
+    row, key, file, sample_rate, max_seconds, spill_dir = job
+    crash_marker = os.environ.get("MTTAG_PREPARE_CRASH_TEST")  # test hook: simulate a decoder crash
+    if crash_marker and crash_marker in file:
+        os._exit(70)
+    try:
+        payload, n, clipped = _decode_track(key, file, sample_rate, max_seconds, spill_dir)
+        return row, key, True, payload, n, clipped, ""
+    except AudioError as exc:
+        return row, key, False, None, 0, 0, exc.reason
+    except MemoryError:
+        return row, key, False, None, 0, 0, "out of memory while decoding"
+    except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
+        return row, key, False, None, 0, 0, f"unexpected error ({type(exc).__name__}: {str(exc)[:200]})"
+
+
+def _worker_init() -> None:
+    import signal
+    import sys
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and drains the pool
+    # If the parent is killed (SIGKILL, OOM killer) the workers must not linger forever
+    # waiting for work: the kernel kills them on Linux, a watchdog elsewhere.
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mttag-parent-watch", daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------------------
+# Store writer with completion journal
+# ---------------------------------------------------------------------------------------------
+
+
+class _Store:
+    """Append-only shards + journal. Audio bytes are written (and flushed) before the
+    journal record that makes them visible, so after a kill the journal never points at
+    missing data; on open, each shard is cut back to its last journaled byte."""
+
+    def __init__(self, out_dir: Path, shard_bytes: int):
+        self.dir = out_dir
+        self.shard_dir = out_dir / "shards"
+        self.spill_dir = out_dir / "tmp"
+        self.journal_path = out_dir / "journal.bin"
+        self.failures_path = out_dir / "failures.jsonl"
+        self.shard_bytes = int(shard_bytes)
+        self._shard_f = None
+        self._journal_f = None
+        self._failures_f = None
+        self._unsynced = 0
+        self.cur = 0
+        self.cur_size = 0  # samples in the current shard
+
+    @staticmethod
+    def shard_name(shard: int) -> str:
+        return f"shards/{shard:05d}.i16"
+
+    def open(self) -> np.ndarray:
+        """Recover after an interruption; return the journal's valid records."""
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        if self.spill_dir.exists():
+            shutil.rmtree(self.spill_dir)
+        self.spill_dir.mkdir()
+        data = self.journal_path.read_bytes() if self.journal_path.exists() else b""
+        whole = len(data) // _JREC.itemsize * _JREC.itemsize
+        recs = np.frombuffer(data[:whole], dtype=_JREC).copy()
+        shard_files = {int(p.stem): p for p in self.shard_dir.glob("*.i16") if p.stem.isdigit()}
+        top = max([*shard_files, *(recs["shard"][recs["status"] == _OK].tolist() or [0])], default=0)
+        sizes = np.zeros(top + 1, dtype=np.int64)
+        for sid, p in shard_files.items():
+            sizes[sid] = p.stat().st_size // 2
+        ok = recs["status"] == _OK
+        shard = np.clip(recs["shard"], 0, top)
+        end = recs["offset"] + recs["length"]
+        valid = ~ok | ((recs["shard"] >= 0) & (recs["offset"] >= 0) & (recs["length"] > 0) & (end <= sizes[shard]))
+        valid &= (recs["status"] == _OK) | (recs["status"] == _FAILED_REC)
+        if whole != len(data) or not valid.all():
+            recs = recs[valid]
+            tmp = self.journal_path.with_suffix(".tmp")
+            tmp.write_bytes(recs.tobytes())
+            os.replace(tmp, self.journal_path)
+        extent = np.zeros(top + 1, dtype=np.int64)
+        ok = recs["status"] == _OK
+        np.maximum.at(extent, recs["shard"][ok], (recs["offset"] + recs["length"])[ok])
+        for sid, p in shard_files.items():
+            if p.stat().st_size != extent[sid] * 2:
+                with open(p, "r+b") as f:
+                    f.truncate(int(extent[sid]) * 2)
+        self.cur = top
+        self.cur_size = int(extent[top])
+        self._journal_f = open(self.journal_path, "ab")
+        self._failures_f = open(self.failures_path, "a", encoding="utf-8", errors="surrogateescape")
+        return recs
+
+    def _shard_file(self, nbytes: int):
+        if self.cur_size > 0 and (self.cur_size * 2 + nbytes) > self.shard_bytes:
+            self._close_shard()
+            self.cur += 1
+            self.cur_size = 0
+        if self._shard_f is None:
+            self._shard_f = open(self.dir / self.shard_name(self.cur), "ab")
+        return self._shard_f
+
+    def _close_shard(self) -> None:
+        if self._shard_f is not None:
+            self._shard_f.flush()
+            os.fsync(self._shard_f.fileno())
+            self._shard_f.close()
+            self._shard_f = None
+
+    def append_ok(self, key: int, payload, n: int, clipped: int) -> None:
+        f = self._shard_file(n * 2)
+        offset = self.cur_size
+        if isinstance(payload, np.ndarray):
+            f.write(payload.tobytes())
+        else:
+            with open(payload, "rb") as src:
+                shutil.copyfileobj(src, f, 8 << 20)
+            os.remove(payload)
+        f.flush()
+        rec = np.array([(key, _OK, self.cur, offset, n, clipped)], dtype=_JREC)
+        self._journal_f.write(rec.tobytes())
+        self._journal_f.flush()
+        self.cur_size += n
+        self._unsynced += n * 2
+        if self._unsynced > (256 << 20):
+            self.sync()
+
+    def append_failed(self, key: int, file: str, reason: str) -> None:
+        self._failures_f.write(json.dumps({"key": f"{key:016x}", "file": file, "reason": reason}) + "\n")
+        self._failures_f.flush()
+        rec = np.array([(key, _FAILED_REC, -1, 0, 0, 0)], dtype=_JREC)
+        self._journal_f.write(rec.tobytes())
+        self._journal_f.flush()
+
+    def sync(self) -> None:
+        for f in (self._shard_f, self._failures_f, self._journal_f):  # data before the journal
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+        self._unsynced = 0
+
+    def close(self) -> None:
+        self.sync()
+        self._close_shard()
+        for f in (self._journal_f, self._failures_f):
+            if f is not None:
+                f.close()
+        self._journal_f = self._failures_f = None
+        if self.spill_dir.exists():
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def failure_reasons(self) -> dict[int, str]:
+        reasons: dict[int, str] = {}
+        if self.failures_path.exists():
+            with open(self.failures_path, encoding="utf-8", errors="surrogateescape") as f:
+                for line in f:
+                    try:
+                        item = json.loads(line)
+                        reasons[int(item["key"], 16)] = str(item["reason"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line
+        return reasons
+
+
+def _latest_records(recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique keys and, for each, its last journal record."""
+    if len(recs) == 0:
+        return np.zeros(0, np.uint64), recs
+    rev = recs[::-1]
+    keys, first = np.unique(rev["key"], return_index=True)
+    return keys, rev[first]
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare_dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_state(out_dir: Path, state: dict, create: bool) -> None:
+    """Refuse an ``out_dir`` holding something else, or a dataset made with settings that
+    change the stored audio; with ``create``, make the directory and record the settings."""
+    path = out_dir / "state.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a directory")
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        for key in ("format", "version", "sample_rate", "max_seconds"):
+            if old.get(key) != state.get(key):
+                raise ValueError(f"{out_dir} holds a dataset prepared with {key}={old.get(key)!r}, not "
+                                 f"{state.get(key)!r}; use the same settings to resume, or another directory")
+        return
+    if out_dir.exists() and any(p.name not in (".DS_Store", ".lock") for p in out_dir.iterdir()):
+        raise ValueError(f"{out_dir} is not empty and holds no mttag dataset; choose a new or empty directory")
+    if not create:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _exclusive:
+    """An exclusive lock on ``out_dir`` (POSIX ``flock``) so that two runs never write one store."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock
+            return self
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise ValueError(f"{self.path.parent} is being written by another mttag prepare") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def _save_npy(path: Path, array_: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array_)
+
+
+def _write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    writer(tmp)
+    os.replace(tmp, path)
+
+
+def prepare_dataset(
+    tracks: Iterable[TrackSpec],
+    out_dir: str | os.PathLike,
+    top_tags: int = 50,
+    min_count: int = 10,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    workers: int | None = None,
+    tags_vocab: Sequence[str] | None = None,
+    *,
+    max_seconds: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    retry_failed: bool = False,
+    exclude_unlabeled_from: Sequence[str] = ("valid", "test"),
+    on_progress: Callable[[PrepareProgress], None] | None = None,
+    stop_after: int | None = None,
+) -> PreparedDataset:
+    """Decode ``tracks`` into ``out_dir`` and build vocabulary and splits; return the dataset.
+
+    Vocabulary: ``tags_vocab`` if given (kept whole, in order; source tags are matched to it
+    case-insensitively), else the ``top_tags`` most frequent tags with at least ``min_count``
+    labelled tracks; other tags are dropped and counted. A track is labelled when its
+    source gives tags (``tags`` not None) and, after dropping, at least one tag remains or
+    its given split is train/valid/test; otherwise it joins the unlabelled pool.
+
+    Splits: given splits are kept; labelled tracks without one are split at the group level
+    by iterative stratification with ``ratios`` (train, valid, test) and ``seed``; a group
+    that has given-split tracks goes where those are. Unlabelled tracks whose group is in
+    one of ``exclude_unlabeled_from`` are excluded (not decoded), as CALS did.
+
+    Decoding runs in ``workers`` processes (default: all cores; 1: in this process), at most
+    a few tracks in flight, tracks longer than 5 minutes decoded in segments.
+    ``max_seconds`` keeps only that many seconds from the middle of longer tracks.
+    A bad file is recorded (``failures.csv``) and never stops the run. Re-running on the
+    same ``out_dir`` resumes: tracks already journaled are not decoded again (failed ones
+    neither, unless ``retry_failed``); vocabulary and splits are recomputed, so they may be
+    changed on a re-run without decoding again. ``stop_after``: stop (raising
+    :class:`PrepareInterrupted`) after that many tracks were decoded in this call.
+    """
+    started = time.time()
+    out_dir = Path(out_dir)
+    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0 or ratios[0] <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers (train, valid, test) with train > 0, got {tuple(ratios)}")
+    ratios = tuple(float(r) / sum(ratios) for r in ratios)
+    exclude_codes = {parse_split(s) for s in exclude_unlabeled_from}
+    notify = on_progress or (lambda p: None)
+    state = {"format": FORMAT, "version": FORMAT_VERSION, "sample_rate": int(sample_rate),
+             "max_seconds": float(max_seconds) if max_seconds else None}
+    _check_state(out_dir, state, create=False)  # fail before a long scan of the sources
+
+    # 1. catalog ------------------------------------------------------------------------------
+    cat = _Catalog()
+    for spec in tracks:
+        cat.add(spec)
+        if len(cat) % 1000 == 0:
+            notify(PrepareProgress("scan", len(cat), None))
+    n_src = len(cat)
+    notify(PrepareProgress("scan", n_src, n_src))
+    if n_src == 0:
+        raise ValueError("no tracks found in the given sources")
+    keys = np.frombuffer(cat.keys, dtype=np.uint64) if n_src else np.zeros(0, np.uint64)
+    given = np.frombuffer(cat.given, dtype=np.int8).astype(np.int64)
+    group_ids = np.frombuffer(cat.group_ids, dtype=np.int32).astype(np.int64)
+    has_tags = np.frombuffer(cat.has_tags, dtype=np.int8).astype(bool)
+    tag_ids = np.frombuffer(cat.tag_ids, dtype=np.int32).astype(np.int64) if len(cat.tag_ids) else np.zeros(0, np.int64)
+    tag_end = np.frombuffer(cat.tag_end, dtype=np.int64)
+    tag_start = np.concatenate([[0], tag_end[:-1]])
+    tag_owner = np.repeat(np.arange(n_src), tag_end - tag_start)
+
+    _, first = np.unique(keys, return_index=True)
+    unique = np.zeros(n_src, dtype=bool)
+    unique[first] = True
+
+    # 2. vocabulary ---------------------------------------------------------------------------
+    source_labeled = has_tags & unique & (given != UNLABELED)
+    counted = source_labeled[tag_owner]
+    raw_names = list(cat.tag_names)
+    raw_counts = np.bincount(tag_ids[counted], minlength=len(raw_names))
+    if tags_vocab is not None:
+        from .metadata import normalize_tag
+
+        vocab = list(tags_vocab)
+        lookup = {normalize_tag(t): i for i, t in enumerate(vocab)}
+        raw_to_vocab = np.array([lookup.get(normalize_tag(t), -1) for t in raw_names], dtype=np.int64)
+    else:
+        vocab = choose_vocabulary({t: int(c) for t, c in zip(raw_names, raw_counts) if c > 0}, top_tags, min_count)
+        position = {t: i for i, t in enumerate(vocab)}
+        raw_to_vocab = np.array([position.get(t, -1) for t in raw_names], dtype=np.int64)
+    n_tags = len(vocab)
+    mapped = raw_to_vocab[tag_ids] if len(tag_ids) else np.zeros(0, np.int64)
+    keep = counted & (mapped >= 0)
+    labels_all = np.zeros((n_src, n_tags), dtype=np.uint8)
+    labels_all[tag_owner[keep], mapped[keep]] = 1
+    dropped_mask = counted & (mapped < 0)
+    dropped_counts = np.bincount(tag_ids[dropped_mask], minlength=len(raw_names))
+    dropped = {raw_names[i]: int(dropped_counts[i]) for i in np.flatnonzero(dropped_counts)}
+    any_tag = labels_all.any(axis=1)
+    labeled = source_labeled & (any_tag | ((given >= 0) & (given < UNLABELED)))
+    lost_labels = int((source_labeled & ~labeled).sum())
+    labels_all[~labeled] = 0
+
+    # 3. splits ------------------------------------------------------------------------------
+    n_named = len(cat.groups)
+    gkey = np.where(group_ids >= 0, group_ids, n_named + np.arange(n_src))  # no group: own group
+    split = np.full(n_src, UNLABELED, dtype=np.int64)
+    lab_idx = np.flatnonzero(labeled)
+    conflicts = 0
+    split_source = "none"
+    if len(lab_idx):
+        groups_l, inv = np.unique(gkey[lab_idx], return_inverse=True)
+        n_g = len(groups_l)
+        counts = np.zeros((n_g, n_tags), dtype=np.int64)
+        np.add.at(counts, inv, labels_all[lab_idx].astype(np.int64))
+        sizes = np.bincount(inv, minlength=n_g)
+        g_given = given[lab_idx]
+        bits = np.zeros(n_g, dtype=np.int64)
+        has_given = (g_given >= 0) & (g_given < UNLABELED)
+        np.bitwise_or.at(bits, inv[has_given], 1 << g_given[has_given])
+        pre = np.full(n_g, -1, dtype=np.int64)
+        single = (bits == 1) | (bits == 2) | (bits == 4)
+        pre[single] = np.log2(bits[single]).astype(np.int64)
+        multi = (bits > 0) & ~single
+        conflicts = int(multi.sum())
+        pre[multi] = np.where(bits[multi] & 1, TRAIN, np.where(bits[multi] & 2, VALID, TEST))
+        free = pre < 0
+        assigned = stratified_group_split(counts, sizes, ratios, seed, pre) if free.any() else pre
+        split[lab_idx] = np.where(has_given, g_given, assigned[inv])
+        split_source = "given" if not free.any() else ("stratified" if not has_given.any() else "given+stratified")
+        # the group of every labelled track's split, for the unlabelled exclusion rule
+        group_split_bits = np.zeros(n_g, dtype=np.int64)
+        np.bitwise_or.at(group_split_bits, inv, 1 << split[lab_idx])
+        excl_mask = sum(1 << c for c in exclude_codes if c is not None and c < UNLABELED)
+        unl = np.flatnonzero(~labeled & unique)
+        pos = np.searchsorted(groups_l, gkey[unl])
+        pos_ok = pos < n_g
+        hit = np.zeros(len(unl), dtype=bool)
+        hit[pos_ok] = groups_l[pos[pos_ok]] == gkey[unl][pos_ok]
+        bad = np.zeros(len(unl), dtype=bool)
+        bad[hit] = (group_split_bits[pos[hit]] & excl_mask) != 0
+        split[unl[bad]] = EXCLUDED
+    split[~unique] = EXCLUDED
+    n_excluded_group = int(((split == EXCLUDED) & unique).sum())
+
+    # 4. decode -------------------------------------------------------------------------------
+    _check_state(out_dir, state, create=True)
+    with _exclusive(out_dir):
+        for stale in ("dataset.json",):
+            if (out_dir / stale).exists():
+                (out_dir / stale).unlink()
+        store = _Store(out_dir, shard_bytes)
+        recs = store.open()
+        rkeys, rlast = _latest_records(recs)
+
+        def lookup_done() -> tuple[np.ndarray, np.ndarray]:
+            pos = np.searchsorted(rkeys, keys)
+            pos = np.minimum(pos, max(len(rkeys) - 1, 0))
+            found = (rkeys[pos] == keys) if len(rkeys) else np.zeros(n_src, dtype=bool)
+            return found, pos
+
+        found, pos = lookup_done()
+        status = np.zeros(n_src, dtype=np.int64)
+        status[found] = rlast["status"][pos[found]]
+        wanted = split <= UNLABELED
+        if retry_failed:
+            todo_mask = wanted & (status != _OK)
+        else:
+            todo_mask = wanted & (status == 0)
+        todo = np.flatnonzero(todo_mask)
+        roots = cat.root_names()
+        root_ids = np.frombuffer(cat.root_ids, dtype=np.int16)
+
+        def file_of(i: int) -> str:
+            root = roots[root_ids[i]]
+            p = cat.path(i)
+            return os.path.join(root, p) if root else p
+
+        spill_dir = str(store.spill_dir)
+        jobs = ((int(i), int(keys[i]), file_of(int(i)), int(sample_rate), max_seconds, spill_dir) for i in todo)
+        done = failed = 0
+        seconds = 0.0
+        total = len(todo)
+        notify(PrepareProgress("decode", 0, total))
+
+        def handle(result: tuple) -> None:
+            nonlocal done, failed, seconds
+            row, key, ok, payload, n, clipped, reason = result
+            if ok:
+                store.append_ok(key, payload, n, clipped)
+                seconds += n / sample_rate
+            else:
+                store.append_failed(key, file_of(row), reason)
+                failed += 1
+            done += 1
+            notify(PrepareProgress("decode", done, total, failed, seconds))
+            if stop_after is not None and done >= stop_after and done < total:
+                raise PrepareInterrupted(done, total - done)
+
+        try:
+            if workers <= 1 or total <= 1:
+                for job in jobs:
+                    handle(_decode_job(job))
+            else:
+                _run_pool(jobs, workers, handle)
+        except KeyboardInterrupt:
+            store.close()
+            raise PrepareInterrupted(done, total - done) from None
+        except BaseException:
+            store.close()
+            raise
+        store.close()
+
+        # 5. finalize ----------------------------------------------------------------------------
+        notify(PrepareProgress("finalize", done, total, failed, seconds))
+        recs = np.fromfile(store.journal_path, dtype=_JREC)
+        rkeys, rlast = _latest_records(recs)
+        found, pos = lookup_done()
+        rec_of = rlast[pos] if len(rlast) else np.zeros(n_src, dtype=_JREC)
+        ok_mask = found & (rec_of["status"] == _OK) & wanted
+        fail_mask = found & (rec_of["status"] == _FAILED_REC) & wanted
+        final_split = split.copy()
+        final_split[fail_mask] = FAILED
+        stored = np.flatnonzero(ok_mask)
+        _finalize(out_dir, cat, stored, rec_of, final_split, labels_all, vocab, roots, root_ids, group_ids,
+                  store, keys, fail_mask, unique, dropped, lost_labels,
+                  dict(n_src=n_src, duplicates=int((~unique).sum()), excluded=n_excluded_group,
+                       conflicts=conflicts, split_source=split_source, ratios=ratios,
+                       params=dict(top_tags=top_tags, min_count=min_count, ratios=list(ratios), seed=seed,
+                                   max_seconds=max_seconds, tags_vocab=tags_vocab is not None,
+                                   exclude_unlabeled_from=list(exclude_unlabeled_from), sample_rate=sample_rate,
+                                   shard_bytes=shard_bytes),
+                       run=dict(processed=done, failed=failed, seconds=round(seconds, 2), wall=round(time.time() - started, 2),
+                                workers=workers)),
+                  sample_rate)
+    return PreparedDataset(out_dir)
+
+
+def _mp_context():
+    """``fork`` on Linux: workers start instantly, need no re-import of ``__main__`` and
+    only run numpy/libsndfile/soxr code, which is fork-safe. ``spawn`` elsewhere (macOS and
+    Windows cannot fork safely); there, call prepare from under ``if __name__ == "__main__":``."""
+    import multiprocessing as mp
+    import sys
+
+    method = os.environ.get("MTTAG_MP_START") or ("fork" if sys.platform.startswith("linux") else "spawn")
+    return mp.get_context(method)
+
+
+def _run_pool(jobs: Iterator[tuple], workers: int, handle: Callable[[tuple], None]) -> None:
+    """Decode in a process pool with a bounded number of tracks in flight. A worker that
+    dies (decoder crash, out-of-memory kill) breaks the pool; the tracks that were in flight
+    are then retried one by one in a fresh process, so only the culprit is marked failed."""
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = _mp_context()
+
+    def new_pool(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
+
+    max_inflight = 2 * workers + 2
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns about fork() in a process with threads (a progress bar); the
+        # children only decode audio and never touch the locks those threads hold.
+        warnings.filterwarnings("ignore", message=r".*fork\(\) may lead to deadlocks.*", category=DeprecationWarning)
+        _pool_loop(jobs, workers, handle, new_pool, max_inflight)
+
+
+def _pool_loop(jobs: Iterator[tuple], workers: int, handle: Callable[[tuple], None], new_pool, max_inflight: int) -> None:
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = new_pool(workers)
+    pending: dict = {}
+    source = iter(jobs)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < max_inflight:
+                job = next(source, None)
+                if job is None:
+                    exhausted = True
+                    break
+                pending[pool.submit(_decode_job, job)] = job
+            if not pending:
+                break
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            broken: list[tuple] = []
+            for fut in sorted(finished, key=lambda f: pending[f][0]):
+                job = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken.append(job)
+                    continue
+                handle(result)
+            if broken:
+                broken += list(pending.values())
+                pending.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                _isolate(sorted(broken), new_pool, handle)
+                pool = new_pool(workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _isolate(jobs: list[tuple], new_pool, handle) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = new_pool(1)
+    crashes = successes = 0
+    try:
+        for job in jobs:
+            try:
+                result = pool.submit(_decode_job, job).result()
+                successes += 1
+            except BrokenProcessPool:
+                crashes += 1
+                if crashes >= 3 and successes == 0:
+                    raise RuntimeError("decoder worker processes die on every file (not a problem of the files; "
+                                       "try workers=1 / --workers 1 to see why)") from None
+                row, key = job[0], job[1]
+                result = (row, key, False, None, 0, 0, "the decoder crashed on this file (worker process died)")
+                pool.shutdown(wait=False)
+                pool = new_pool(1)
+            handle(result)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarray, final_split: np.ndarray,
+              labels_all: np.ndarray, vocab: list[str], roots: list[str], root_ids: np.ndarray,
+              group_ids: np.ndarray, store: _Store, keys: np.ndarray, fail_mask: np.ndarray, unique: np.ndarray,
+              dropped: dict[str, int], lost_labels: int, info: dict, sample_rate: int) -> None:
+    n = len(stored)
+    n_tags = len(vocab)
+    # index + paths
+    index = np.zeros(n, dtype=_INDEX)
+    path_end = np.frombuffer(cat.path_end, dtype=np.int64)
+    path_start_src = np.concatenate([[0], path_end[:-1]])
+    blob = bytearray()
+    path_start = np.zeros(n, dtype=np.int64)
+    for j, i in enumerate(stored):
+        path_start[j] = len(blob)
+        blob += cat.paths[path_start_src[i] : path_end[i]]
+    index["shard"] = rec_of["shard"][stored]
+    index["offset"] = rec_of["offset"][stored]
+    index["length"] = rec_of["length"][stored]
+    index["split"] = final_split[stored]
+    index["group"] = group_ids[stored]
+    index["root"] = root_ids[stored]
+    index["path_start"] = path_start
+    index["path_len"] = (path_end - path_start_src)[stored]
+    index["row"] = stored
+    labels = labels_all[stored]
+    _write_atomic(out_dir / "index.npy", lambda p: _save_npy(p, index))
+    _write_atomic(out_dir / "labels.npy", lambda p: _save_npy(p, labels))
+    _write_atomic(out_dir / "paths.bin", lambda p: p.write_bytes(bytes(blob)))
+    group_names = cat.group_names()
+    _write_atomic(out_dir / "groups.json", lambda p: p.write_text(json.dumps(group_names, ensure_ascii=False),
+                                                                   encoding="utf-8", errors="surrogateescape"))
+    reasons = store.failure_reasons()
+    dataset_index = np.full(len(final_split), -1, dtype=np.int64)
+    dataset_index[stored] = np.arange(n)
+    lengths_all = np.zeros(len(final_split), dtype=np.int64)
+    lengths_all[stored] = index["length"]
+
+    def write_manifest(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "split", "group", "tags", "index", "seconds", "reason"])
+            excluded_reason = "unlabelled, and its artist/group is in " + "/".join(info["params"]["exclude_unlabeled_from"])
+            for i in range(len(final_split)):
+                code = int(final_split[i])
+                g = int(group_ids[i])
+                reason = ""
+                if code == FAILED:
+                    reason = reasons.get(int(keys[i]), "failed")
+                elif code == EXCLUDED:
+                    reason = excluded_reason if unique[i] else "duplicate of an earlier row (same file)"
+                tags = "|".join(vocab[t] for t in np.flatnonzero(labels_all[i])) if n_tags else ""
+                w.writerow([cat.path(i), _SPLIT_NAMES[code], group_names[g] if g >= 0 else "", tags,
+                            int(dataset_index[i]) if dataset_index[i] >= 0 else "",
+                            f"{lengths_all[i] / sample_rate:.2f}" if dataset_index[i] >= 0 else "", reason])
+
+    _write_atomic(out_dir / "manifest.csv", write_manifest)
+
+    failed_rows = np.flatnonzero(fail_mask)
+
+    def write_failures(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "file", "reason"])
+            for i in failed_rows:
+                root = roots[root_ids[i]]
+                path = cat.path(int(i))
+                w.writerow([path, os.path.join(root, path) if root else path, reasons.get(int(keys[i]), "failed")])
+
+    _write_atomic(out_dir / "failures.csv", write_failures)
+
+    # summary --------------------------------------------------------------------------------
+    splits = index["split"]
+    lengths = index["length"]
+    per_split = {name: int((splits == code).sum()) for code, name in enumerate(SPLITS)}
+    hours = {name: round(float(lengths[splits == code].sum()) / sample_rate / 3600, 4) for code, name in enumerate(SPLITS)}
+    tag_counts = {name: labels[splits == code].sum(0).astype(int).tolist() for code, name in enumerate(SPLITS[:3])}
+    ratios = info["ratios"]
+    balance: dict[str, dict] = {}
+    total_tag = np.array([sum(tag_counts[s][t] for s in SPLITS[:3]) for t in range(n_tags)], dtype=np.float64)
+    usable = total_tag >= 10
+    for k, name in enumerate(SPLITS[:3]):
+        if usable.any() and ratios[k] > 0:
+            share = np.array(tag_counts[name], dtype=np.float64)[usable] / total_tag[usable]
+            dev = np.abs(share - ratios[k])
+            balance[name] = {"target": round(ratios[k], 4), "mean_abs_dev": round(float(dev.mean()), 4),
+                             "max_abs_dev": round(float(dev.max()), 4)}
+
+    def write_tag_counts(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["tag", "total", *SPLITS[:3], *(f"{s}_share" for s in SPLITS[:3])])
+            for t, tag in enumerate(vocab):
+                tot = int(total_tag[t])
+                cs = [tag_counts[s][t] for s in SPLITS[:3]]
+                w.writerow([tag, tot, *cs, *(f"{c / tot:.3f}" if tot else "" for c in cs)])
+
+    _write_atomic(out_dir / "tag_counts.csv", write_tag_counts)
+    top_dropped = dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))[:50])
+    group_used = np.unique(index["group"][index["group"] >= 0])
+    meta = {
+        "format": FORMAT, "version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sample_rate": int(sample_rate), "dtype": "int16", "int16_scale": INT16_SCALE,
+        "tags": vocab, "num_tracks": n,
+        "hours": round(float(lengths.sum()) / sample_rate / 3600, 4),
+        "splits": per_split, "hours_per_split": hours,
+        "labeled": int((splits < UNLABELED).sum()), "unlabeled": per_split["unlabeled"],
+        "source_tracks": info["n_src"], "failed": int(fail_mask.sum()),
+        "excluded": info["excluded"], "duplicates": info["duplicates"],
+        "groups": int(len(group_used)), "split_source": info["split_source"],
+        "groups_spanning_given_splits": info["conflicts"],
+        "tag_counts": tag_counts, "tag_balance": balance,
+        "dropped_tags": {"distinct": len(dropped), "occurrences": int(sum(dropped.values())), "top": top_dropped},
+        "labeled_tracks_left_without_vocabulary_tags": lost_labels,
+        "clipped_tracks": int((rec_of["clipped"][stored] > 0).sum()) if n else 0,
+        "shards": [_Store.shard_name(s) for s in range(int(index["shard"].max()) + 1 if n else 0)],
+        "roots": roots, "params": info["params"], "last_run": info["run"],
+    }
+    _write_atomic(out_dir / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False),
+                                                                    encoding="utf-8"))
+
