@@ -1,4 +1,15 @@
-"""Resolve what a user names as a model (``--model``/``--teacher``) to a local model directory."""
+"""Resolve what a user names as a model (``--model``/``--teacher``) to a local model directory.
+
+A name is tried as, in order:
+
+1. an existing local model directory;
+2. a registered model name (``mttag models``), bundled in the package or on the Hub,
+   optionally ``NAME@revision`` for Hub entries;
+3. a Hub repo id ``owner/name`` or ``owner/name@revision`` (branch, tag or commit sha),
+   downloaded once into huggingface_hub's cache (see :mod:`mttag.hub`).
+
+No name (``None``) means the registry's default model, which ships inside the wheel.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +19,92 @@ from torch import nn
 
 from .modelfile import ModelLoadError, load_local_model
 
+HOW_TO_GET_A_MODEL = (
+    "pass --model with a model directory, a name from `mttag models` or a Hub repo id (owner/name)"
+)
 
-def resolve_model(name: str | Path) -> Path:
-    """A local model directory for ``name``."""
+
+def _resolve_registered(entry: dict, revision: str | None, token: str | None, cache_dir) -> Path:
+    from . import registry
+
+    if "bundled" in entry["location"]:
+        if revision:
+            raise ModelLoadError(f"{entry['name']} is bundled with mttag and has no revisions; drop '@{revision}'")
+        directory = registry.bundled_dir(entry)
+        if not registry.is_complete(directory):
+            raise ModelLoadError(
+                f"model '{entry['name']}' is not available in this installation (its bundled files are missing "
+                f"from {directory}); reinstall mttag from PyPI, or {HOW_TO_GET_A_MODEL}"
+            )
+        return directory
+    from .hub import download_model
+
+    location = entry["location"]
+    return download_model(location["hub"], revision=revision or location.get("revision"), cache_dir=cache_dir,
+                          token=token)
+
+
+def resolve_model(
+    name: str | Path | None = None,
+    *,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """A local model directory for ``name`` (see the module docstring); downloads Hub models.
+
+    Raises :class:`ModelLoadError` with a one-line message when nothing matches or the
+    download is refused (no safetensors, corrupt, offline and not cached, ...).
+    """
+    from . import registry
+
+    if name is None or str(name) == "":
+        default = registry.default_model_name()
+        entry = registry.get_entry(default) if default else None
+        if entry is None:
+            raise ModelLoadError(f"no default model is registered in this installation; {HOW_TO_GET_A_MODEL}")
+        try:
+            return _resolve_registered(entry, None, token, cache_dir)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"no --model given and the default {exc}") from None
+
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    raise ModelLoadError(f"{name}: no such model directory")
+    if isinstance(name, Path):
+        raise ModelLoadError(f"{name}: no such model directory")
+
+    text = str(name)
+    base, _, revision = text.partition("@")
+    entry = registry.get_entry(base)
+    if entry is not None:
+        return _resolve_registered(entry, revision or None, token, cache_dir)
+
+    from .hub import download_model, parse_repo_ref
+
+    parsed = parse_repo_ref(text)
+    if parsed is not None:
+        repo_id, revision = parsed
+        return download_model(repo_id, revision=revision, cache_dir=cache_dir, token=token)
+
+    raise ModelLoadError(
+        f"{text}: not a model directory, a registered model (see `mttag models`) or a Hub repo id (owner/name[@revision])"
+    )
 
 
-def load_model(name: str | Path, device: str = "cpu") -> nn.Module:
-    """Load a model by local path, in eval mode on ``device``."""
-    return load_local_model(resolve_model(name), device=device)
+def load_model(
+    name: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> nn.Module:
+    """Load a model by local path, registered name or Hub repo id (``None``: the default model),
+    in eval mode on ``device``. ``mttag.load_model("owner/name")`` downloads it once."""
+    directory = resolve_model(name, token=token, cache_dir=cache_dir)
+    try:
+        return load_local_model(directory, device=device)
+    except ModelLoadError as exc:
+        # name the model the way the user did, not by its cache path
+        if name is not None and str(directory) != str(name) and str(directory) in str(exc):
+            raise ModelLoadError(str(exc).replace(str(directory), str(name))) from None
+        raise
