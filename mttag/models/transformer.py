@@ -17,6 +17,8 @@ PRESETS = {
     "teacher": dict(conv_channels=128, dim=256, depth=4, heads=8),
     # The paper's 0.5 M-parameter distillation student; the authors' release used 128 conv channels.
     "small": dict(conv_channels=64, dim=64, depth=4, heads=8),
+    # A wider knowledge-expansion student (paper Table 5 explores widths up to 1024).
+    "large": dict(conv_channels=128, dim=512, depth=4, heads=8),
     # For CPU experiments and tests: a few hundred thousand parameters.
     "tiny": dict(conv_channels=16, dim=64, depth=2, heads=4),
 }

@@ -1,0 +1,523 @@
+"""Supervised and noisy-student training (SPEC §4 and §6), on one device or many.
+
+One loop serves both: each step draws a labelled batch; with a teacher it also
+draws an unlabelled batch, which the teacher labels (eval mode, no gradient,
+clean audio) and the student learns from after augmentation. Run it under
+``torchrun`` and it uses DistributedDataParallel: every rank trains on its own
+shard, validation predictions are gathered, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .dataset import PreparedDataset
+from .device import select_device
+from .metrics import tagging_metrics
+from .models import ModelConfig, build_model, make_config
+from .modelfile import save_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "metrics.jsonl"
+MODEL_DIR_NAME = "model"
+FINISHED_NAME = "finished.json"
+
+
+class TrainingError(Exception):
+    """A run that cannot go on; the message says why in one line."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs besides the data; stored in the checkpoint for ``--resume``."""
+
+    arch: str = "transformer"
+    preset: str = "teacher"
+    model_params: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+    crop_seconds: float | None = None  # None: the architecture's default (10 s / 3.69 s)
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_epochs: int = 200
+    patience: int = 20
+    steps_per_epoch: int | None = None  # None: one pass over the labelled training tracks
+    eval_chunks: int = 8
+    augment: bool = True
+    augment_probabilities: dict[str, float] = field(default_factory=dict)
+    amp: bool = True  # bf16 autocast on CUDA
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    # noisy student (SPEC §6)
+    teacher: str | None = None
+    unlabeled_fraction: float = 0.5  # share of each batch that is unlabelled
+    pseudo_weight: float = 1.0
+    student_config: dict[str, Any] | None = None  # a full ModelConfig dict (--student CONFIG.json)
+
+
+# ---------------------------------------------------------------- data
+class CropDataset(Dataset):
+    """Random crops of tracks of a prepared dataset, with their label rows."""
+
+    def __init__(self, data: PreparedDataset, indices: np.ndarray, crop: int, labels: np.ndarray | None = None):
+        self.data, self.indices, self.crop = data, np.asarray(indices), crop
+        self.labels = data.labels if labels is None else labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        # torch seeds each worker (and each epoch) differently, so crops differ across both
+        rng = np.random.default_rng(torch.randint(0, 2**62, (1,)).item())
+        return torch.from_numpy(self.data.random_crop(i, self.crop, rng)), torch.from_numpy(self.labels[i])
+
+
+class ChunkDataset(Dataset):
+    """``n`` evenly spaced crops of each track, for validation and evaluation."""
+
+    def __init__(self, data: PreparedDataset, indices: np.ndarray, crop: int, n: int):
+        self.data, self.indices, self.crop, self.n = data, np.asarray(indices), crop, n
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        return torch.from_numpy(self.data.evenly_spaced_crops(i, self.crop, self.n)), k
+
+
+class EpochSampler(Sampler):
+    """``num_samples`` indices per epoch for this rank, drawn from permutations seeded by
+    ``(seed, epoch)``: each epoch's batches depend only on the epoch number, which makes
+    ``--resume`` exact, and ranks take disjoint interleaved shards of the same permutation."""
+
+    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.num_samples, self.seed, self.rank, self.world = n, num_samples, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        need = self.num_samples * self.world
+        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-need // self.n))])
+        return iter(order[self.rank :: self.world][: self.num_samples].tolist())
+
+
+# ---------------------------------------------------------------- distributed
+def _dist_setup() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if world > 1:
+        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def _gather(obj, world: int):
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------- teacher
+@torch.no_grad()
+def teacher_probabilities(teacher: nn.Module, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Soft labels for ``wave`` (``B×N`` at ``sample_rate``) from any model directory's model:
+    the crop is resampled to the teacher's rate and, when longer than the teacher's
+    window, cut into evenly spaced windows whose probabilities are averaged —
+    the teacher sees the same audio through its own front end."""
+    cfg: ModelConfig = teacher.config
+    if cfg.sample_rate != sample_rate:
+        import julius
+
+        g = math.gcd(cfg.sample_rate, sample_rate)
+        wave = julius.resample_frac(wave, sample_rate // g, cfg.sample_rate // g)
+    win = cfg.crop_samples
+    n = wave.shape[-1]
+    if cfg.arch == "transformer" and n <= getattr(teacher, "max_samples", 0):
+        return torch.sigmoid(teacher(wave).float())
+    if n <= win:
+        reps = math.ceil(win / n)
+        return torch.sigmoid(teacher(wave.repeat(1, reps)[:, :win]).float())
+    k = math.ceil(n / win)
+    starts = torch.linspace(0, n - win, k).round().long().tolist()
+    chunks = torch.stack([wave[:, s : s + win] for s in starts], 1)  # B×k×win
+    probs = torch.sigmoid(teacher(chunks.flatten(0, 1)).float())
+    return probs.view(wave.shape[0], k, -1).mean(1)
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict_tracks(model: nn.Module, data: PreparedDataset, indices: np.ndarray, crop: int, chunks: int,
+                   device: torch.device, batch_size: int = 8, workers: int = 0, rank: int = 0, world: int = 1,
+                   amp: bool = False) -> np.ndarray:
+    """Track-level probabilities (mean over ``chunks`` evenly spaced crops) for ``indices``;
+    with several ranks each predicts a shard and all get the whole result."""
+    was_training = model.training
+    model.eval()
+    shard = np.arange(len(indices))[rank::world]
+    ds = ChunkDataset(data, np.asarray(indices)[shard], crop, chunks)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    local: dict[int, np.ndarray] = {}
+    for x, k in loader:
+        b = x.shape[0]
+        x = x.to(device, non_blocking=True).flatten(0, 1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            p = torch.sigmoid(model(x).float()).view(b, chunks, -1).mean(1).cpu().numpy()
+        for kk, pp in zip(k.tolist(), p):
+            local[int(shard[kk])] = pp
+    model.train(was_training)
+    merged: dict[int, np.ndarray] = {}
+    for part in _gather(local, world):
+        merged.update(part)
+    return np.stack([merged[i] for i in range(len(indices))])
+
+
+def bce(probs: np.ndarray, targets: np.ndarray) -> float:
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
+
+
+# ---------------------------------------------------------------- checkpoints
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(augment=None) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": json.dumps([v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()[1:]]),
+            "python": json.dumps(random.getstate()),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "augment": augment.generator.get_state() if augment is not None else None}
+
+
+def _set_rng_state(state: dict[str, Any], augment=None) -> None:
+    if augment is not None and state.get("augment") is not None:
+        augment.generator.set_state(state["augment"])
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, gauss = json.loads(state["numpy"])
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_pseudo_loss: float | None
+    valid_loss: float
+    roc_auc: float | None
+    pr_auc: float | None
+    samples_per_s: float
+    seconds: float
+    best: bool
+
+
+def train(
+    dataset: str | Path | PreparedDataset | None,
+    out_dir: str | Path,
+    config: TrainConfig,
+    resume: bool = False,
+    unlabeled: PreparedDataset | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> Path:
+    """Train a model; returns the exported best model directory (``OUT/model``).
+
+    ``dataset`` gives labelled train/valid tracks (and unlabelled ones for a
+    teacher); ``unlabeled`` adds a second store of unlabelled tracks. Without a
+    labelled set (distilling a teacher on a music library) the teacher's soft
+    labels on held-out unlabelled tracks are the validation targets.
+    """
+    from .pretrained import load_model
+
+    out_dir = Path(out_dir)
+    rank, world, local_rank = _dist_setup()
+    device = select_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    amp = config.amp and device.type == "cuda"
+
+    data = PreparedDataset(dataset) if isinstance(dataset, (str, Path)) else dataset
+    teacher = load_model(config.teacher, device=str(device)) if config.teacher else None
+    if teacher is not None:
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.eval()
+
+    # tag vocabulary: the labelled data's, or (pure distillation) the teacher's
+    if data is not None:
+        tags = list(data.tags)
+        if teacher is not None and list(teacher.config.tags) != tags:
+            raise TrainingError(
+                f"the teacher's {len(teacher.config.tags)} tags differ from the dataset's {len(tags)}; "
+                "prepare the dataset with the teacher's vocabulary (mttag prepare --vocabulary FILE)"
+            )
+    elif teacher is not None:
+        tags = list(teacher.config.tags)
+    else:
+        raise TrainingError("nothing to train on: give a prepared dataset, or a --teacher with --unlabeled audio")
+
+    if config.student_config:
+        model_config = ModelConfig.from_dict({**config.student_config, "tags": tags})
+    else:
+        model_config = make_config(config.arch, tags, config.preset, config.crop_seconds, **config.model_params)
+    model_config.provenance.update({
+        "trained_with": "mttag train" if teacher is None else "mttag noisy student",
+        "teacher": config.teacher, "augment": config.augment, "seed": config.seed,
+        "dataset": str(dataset) if dataset is not None else None,
+    })
+    crop = model_config.crop_samples
+    sample_rate = model_config.sample_rate
+    if data is not None and data.sample_rate != sample_rate:
+        raise TrainingError(f"the dataset is stored at {data.sample_rate} Hz but the model takes {sample_rate} Hz")
+
+    torch.manual_seed(config.seed + rank)
+    np.random.seed((config.seed + rank) % 2**32)
+    random.seed(config.seed + rank)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    # --- splits
+    def split(ds, name):
+        return ds.split(name) if ds is not None else np.array([], dtype=np.int64)
+
+    train_idx, valid_idx = split(data, "train"), split(data, "valid")
+    unl_sources: list[tuple[PreparedDataset, np.ndarray]] = []
+    if teacher is not None:
+        if data is not None and len(split(data, "unlabeled")):
+            unl_sources.append((data, split(data, "unlabeled")))
+        if unlabeled is not None:
+            unl_sources.append((unlabeled, np.arange(len(unlabeled))))
+        if not unl_sources:
+            raise TrainingError("noisy student training needs unlabelled tracks: the dataset has none; add --unlabeled DIR")
+    pseudo_valid: tuple[PreparedDataset, np.ndarray] | None = None
+    if len(train_idx) == 0:
+        if teacher is None:
+            raise TrainingError("the dataset has no labelled training tracks")
+        # distillation only: hold out a tenth of the unlabelled tracks to validate against the teacher
+        src, idx = unl_sources[0]
+        perm = np.random.default_rng(config.seed).permutation(idx)
+        n_val = max(1, len(perm) // 10)
+        pseudo_valid = (src, np.sort(perm[:n_val]))
+        unl_sources[0] = (src, np.sort(perm[n_val:]))
+    elif len(valid_idx) == 0:
+        raise TrainingError("the dataset has no validation tracks")
+
+    # --- loaders
+    n_unl = int(round(config.batch_size * config.unlabeled_fraction)) if teacher is not None else 0
+    n_lab = config.batch_size - n_unl if len(train_idx) else 0
+    if teacher is not None and n_unl == 0:
+        raise TrainingError("--unlabeled-fraction leaves no unlabelled examples in a batch")
+
+    def make_loader(ds: Dataset, batch: int, steps: int) -> DataLoader:
+        sampler = EpochSampler(len(ds), steps * batch, config.seed, rank, world)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=config.workers, drop_last=True,
+                          pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+
+    # an epoch is one pass over the labelled tracks (or, distilling only, over the unlabelled ones)
+    per_step = (n_lab or n_unl) * world
+    epoch_tracks = len(train_idx) if n_lab else sum(len(i) for _, i in unl_sources)
+    steps = config.steps_per_epoch or max(1, math.ceil(epoch_tracks / per_step))
+    loaders = []  # (loader, takes every k-th step) — unlabelled sources alternate step by step
+    if n_lab:
+        loaders.append(("labeled", make_loader(CropDataset(data, train_idx, crop), n_lab, steps)))
+    for j, (src, idx) in enumerate(unl_sources):
+        zeros = np.zeros((len(src), len(tags)), np.float32)
+        share = len(range(j, steps, len(unl_sources)))
+        loaders.append(("unlabeled", make_loader(CropDataset(src, idx, crop, labels=zeros), n_unl, max(1, share))))
+
+    augment = None
+    if config.augment:
+        from .augment import paper_chain
+
+        augment = paper_chain(sample_rate, seed=config.seed * 1000 + rank, **config.augment_probabilities)
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # --- resume
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    start_epoch, best_loss, bad_epochs = 0, math.inf, 0
+    if resume and (out_dir / FINISHED_NAME).is_file():
+        return out_dir / MODEL_DIR_NAME  # this run already ended (early stopping or max epochs)
+    if resume:
+        if not ckpt_path.is_file():
+            raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {out_dir}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_loss, bad_epochs = state["epoch"], state["best_loss"], state["bad_epochs"]
+        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], augment)
+    elif ckpt_path.exists():
+        raise TrainingError(f"{out_dir} already holds a run; use --resume to continue it or choose another OUT_DIR")
+
+    if rank == 0:
+        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.max_epochs):
+        if bad_epochs >= config.patience:
+            break
+        model.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "pseudo": 0.0}
+        seen = 0
+        for _, loader in loaders:
+            loader.sampler.set_epoch(epoch)
+        lab_iter = iter(loaders[0][1]) if n_lab else None
+        unl_iters = [iter(loader) for kind, loader in loaders if kind == "unlabeled"]
+        for step in range(steps):
+            parts, targets = [], []
+            if lab_iter is not None:
+                x, y = next(lab_iter)
+                parts.append(x)
+                targets.append(y)
+            if unl_iters:
+                z, _ = next(unl_iters[step % len(unl_iters)])  # each yields exactly its share of steps
+                z = z.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    psi = teacher_probabilities(teacher, z, sample_rate)  # clean audio in
+                parts.append(z)
+                targets.append(psi)
+            x = torch.cat([p.to(device, non_blocking=True) for p in parts])
+            y = torch.cat([t.to(device, non_blocking=True).float() for t in targets])
+            if augment is not None:
+                x = augment(x)  # labelled and unlabelled crops alike (SPEC §6)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = ddp_model(x)
+            losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").mean(1)
+            n_l = parts[0].shape[0] if lab_iter is not None else 0
+            sup = losses[:n_l].mean() if n_l else losses.new_zeros(())
+            pseudo = losses[n_l:].mean() if unl_iters else losses.new_zeros(())
+            loss = sup + config.pseudo_weight * pseudo
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; nothing was saved from this "
+                    f"epoch. Lower --lr (now {config.lr}) or check the data; --resume restarts from the last good epoch"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["loss"] += sup.item() if n_l else 0.0
+            sums["pseudo"] += pseudo.item() if unl_iters else 0.0
+            seen += x.shape[0] * world
+            if on_step is not None and rank == 0:
+                on_step({"epoch": epoch + 1, "step": step + 1, "steps": steps, "loss": loss.item(),
+                         "samples_per_s": seen / (time.perf_counter() - t0)})
+        train_seconds = time.perf_counter() - t0
+
+        # --- validation
+        if pseudo_valid is None:
+            probs = predict_tracks(model, data, valid_idx, crop, config.eval_chunks, device,
+                                   workers=min(config.workers, 2), rank=rank, world=world, amp=amp)
+            targets_v = data.labels[valid_idx]
+        else:
+            src, idx = pseudo_valid
+            probs = predict_tracks(model, src, idx, crop, config.eval_chunks, device, rank=rank, world=world, amp=amp)
+            targets_v = _teacher_targets(teacher, src, idx, crop, config.eval_chunks, device, sample_rate, amp)
+        valid_loss = bce(probs, targets_v)
+        metrics = tagging_metrics(targets_v > 0.5, probs) if pseudo_valid is None else {"roc_auc": None, "pr_auc": None}
+        improved = valid_loss < best_loss - 1e-6
+        if improved:
+            best_loss, bad_epochs = valid_loss, 0
+        else:
+            bad_epochs += 1
+        result = EpochResult(epoch + 1, sums["loss"] / steps, (sums["pseudo"] / steps) if unl_iters else None,
+                             valid_loss, metrics["roc_auc"], metrics["pr_auc"], seen / train_seconds,
+                             time.perf_counter() - t0, improved)
+        if rank == 0:
+            if improved:
+                m = {"valid_loss": valid_loss, "epoch": epoch + 1}
+                m.update({k: v for k, v in (("roc_auc", metrics["roc_auc"]), ("pr_auc", metrics["pr_auc"])) if v is not None})
+                model_config.provenance["best_epoch"] = epoch + 1
+                save_model(model, out_dir / MODEL_DIR_NAME, metrics=m)
+            with open(out_dir / LOG_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(dataclasses.asdict(result)) + "\n")
+            rngs = _gather(_rng_state(augment), world)
+            _atomic_torch_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                "best_loss": best_loss, "bad_epochs": bad_epochs, "rng": rngs,
+            }, ckpt_path)
+        elif world > 1:
+            _gather(_rng_state(augment), world)
+        if on_epoch is not None and rank == 0:
+            on_epoch(result)
+    if rank == 0:
+        (out_dir / FINISHED_NAME).write_text(json.dumps({"epochs": epoch + 1, "best_valid_loss": best_loss}) + "\n")
+    if world > 1:
+        dist.barrier()
+    return out_dir / MODEL_DIR_NAME
+
+
+@torch.no_grad()
+def _teacher_targets(teacher, data, indices, crop, chunks, device, sample_rate, amp) -> np.ndarray:
+    out = []
+    for i in indices:
+        x = torch.from_numpy(data.evenly_spaced_crops(int(i), crop, chunks)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out.append(teacher_probabilities(teacher, x, sample_rate).mean(0).cpu().numpy())
+    return np.stack(out)
+
+
+def evaluate(model: nn.Module, dataset: str | Path | PreparedDataset, split: str = "test", chunks: int = 8,
+             device: str | torch.device = "auto", batch_size: int = 8, workers: int = 0) -> dict[str, Any]:
+    """Macro and per-tag ROC-AUC / PR-AUC of ``model`` on a split, with the validation chunking.
+
+    Tags are matched by name, so a model can be scored on any dataset sharing
+    some of its vocabulary (for example a converted MSD model on your own tags).
+    """
+    data = PreparedDataset(dataset) if isinstance(dataset, (str, Path)) else dataset
+    dev = select_device(device) if isinstance(device, str) else device
+    model = model.to(dev).eval()
+    indices = data.split(split)
+    if len(indices) == 0:
+        raise TrainingError(f"the dataset has no '{split}' tracks")
+    model_tags = list(model.config.tags)
+    common = [t for t in data.tags if t in model_tags]
+    if not common:
+        raise TrainingError("the model and the dataset share no tag names")
+    probs = predict_tracks(model, data, indices, model.config.crop_samples, chunks, dev, batch_size, workers)
+    probs = probs[:, [model_tags.index(t) for t in common]]
+    labels = data.labels[indices][:, [list(data.tags).index(t) for t in common]]
+    result = tagging_metrics(labels > 0.5, probs, common)
+    result.update({"split": split, "chunks": chunks, "loss": bce(probs, labels),
+                   "tags_not_in_model": [t for t in data.tags if t not in model_tags]})
+    return result

@@ -1,0 +1,212 @@
+"""Training, evaluation and noisy student on a small generated dataset (CPU, tiny models)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from mttag import load_model
+from mttag.cli import app
+from mttag.dataset import PreparedDataset, TrackSpec, prepare_dataset
+from mttag.training import TrainConfig, TrainingError, evaluate, teacher_probabilities, train
+
+SR = 22050
+TAGS = ["low", "high", "noisy"]
+
+
+def _clip(rng, low, high, noisy, seconds=2.0):
+    t = np.arange(int(seconds * SR)) / SR
+    x = np.zeros_like(t)
+    if low:
+        x += 0.3 * np.sin(2 * np.pi * rng.uniform(150, 250) * t)
+    if high:
+        x += 0.3 * np.sin(2 * np.pi * rng.uniform(2500, 3500) * t)
+    x += (0.2 if noisy else 0.005) * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """60 labelled tracks (40/10/10) and 60 unlabelled; tags follow the audio."""
+    root = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    specs = []
+    for i in range(120):
+        low, high, noisy = rng.random(3) < [0.5, 0.4, 0.3]
+        path = root / f"t{i:03d}.wav"
+        sf.write(path, _clip(rng, low, high, noisy), SR)
+        tags = [t for t, on in zip(TAGS, (low, high, noisy)) if on]
+        split = "train" if i < 40 else "valid" if i < 50 else "test" if i < 60 else "unlabeled"
+        specs.append(TrackSpec(path=str(path), tags=None if split == "unlabeled" else tags, group=f"g{i}", split=split))
+    out = tmp_path_factory.mktemp("data") / "ds"
+    prepare_dataset(specs, out, min_count=1, workers=1, tags_vocab=TAGS)
+    return out
+
+
+def _config(**kw):
+    base = dict(arch="transformer", preset="tiny", crop_seconds=1.0, batch_size=8, lr=3e-3, max_epochs=6,
+                patience=10, steps_per_epoch=8, eval_chunks=2, augment=False, workers=0, seed=0, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "teacher"
+    return train(dataset, run, _config(max_epochs=10)), run
+
+
+def test_supervised_training_learns(teacher_dir, dataset):
+    model_dir, run = teacher_dir
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(log) == 10 and log[-1]["train_loss"] < log[0]["train_loss"]
+    result = evaluate(load_model(model_dir), dataset, "test", chunks=2, device="cpu")
+    assert result["roc_auc"] > 0.85, result
+    assert set(result["per_tag"]) == set(TAGS)
+    card = (model_dir / "README.md").read_text()
+    assert "valid_loss" in card and (run / "finished.json").exists()
+
+
+def test_resume_matches_uninterrupted(dataset, tmp_path):
+    cfg = _config(max_epochs=3, augment=True)
+    full = train(dataset, tmp_path / "full", cfg)
+    train(dataset, tmp_path / "part", _config(max_epochs=2, augment=True))
+    (tmp_path / "part" / "finished.json").unlink()  # as if killed after epoch 2
+    resumed = train(dataset, tmp_path / "part", cfg, resume=True)
+    a, b = load_model(full).state_dict(), load_model(resumed).state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_existing_run_needs_resume_and_nan_stops(dataset, tmp_path, monkeypatch):
+    train(dataset, tmp_path / "r", _config(max_epochs=1))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(dataset, tmp_path / "r", _config(max_epochs=1))
+    import mttag.training as training
+
+    real = training.F.binary_cross_entropy_with_logits
+    monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan"):
+        train(dataset, tmp_path / "nan", _config(max_epochs=1))
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+def test_noisy_student_pseudo_label_path(dataset, teacher_dir, tmp_path, monkeypatch):
+    """Teacher frozen and fed clean crops; the student sees the augmented ones."""
+    model_dir, _ = teacher_dir
+    before = {k: v.clone() for k, v in load_model(model_dir).state_dict().items()}
+    seen = {}
+    import mttag.training as training
+
+    real_tp = training.teacher_probabilities
+
+    def spy(teacher, z, sr):
+        seen["teacher_in"] = z.clone()
+        seen["teacher_training"] = teacher.training
+        seen["teacher_grad"] = any(p.requires_grad for p in teacher.parameters())
+        return real_tp(teacher, z, sr)
+
+    monkeypatch.setattr(training, "teacher_probabilities", spy)
+    from mttag.models.transformer import MusicTaggingTransformer
+
+    real_forward = MusicTaggingTransformer.forward
+
+    def forward(self, x):
+        if self.training:
+            seen["student_in"] = x.clone()
+        return real_forward(self, x)
+
+    monkeypatch.setattr(MusicTaggingTransformer, "forward", forward)
+    only_polarity = {"polarity": 1.0, "noise": 0, "gain": 0, "filter": 0, "delay": 0, "pitch_shift": 0, "reverb": 0}
+    cfg = _config(max_epochs=1, steps_per_epoch=2, augment=True, augment_probabilities=only_polarity,
+                  teacher=str(model_dir))
+    train(dataset, tmp_path / "ke", cfg)
+    z = seen["teacher_in"]
+    student_unlabelled = seen["student_in"][-z.shape[0]:]
+    assert torch.allclose(student_unlabelled, -z)  # augmented (polarity) for the student, clean for the teacher
+    assert seen["teacher_training"] is False and seen["teacher_grad"] is False
+    after = load_model(model_dir).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    log = json.loads((tmp_path / "ke" / "metrics.jsonl").read_text().splitlines()[0])
+    assert log["train_pseudo_loss"] is not None
+
+
+def test_distilled_student_close_to_teacher(dataset, teacher_dir, tmp_path):
+    model_dir, _ = teacher_dir
+    teacher_auc = evaluate(load_model(model_dir), dataset, "test", chunks=2, device="cpu")["roc_auc"]
+    student_cfg = {"arch": "transformer", "params": {"conv_channels": 8, "dim": 32, "depth": 1, "heads": 4}, "crop_seconds": 1.0}
+    res = CliRunner().invoke(app, [
+        "distill", str(dataset), str(tmp_path / "kd"), "--teacher", str(model_dir),
+        "--student", _write_json(tmp_path / "student.json", student_cfg), "--no-augment", "--max-epochs", "10",
+        "--steps-per-epoch", "8", "--batch-size", "8", "--lr", "3e-3", "--eval-chunks", "2", "--workers", "0",
+        "--device", "cpu", "--quiet",
+    ])
+    assert res.exit_code == 0, res.output
+    student = load_model(tmp_path / "kd" / "model")
+    assert sum(p.numel() for p in student.parameters()) < sum(p.numel() for p in load_model(model_dir).parameters())
+    student_auc = evaluate(student, dataset, "test", chunks=2, device="cpu")["roc_auc"]
+    assert student_auc > teacher_auc - 0.08, (student_auc, teacher_auc)
+
+
+def test_distill_without_labels_from_folder(teacher_dir, tmp_path):
+    model_dir, _ = teacher_dir
+    folder = tmp_path / "library"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        sf.write(folder / f"song {i}.flac", _clip(rng, i % 2, i % 3 == 0, i % 4 == 0), SR)
+    args = ["distill", str(tmp_path / "kd"), "--teacher", str(model_dir), "--unlabeled", str(folder),
+            "--student", "tiny", "--crop-seconds", "1", "--max-epochs", "1", "--steps-per-epoch", "2",
+            "--batch-size", "4", "--eval-chunks", "1", "--workers", "0", "--device", "cpu", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert load_model(tmp_path / "kd" / "model").config.tags == TAGS
+    assert len(PreparedDataset(tmp_path / "kd" / "unlabeled")) == 12
+
+
+def test_teacher_with_other_rate_and_window():
+    """A 16 kHz teacher with 0.5 s windows labels 22.05 kHz crops of 1.3 s by averaging its windows."""
+    from mttag.models import build_model, make_config
+
+    torch.manual_seed(0)
+    cfg = make_config("transformer", TAGS, "tiny", crop_seconds=0.5)
+    cfg.sample_rate = 16000
+    cfg.arch = "resnet"
+    cfg.params = {"channels": 4}
+    teacher = build_model(cfg).eval()
+    psi = teacher_probabilities(teacher, torch.randn(3, int(1.3 * SR)), SR)
+    assert psi.shape == (3, 3) and torch.all((psi >= 0) & (psi <= 1))
+
+
+def test_evaluate_cli_json(teacher_dir, dataset):
+    model_dir, _ = teacher_dir
+    res = CliRunner().invoke(app, ["evaluate", str(model_dir), str(dataset), "--split", "test", "--format", "json", "--chunks", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert 0 <= out["roc_auc"] <= 1 and 0 <= out["pr_auc"] <= 1 and set(out["per_tag"]) == set(TAGS)
+
+
+def test_ddp_two_cpu_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mttag", "train", str(dataset), str(out), "--preset", "tiny", "--crop-seconds", "1",
+           "--max-epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--eval-chunks", "2",
+           "--workers", "0", "--device", "cpu", "--no-augment", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # written by rank 0 only
+    assert (out / "model" / "model.safetensors").exists()
+
+
+def _write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return str(path)
