@@ -233,7 +233,7 @@ def _set_rng_state(state: dict[str, Any], augment=None) -> None:
 @dataclass
 class EpochResult:
     epoch: int
-    train_loss: float
+    train_loss: float | None  # None when distilling without labelled data
     train_pseudo_loss: float | None
     valid_loss: float
     roc_auc: float | None
@@ -460,7 +460,8 @@ def train(
             best_loss, bad_epochs = valid_loss, 0
         else:
             bad_epochs += 1
-        result = EpochResult(epoch + 1, sums["loss"] / steps, (sums["pseudo"] / steps) if unl_iters else None,
+        result = EpochResult(epoch + 1, (sums["loss"] / steps) if n_lab else None,
+                             (sums["pseudo"] / steps) if unl_iters else None,
                              valid_loss, metrics["roc_auc"], metrics["pr_auc"], seen / train_seconds,
                              time.perf_counter() - t0, improved)
         if rank == 0:

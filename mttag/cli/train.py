@@ -48,7 +48,8 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
             return
         auc = f"  ROC-AUC {r.roc_auc:.4f}  PR-AUC {r.pr_auc:.4f}" if r.roc_auc is not None else ""
         pseudo = f"  pseudo {r.train_pseudo_loss:.4f}" if r.train_pseudo_loss is not None else ""
-        console.print(f"epoch {r.epoch}: train {r.train_loss:.4f}{pseudo}  valid {r.valid_loss:.4f}{auc}  "
+        sup = f"  train {r.train_loss:.4f}" if r.train_loss is not None else ""
+        console.print(f"epoch {r.epoch}:{sup}{pseudo}  valid {r.valid_loss:.4f}{auc}  "
                       f"{r.samples_per_s:.1f} samples/s  {r.seconds:.0f} s" + ("  [green]best[/]" if r.best else ""),
                       highlight=False)
 
