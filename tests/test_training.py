@@ -210,3 +210,9 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
 def _write_json(path, obj):
     path.write_text(json.dumps(obj))
     return str(path)
+
+
+def test_split_cals_refuses_other_datasets(dataset, tmp_path):
+    res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "r"), "--split", "cals"])
+    assert res.exit_code == 2 and "not prepared from the CALS split" in res.output
+    assert not (tmp_path / "r").exists()

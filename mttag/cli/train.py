@@ -138,5 +138,7 @@ def _check_split(dataset: Path, split: str) -> None:
         info = json.loads(meta.read_text())
     except (OSError, ValueError):
         fail(f"{dataset}: not a prepared dataset (no readable dataset.json)")
-    if str(info.get("source", "")).lower() != "cals":
+    from ..vocab import CALS_TAGS
+
+    if info.get("tags") != CALS_TAGS:
         fail(f"{dataset} was not prepared from the CALS split (prepare it with: mttag prepare OUT --split cals ...)")
