@@ -70,3 +70,15 @@ def test_wrong_architecture_weights(tmp_path):
     save_file({"foo": torch.zeros(1)}, d / "model.safetensors")
     with pytest.raises(ModelLoadError, match="do not match"):
         load_model(d)
+
+
+def test_saved_files_follow_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_model(_model(), tmp_path / "m")
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "m").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644

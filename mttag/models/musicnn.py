@@ -1,0 +1,254 @@
+"""musicnn (Pons & Serra 2019), ported from the TensorFlow release ``musicnn`` 0.1.0.
+
+A musically motivated CNN: a log-mel front end with vertical (timbral) and
+horizontal (temporal) convolutions, a dense mid-end of 1-D convolutions with
+residual connections, and a back end that pools max and mean over time.
+The layer shapes, padding and batch-norm constants reproduce the released
+TensorFlow graphs (``MSD_musicnn`` and ``MTT_musicnn``) exactly; the weights are
+converted by ``scripts/convert_musicnn.py``. See ``docs/musicnn.md``.
+
+Facts of the original graph that the port keeps (and that differ from PyTorch
+defaults):
+
+* every batch norm is ``tf.compat.v1.layers.batch_normalization`` at inference,
+  i.e. ``eps = 0.001`` (PyTorch's default is 1e-5);
+* the timbral convolutions (7×38 and 7×67 over time×mel) pad time by 3 frames
+  each side with zeros and no frequency padding ("valid"), then max-pool over all
+  remaining frequency positions;
+* the temporal convolutions (128×1, 64×1, 32×1) use TensorFlow ``'same'``
+  padding, which is asymmetric for even kernels: ``(k-1)//2`` frames before and
+  ``k//2`` after (63/64, 31/32, 15/16);
+* the back end concatenates max- and mean-pooling along a new last axis and
+  flattens, so its 1506 features are *interleaved*: ``max c0, mean c0, max c1,
+  mean c1, ...``;
+* the input to the network is ``log10(10000·mel + 1)`` of a power mel
+  spectrogram (librosa, Slaney mel scale and normalisation) whose values musicnn
+  rounds to float16 before the log. Under numpy 1 the product ``10000·x`` is
+  promoted to float32; numpy 2 keeps it in float16 and overflows to ``inf``.
+  Here the rounding is reproduced and the log is taken in float32.
+"""
+
+from __future__ import annotations
+
+import librosa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+# Both released checkpoints (MSD_musicnn and MTT_musicnn) have the same shapes;
+# "big" is the MSD_musicnn_big variant of the upstream repository (not in the wheel).
+_RELEASED = dict(midend_filters=64, backend_units=200)
+PRESETS = {
+    "teacher": dict(_RELEASED),
+    "msd": dict(_RELEASED),
+    "mtt": dict(_RELEASED),
+    "big": dict(midend_filters=512, backend_units=500),
+}
+DEFAULTS = dict(
+    n_fft=512,
+    hop_length=256,
+    n_mels=96,
+    # How the first frame of a window is padded (its centre is the window's first
+    # sample, so half of it lies before the window). musicnn's own code pads a
+    # track's first frame with zeros under librosa >= 0.10, so "constant" makes a
+    # window analysed here identical to a track musicnn analyses from that point
+    # (on a later patch of a track musicnn has real audio there; see docs/musicnn.md).
+    pad_mode="constant",
+    float16_mel=True,
+    frontend_filters=1.6,  # timbral: int(1.6*128) = 204 filters, temporal: int(1.6*32) = 51
+    timbral_heights=(0.4, 0.7),  # of n_mels: 38 and 67 mel bands
+    timbral_length=7,
+    temporal_lengths=(128, 64, 32),
+    midend_filters=64,
+    midend_length=7,
+    backend_units=200,
+    dropout=0.5,
+    bn_eps=1e-3,
+)
+# Frames per training patch: librosa.time_to_frames(3 s) + 1 at 16 kHz, hop 256.
+PATCH_FRAMES = 187
+# Audio per patch: 187 hops = 47872 samples = 2.992 s at 16 kHz. A window of this
+# length gives exactly 187 frames (see MusicnnLogMel), and consecutive windows of
+# it start on musicnn's own patch grid (patch k starts at frame 187·k).
+PATCH_SECONDS = PATCH_FRAMES * 256 / 16000
+
+
+class MusicnnLogMel(nn.Module):
+    """Waveform ``B×N`` (16 kHz) → musicnn input ``B×T×96`` with ``T = N // hop``.
+
+    Power STFT (periodic Hann, 512 points, hop 256, centred, zero padded as
+    librosa >= 0.10 pads), librosa's Slaney mel matrix, optional rounding to
+    float16 as musicnn does, then ``log10(10000·x + 1)`` in float32. Of the ``1 + N // hop`` centred frames the
+    last is dropped: it is centred on the first sample *after* the input, so it
+    belongs to the next window. For ``N = 47872`` this is the 187-frame patch.
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_fft: int = 512, hop_length: int = 256, n_mels: int = 96,
+                 pad_mode: str = "constant", float16_mel: bool = True):
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.pad_mode = pad_mode
+        self.float16_mel = float16_mel
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)  # slaney scale + norm
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer("mel_basis", torch.from_numpy(mel).float().T.contiguous(), persistent=False)
+
+    def n_frames(self, n_samples: int) -> int:
+        return max(1, n_samples // self.hop_length)
+
+    def mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Power mel spectrogram ``B×T×n_mels`` in float32 (before rounding and log)."""
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            x = waveform.float()
+            n = x.shape[-1]
+            if self.pad_mode == "reflect" and n <= self.n_fft // 2:
+                x = F.pad(x, (0, self.n_fft // 2 + 1 - n))
+            spec = torch.stft(x, n_fft=self.n_fft, hop_length=self.hop_length, window=self.window,
+                              center=True, pad_mode=self.pad_mode, return_complex=True)
+            power = spec.real.square() + spec.imag.square()  # B×F×(1 + n//hop)
+            power = power[..., : self.n_frames(n)]
+            return torch.matmul(power.transpose(1, 2), self.mel_basis)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        mel = self.mel(waveform)
+        return compress(mel, self.float16_mel)
+
+
+def compress(mel: torch.Tensor, float16_mel: bool = True) -> torch.Tensor:
+    """musicnn's ``log10(10000·x + 1)``, with its float16 rounding of ``x``, in float32."""
+    mel = mel.float()
+    if float16_mel:
+        # float16 saturates at 65504; a power mel of audio in [-1, 1] stays far below
+        mel = mel.clamp(max=65504.0).half().float()
+    return torch.log10(10000.0 * mel + 1.0)
+
+
+class _Conv2dBlock(nn.Module):
+    """Conv → ReLU → batch norm → max over all frequency positions: ``B×1×T×F`` → ``B×C×T``.
+
+    ``time_pad`` zero frames go before and after in time (none in frequency).
+    In eval mode the batch norm is a per-channel affine map ``a·x + b``, and ReLU
+    and ``a·x + b`` are monotonic, so the max over frequency can be taken first
+    (of the conv output for ``a ≥ 0``, of its negation for ``a < 0``: the weights
+    are negated, which is exact) and ReLU and batch norm applied to ``B×C×T``
+    instead of ``B×C×T×F``: the same numbers, without two passes over the largest
+    tensors of the network.
+    """
+
+    def __init__(self, filters: int, kernel: tuple[int, int], time_pad: tuple[int, int], eps: float):
+        super().__init__()
+        self.time_pad = time_pad
+        self.conv = nn.Conv2d(1, filters, kernel)
+        self.bn = nn.BatchNorm2d(filters, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before, after = self.time_pad
+        if self.training:
+            x = F.pad(x, (0, 0, before, after))
+            return self.bn(F.relu(self.conv(x))).amax(dim=3)
+        # symmetric padding inside the convolution; an extra frame before is cut off again
+        pad = max(before, after)
+        sign = torch.where(self.bn.weight < 0, -1.0, 1.0).to(x.dtype)
+        weight = self.conv.weight * sign[:, None, None, None]
+        z = F.conv2d(x, weight.to(x.dtype), (self.conv.bias * sign).to(x.dtype), padding=(pad, 0))
+        z = z[:, :, pad - before : z.shape[2] - (pad - after)]
+        extreme = z.amax(dim=3) * sign[:, None]  # max over frequency where a ≥ 0, min where a < 0
+        bn = self.bn
+        return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+class _MidendBlock(nn.Module):
+    """1-D conv over time with all channels (TF: a [7, C] kernel on a ``T×C×1`` map) → ReLU → batch norm."""
+
+    def __init__(self, c_in: int, c_out: int, length: int, eps: float):
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, length, padding=length // 2)
+        self.bn = nn.BatchNorm1d(c_out, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+def _same_pad(k: int) -> tuple[int, int]:
+    """TensorFlow 'same' padding for stride 1: the extra frame of an even kernel goes after."""
+    return (k - 1) // 2, k // 2
+
+
+class Musicnn(nn.Module):
+    """Waveform ``B×N`` at 16 kHz (a 2.992 s window: 187 frames) → tag logits ``B×n_tags``.
+
+    :meth:`patch_logits_from_logmel` runs the network on musicnn's own input
+    (``B×T×96`` log-mel patches), as the TensorFlow graph's placeholder takes it.
+    The network is convolutional in time with global pooling, so ``T`` may differ
+    from 187 (musicnn's ``input_length``), though the models were trained on 187.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        p = {**DEFAULTS, **config.params}
+        self.config = config
+        eps = p["bn_eps"]
+        n_mels = p["n_mels"]
+        self.frontend = MusicnnLogMel(config.sample_rate, p["n_fft"], p["hop_length"], n_mels,
+                                      p["pad_mode"], p["float16_mel"])
+        self.input_bn = nn.BatchNorm2d(1, eps=eps)
+        n_timbral = int(p["frontend_filters"] * 128)
+        n_temporal = int(p["frontend_filters"] * 32)
+        t = p["timbral_length"]
+        self.timbral = nn.ModuleList(
+            _Conv2dBlock(n_timbral, (t, int(h * n_mels)), (t // 2, t // 2), eps) for h in p["timbral_heights"]
+        )
+        self.temporal = nn.ModuleList(
+            _Conv2dBlock(n_temporal, (k, 1), _same_pad(k), eps) for k in p["temporal_lengths"]
+        )
+        n_front = n_timbral * len(self.timbral) + n_temporal * len(self.temporal)
+        m = p["midend_filters"]
+        self.midend = nn.ModuleList(
+            _MidendBlock(c_in, m, p["midend_length"], eps) for c_in in (n_front, m, m)
+        )
+        n_pooled = 2 * (n_front + 3 * m)
+        self.pool_bn = nn.BatchNorm1d(n_pooled, eps=eps)
+        self.dropout = nn.Dropout(p["dropout"])
+        self.dense = nn.Linear(n_pooled, p["backend_units"])
+        self.dense_bn = nn.BatchNorm1d(p["backend_units"], eps=eps)
+        # the output layer is registered last (model files identify it as the last weight)
+        self.head = nn.Linear(p["backend_units"], config.n_tags)
+
+    def logmel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """musicnn's input representation ``B×T×96`` for waveforms ``B×N``."""
+        return self.frontend(waveform)
+
+    def embeddings(self, logmel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Intermediate representations, named as musicnn's extractor names them
+        (channels first: ``B×C×T`` for the time-varying ones)."""
+        x = self.input_bn(logmel.float().unsqueeze(1))  # B×1×T×F
+        timbral = [block(x) for block in self.timbral]
+        temporal = [block(x) for block in self.temporal]
+        front = torch.cat(timbral + temporal, dim=1)  # B×561×T
+        cnn1 = self.midend[0](front)
+        cnn2 = self.midend[1](cnn1) + cnn1
+        cnn3 = self.midend[2](cnn2) + cnn2
+        dense = torch.cat([front, cnn1, cnn2, cnn3], dim=1)  # B×753×T
+        max_pool = dense.amax(dim=2)
+        mean_pool = dense.mean(dim=2)
+        # TF concatenates [max, mean] on a new last axis and flattens: interleaved features
+        pooled = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
+        penultimate = self.dense_bn(F.relu(self.dense(self.dropout(self.pool_bn(pooled)))))
+        return {
+            "timbral": torch.cat(timbral, dim=1), "temporal": torch.cat(temporal, dim=1),
+            "cnn1": cnn1, "cnn2": cnn2, "cnn3": cnn3,
+            "mean_pool": mean_pool, "max_pool": max_pool, "penultimate": penultimate,
+        }
+
+    def patch_logits_from_logmel(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Logits ``B×n_tags`` for log-mel patches ``B×T×96`` (the TF graph's input)."""
+        return self.head(self.dropout(self.embeddings(logmel)["penultimate"]))
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        # float32 throughout, even under the tagger's bf16 autocast on CUDA: the port
+        # is meant to reproduce the original's numbers, and the network is small
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            return self.patch_logits_from_logmel(self.logmel(waveform.float()))

@@ -1,0 +1,160 @@
+"""The musicnn port: bundled models, and agreement with TensorFlow outputs saved by
+``benchmarks/musicnn_fidelity.py --reference`` (no TensorFlow needed here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import mttag
+from mttag.modelfile import load_local_model
+from mttag.models import build_model, count_parameters, make_config
+from mttag.models.musicnn import PATCH_FRAMES, Musicnn, compress
+
+DATA = Path(__file__).parent / "data" / "musicnn_reference.npz"
+BUNDLED = Path(mttag.__file__).parent / "data" / "models"
+MODELS = ["msd-musicnn", "mtt-musicnn"]
+WINDOW = 47872  # 187 hops of 256 samples at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def ref():
+    with np.load(DATA) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {key: load_local_model(BUNDLED / key) for key in MODELS}
+
+
+def _audio(ref) -> np.ndarray:
+    return ref["audio_int16"].astype(np.float32) / 32767
+
+
+def _windows(audio: np.ndarray) -> torch.Tensor:
+    k = len(audio) // WINDOW
+    return torch.from_numpy(np.stack([audio[i * WINDOW:(i + 1) * WINDOW] for i in range(k)]))
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_bundled_model_directory(key, models):
+    directory = BUNDLED / key
+    for name in ("config.json", "model.safetensors", "README.md", "LICENSE"):
+        assert (directory / name).is_file()
+    assert (directory / "model.safetensors").stat().st_size < 5_000_000
+    model = models[key]
+    assert isinstance(model, Musicnn) and not model.training
+    cfg = model.config
+    assert cfg.arch == "musicnn" and cfg.sample_rate == 16000 and cfg.n_tags == 50
+    assert cfg.crop_samples == WINDOW and model.frontend.n_frames(cfg.crop_samples) == PATCH_FRAMES
+    assert cfg.provenance["license"] == "isc" and "musicnn 0.1.0" in cfg.provenance["source"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in model.state_dict().values())
+    first = {"msd-musicnn": ["rock", "pop", "alternative"], "mtt-musicnn": ["guitar", "classical", "slow"]}[key]
+    assert cfg.tags[:3] == first
+    card = (directory / "README.md").read_text(encoding="utf-8")
+    assert "license: isc" in card and "float32" in card and "numpy 2" in card and "pons2019musicnn" in card
+    metrics = json.loads((directory / "config.json").read_text())["provenance"]["published_metrics"]
+    assert metrics["roc_auc"] == pytest.approx(0.8802 if key == "msd-musicnn" else 0.9067, abs=1e-4)
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_patch_outputs_match_tensorflow(key, models, ref):
+    """Same log-mel input (computed by musicnn's own code) → same outputs as the TF graph."""
+    name = key.split("-")[0]
+    model = models[key]
+    patches = torch.from_numpy(ref["logmel_patches"])
+    with torch.inference_mode():
+        feats = model.embeddings(patches)
+        logits = model.head(feats["penultimate"])
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), ref[f"{name}_prob"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(logits.numpy(), ref[f"{name}_logits"], rtol=0, atol=2e-4)
+    np.testing.assert_allclose(feats["penultimate"].numpy(), ref[f"{name}_penultimate"], rtol=0, atol=2e-4)
+
+
+def test_front_end_matches_musicnn_logmel(models, ref):
+    """Waveform windows → musicnn's log-mel patches (librosa + float16 + log10(10000x+1))."""
+    model = models["msd-musicnn"]
+    with torch.inference_mode():
+        logmel = model.logmel(_windows(_audio(ref))).numpy()
+    expected = ref["logmel_patches"]
+    assert logmel.shape == expected.shape == (2, PATCH_FRAMES, 96)
+    # window 0 starts where the track starts: every frame is musicnn's (zero padded on the left
+    # as librosa >= 0.10 pads); later windows lack the audio before their first frame
+    np.testing.assert_allclose(logmel[0], expected[0], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(logmel[1, 1:], expected[1, 1:], rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_waveform_to_tags_matches_tensorflow(key, models, ref):
+    name = key.split("-")[0]
+    model = models[key]
+    with torch.inference_mode():
+        prob = torch.sigmoid(model(_windows(_audio(ref)))).numpy()
+    expected = ref[f"{name}_prob"]
+    assert prob.shape == expected.shape == (2, 50)
+    np.testing.assert_allclose(prob[0], expected[0], rtol=0, atol=2e-3)
+    top5 = lambda p: set(np.argsort(-p)[:5].tolist())  # noqa: E731
+    assert top5(prob[0]) == top5(expected[0])
+    assert np.abs(prob.mean(0) - ref[f"{name}_track_prob"]).max() < 0.05
+
+
+def test_eval_shortcut_equals_plain_relu_bn_max(models, ref):
+    """Eval mode pools over frequency before ReLU/batch norm; it must equal the plain order."""
+    model = models["mtt-musicnn"]
+    patches = torch.from_numpy(ref["logmel_patches"][:1])
+    blocks = list(model.timbral) + list(model.temporal)
+    with torch.inference_mode():
+        fast = [b(model.input_bn(patches.unsqueeze(1))) for b in blocks]
+        try:
+            for b in blocks:
+                b.training = True  # the plain path (the batch norms themselves stay in eval mode)
+            plain = [b(model.input_bn(patches.unsqueeze(1))) for b in blocks]
+        finally:
+            for b in blocks:
+                b.training = False
+    for f, p in zip(fast, plain):
+        torch.testing.assert_close(f, p, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_samples,frames", [(WINDOW, 187), (48000, 187), (8000, 31), (3 * WINDOW, 561), (100, 1)])
+def test_any_length(models, n_samples, frames):
+    model = models["msd-musicnn"]
+    x = torch.randn(2, n_samples) * 0.1
+    with torch.inference_mode():
+        assert model.logmel(x).shape == (2, frames, 96)
+        logits = model(x)
+    assert logits.shape == (2, 50) and torch.isfinite(logits).all()
+
+
+def test_compress_is_float32_after_float16_rounding():
+    mel = torch.tensor([0.0, 1e-3, 6.6, 100.0, 5000.0])
+    out = compress(mel)
+    rounded = mel.half().double()
+    np.testing.assert_allclose(out.double().numpy(), torch.log10(10000 * rounded + 1).numpy(), rtol=1e-6)
+    assert torch.isfinite(out).all()  # numpy 2's float16 arithmetic would give inf from 6.6 up
+    assert torch.isfinite(compress(torch.tensor([1e9]))).all()
+
+
+def test_presets_and_parameter_count():
+    tags = [f"t{i}" for i in range(50)]
+    model = build_model(make_config("musicnn", tags))
+    assert count_parameters(model) == 787_159
+    assert next(reversed(model.state_dict())) == "head.bias"
+    big = build_model(make_config("musicnn", tags, "big"))
+    assert big.dense.out_features == 500 and big.midend[0].conv.out_channels == 512
+
+
+def test_tagger_runs_bundled_model(models, ref, tmp_path):
+    from mttag.tagging import Tagger
+
+    path = tmp_path / "clip.wav"
+    sf.write(path, ref["audio_int16"], 16000, subtype="PCM_16")
+    result = next(Tagger(models["mtt-musicnn"], device="cpu", windows=None).tag_files([path], top=5))
+    assert result.ok and len(result.tags) == 5
+    assert result.duration == pytest.approx(len(ref["audio_int16"]) / 16000)
