@@ -12,6 +12,8 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +63,11 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     for root in paths:
         root = Path(root)
         if not root.is_dir():
-            yield root  # a missing or odd file is reported by the decoder, not skipped silently
+            # a missing or odd file is reported by the decoder, not skipped silently
+            key = os.path.realpath(root)
+            if key not in seen:
+                seen.add(key)
+                yield root
             continue
         visited_dirs: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -87,9 +93,12 @@ def ffmpeg_available() -> bool:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise AudioError(path, "no such file")
+        raise AudioError(path, "broken symbolic link" if path.is_symlink() else "no such file")
     if path.is_dir():
         raise AudioError(path, "is a directory")
+    if not path.is_file():
+        # a FIFO or device would block or never end
+        raise AudioError(path, "not a regular file")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -165,30 +174,79 @@ def _sanitize(x: np.ndarray) -> np.ndarray:
     return x
 
 
+# Decode in blocks: a multichannel file is downmixed block by block (never held
+# whole at full width), and a read that fails part way keeps what decoded before.
+_BLOCK_FRAMES = 1 << 14
+
+
 def _read_soundfile(info: AudioInfo, start: int, frames: int) -> np.ndarray:
+    blocks: list[np.ndarray] = []
+    got = 0
     try:
         with sf.SoundFile(info.path) as f:
+            # libsndfile's mp3 decoder (1.2.x) mangles ~1,800 samples after every read
+            # but the first: soundfile re-seeks to the current position around each
+            # read, and an mp3 seek is only exact on a freshly opened file. So an mp3
+            # range is read in one call (a window is a few MB; only a whole-file
+            # load_audio holds the file at full width).
+            block = frames if f.format == "MP3" else _BLOCK_FRAMES
             if start:
                 f.seek(start)
-            data = f.read(frames, dtype="float32", always_2d=True)
+            while got < frames:
+                data = f.read(min(block, frames - got), dtype="float32", always_2d=True)
+                if not len(data):
+                    break  # end of the audio (a truncated file ends before its header says)
+                blocks.append(_to_mono(data))
+                got += len(data)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(info.path, f"decoding failed ({_short(str(exc), Path(info.path))})") from None
-    return _to_mono(data)
+        # A truncated or damaged file fails where the damage starts (flac: "lost sync",
+        # any format: seek past the real end); what decoded before it is good audio.
+        if not blocks:
+            raise AudioError(info.path, f"decoding failed ({_short(str(exc), Path(info.path))})") from None
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
-def _read_ffmpeg(info: AudioInfo, offset: float, duration: float | None, sample_rate: int) -> np.ndarray:
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{offset:.6f}", "-i", info.path]
-    if duration is not None:
-        cmd += ["-t", f"{duration:.6f}"]
-    cmd += ["-vn", "-f", "f32le", "-ac", "1", "-ar", str(sample_rate), "-"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, timeout=FFMPEG_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise AudioError(info.path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s") from None
-    if out.returncode != 0:
-        reason = (out.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[-1]
-        raise AudioError(info.path, f"ffmpeg could not decode it ({_short(reason, Path(info.path))})")
-    return np.frombuffer(out.stdout, dtype=np.float32).copy()
+def _read_ffmpeg(info: AudioInfo, start: int, frames: int | None) -> np.ndarray:
+    """Mono float32 at the file's own rate, like :func:`_read_soundfile`, so both
+    backends share the same downmix and the same (soxr HQ) resampler."""
+    src, channels = info.sample_rate, max(1, info.channels)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start / src:.6f}", "-i", info.path]
+    if frames is not None:
+        cmd += ["-t", f"{(frames + 64) / src:.6f}"]  # a little extra, cut exactly below
+    cmd += ["-vn", "-map", "0:a:0", "-ac", str(channels), "-ar", str(src), "-f", "f32le", "-"]
+    # stderr goes to a file: a damaged stream can log more than a pipe holds and stall ffmpeg
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as exc:
+            raise AudioError(info.path, f"cannot run ffmpeg ({exc.strerror})") from None
+        timer = threading.Timer(FFMPEG_TIMEOUT, proc.kill)
+        timer.start()
+        blocks: list[np.ndarray] = []
+        got, frame_bytes = 0, 4 * channels
+        try:
+            # read in blocks and downmix each, so a long file is never held at full width
+            while frames is None or got < frames:
+                want = _BLOCK_FRAMES if frames is None else min(_BLOCK_FRAMES, frames - got)
+                raw = proc.stdout.read(want * frame_bytes)
+                usable = len(raw) - len(raw) % frame_bytes
+                if usable:
+                    block = np.frombuffer(raw[:usable], dtype=np.float32).reshape(-1, channels)
+                    blocks.append(_to_mono(block))
+                    got += len(block)
+                if len(raw) < want * frame_bytes:
+                    break
+        finally:
+            proc.stdout.close()  # we may stop reading early: ffmpeg then exits on a broken pipe
+            killed = proc.wait() != 0 and not timer.is_alive()
+            timer.cancel()
+        if killed:
+            raise AudioError(info.path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s")
+        if proc.returncode != 0 and not blocks:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines() or ["unknown error"]
+            raise AudioError(info.path, f"ffmpeg could not decode it ({_short(lines[-1], Path(info.path))})")
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -200,22 +258,37 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 def read_segment(info: AudioInfo, offset: float, duration: float | None, sample_rate: int) -> np.ndarray:
     """Mono float32 at ``sample_rate`` from ``offset`` seconds, ``duration`` seconds long
-    (``None``: to the end). Reads only that part of the file where the format can seek."""
+    (``None``: to the end). Reads only that part of the file where the format can seek.
+
+    The result is the same slice of the whole file decoded and resampled at once
+    (up to resampler rounding): output sample ``k`` is at ``k / sample_rate`` s.
+    """
+    src = info.sample_rate
+    first = int(round(offset * sample_rate))  # first output sample
+    count = None if duration is None else int(round(duration * sample_rate))
+    # Read from a source frame that falls exactly on an output sample (a multiple of
+    # src/gcd), with context on both sides for the resampling filter; starting
+    # anywhere else would shift the window by a fraction of a sample.
+    step = src // math.gcd(src, sample_rate)
+    margin = 0 if src == sample_rate else int(_MARGIN_SECONDS * src)
+    lo = max(0, (first * src // sample_rate - margin) // step * step)
+    hi = None
+    if count is not None:
+        hi = -(-(first + count) * src // sample_rate) + margin
+        if info.backend == "soundfile":
+            # exact length from the header; ffprobe's is an estimate, and ffmpeg
+            # simply stops at the real end
+            hi = min(info.frames, hi)
+        if hi <= lo:
+            return np.zeros(0, np.float32)  # past the end
+    frames = None if hi is None else hi - lo
     if info.backend == "ffmpeg":
-        x = _read_ffmpeg(info, offset, duration, sample_rate)
+        raw = _read_ffmpeg(info, lo, frames)
     else:
-        src = info.sample_rate
-        start = max(0, int(round(offset * src)))
-        stop = info.frames if duration is None else min(info.frames, start + int(round(duration * src)))
-        if src == sample_rate:
-            x = _read_soundfile(info, start, stop - start)
-        else:
-            margin = int(_MARGIN_SECONDS * src)
-            lo, hi = max(0, start - margin), min(info.frames, stop + margin)
-            raw = resample(_read_soundfile(info, lo, hi - lo), src, sample_rate)
-            head = int(round((start - lo) * sample_rate / src))
-            length = int(round((stop - start) * sample_rate / src))
-            x = raw[head : head + length]
+        raw = _read_soundfile(info, lo, info.frames - lo if frames is None else frames)
+    x = resample(raw, src, sample_rate)
+    head = first - lo * sample_rate // src
+    x = x[head:] if count is None else x[head : head + count]
     return _sanitize(x)
 
 
@@ -275,9 +348,15 @@ def iter_windows(path: str | os.PathLike, sample_rate: int, window_seconds: floa
 
     def generate() -> Iterator[np.ndarray]:
         for start in starts:
-            x = read_segment(info, start, window_seconds, sample_rate)
+            try:
+                x = read_segment(info, start, window_seconds, sample_rate)
+            except AudioError:
+                if start == starts[0]:
+                    raise
+                x = np.zeros(0, np.float32)  # damaged from here on: treated like a truncation
             if x.size < MIN_DURATION * sample_rate * 0.5:
-                # header promised more than the file holds (truncated download)
+                # The header promised more than the file holds (a truncated download):
+                # the track is tagged from the windows that could be read.
                 if start == starts[0]:
                     raise AudioError(path, f"truncated: header says {info.duration:.1f} s but no audio could be read")
                 return

@@ -33,12 +33,12 @@ def _atomic_write(path: Path, write) -> None:
     so an interrupted save never leaves a half-written file under the real name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    # mkstemp makes the file owner-only; a model directory should be as readable as any file
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         write(tmp)
+        # mkstemp (and some writers) make files owner-only; a model should be as readable as any file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

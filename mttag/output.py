@@ -19,16 +19,29 @@ FORMATS = ("table", "csv", "json", "jsonl")
 CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]
 
 
-def _key(path: str) -> str:
-    return os.path.abspath(path)
+def safe_text(text: str) -> str:
+    """``text`` as valid UTF-8. A file name whose bytes are not UTF-8 (say Latin-1,
+    on Linux) reaches Python with surrogate escapes, which no UTF-8 file can hold:
+    those bytes are written as ``\\xNN`` instead of crashing the writer."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def path_key(path: str) -> str:
+    """What identifies a track across runs for ``--resume``: the absolute path as written."""
+    return safe_text(os.path.abspath(path))
 
 
 def _load_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     """Records already in an output file, tolerating a last line cut off mid-write."""
     records: list[dict[str, Any]] = []
-    text = path.read_text(encoding="utf-8")
+    # errors="replace": a run killed mid-write can cut a non-ASCII path in half
+    text = path.read_text(encoding="utf-8", errors="replace")
     if fmt == "csv":
         for row in csv.DictReader(io.StringIO(text)):
+            # A row cut off mid-write lacks its last column ("error", None here; a
+            # complete row has it, if only empty): its scores may be cut short too.
+            if row.get("error") is None:
+                continue
             if row.get("path") and (row.get("error") or row.get("tags") is not None):
                 if row.get("error"):
                     records.append({"path": row["path"], "error": row["error"]})
@@ -60,7 +73,7 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
     if not path.exists():
         return [], set()
     ok = [r for r in _load_records(path, fmt) if "error" not in r]
-    return ok, {_key(r["path"]) for r in ok}
+    return ok, {path_key(r["path"]) for r in ok}
 
 
 class ResultWriter:
@@ -84,6 +97,7 @@ class ResultWriter:
         self.stream.flush()
 
     def write_record(self, record: dict[str, Any]) -> None:
+        record = {k: safe_text(v) if isinstance(v, str) else v for k, v in record.items()}
         if self.fmt == "jsonl":
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.fmt == "json":

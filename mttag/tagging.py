@@ -20,13 +20,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import AudioError, is_silent, iter_audio_files, iter_windows
+from .audio import AudioError, is_silent, iter_audio_files, iter_windows, window_starts
 from .device import select_device
 
 DEFAULT_WINDOWS = 8
-# With a bounded number of windows a track is decoded whole in a worker thread;
-# above this many windows they are streamed, so memory stays bounded for hour-long tracks.
-_MAX_PREFETCHED_WINDOWS = 16
+# A track whose windows hold at most this much audio (a 5-minute song with
+# --windows all) is decoded whole in a worker thread, ahead of the model (~28 MB
+# per track at 22,050 Hz); longer ones are streamed a window at a time, so memory
+# stays bounded for hour-long tracks.
+_MAX_PREFETCHED_SECONDS = 320.0
+# Windows per forward pass when none is given. A CPU gains nothing from big
+# batches, and the teacher's activations take ~120 MB per 10 s window: 16 would
+# need ~2.4 GB of RAM. Accelerators want larger batches to stay busy.
+CPU_BATCH_SIZE = 4
+ACCELERATOR_BATCH_SIZE = 16
+
+
+def default_batch_size(device: torch.device) -> int:
+    return CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE
 
 
 @dataclass
@@ -83,21 +94,22 @@ class Tagger:
         self,
         model: nn.Module,
         device: str | torch.device = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         windows: int | None = DEFAULT_WINDOWS,
         workers: int | None = None,
     ):
         self.device = select_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
         self.config = model.config
-        self.batch_size = max(1, batch_size)
+        self.batch_size = max(1, batch_size or default_batch_size(self.device))
         self.windows = windows
         self.workers = workers or min(4, os.cpu_count() or 1)
 
     # -- decoding -------------------------------------------------------
     def _load(self, path: str):
-        info, gen = iter_windows(path, self.config.sample_rate, self.config.crop_seconds, self.windows)
-        if self.windows is not None and self.windows <= _MAX_PREFETCHED_WINDOWS:
+        window = self.config.crop_seconds
+        info, gen = iter_windows(path, self.config.sample_rate, window, self.windows)
+        if len(window_starts(info.duration, window, self.windows)) * window <= _MAX_PREFETCHED_SECONDS:
             return info, list(gen)
         return info, gen
 
@@ -145,7 +157,8 @@ class Tagger:
             if len(pending) >= self.batch_size:
                 run_batch()
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="mttag-decode") as pool:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mttag-decode")
+        try:
             lookahead = max(2, 2 * self.workers)
             futures: deque[tuple[_Track, Future]] = deque()
             queue = iter(tracks)
@@ -178,6 +191,10 @@ class Tagger:
                 yield from finished()
             run_batch()
             yield from finished()
+        finally:
+            # On an interruption (Ctrl+C, or the caller closing this generator) don't
+            # decode the tracks still queued: only wait for the ones being decoded.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _result(self, t: _Track, names, top, threshold) -> TagResult:
         if t.error is None and t.submitted == 0:
@@ -196,14 +213,15 @@ def tag(
     top: int | None = 5,
     threshold: float | None = None,
     windows: int | None = DEFAULT_WINDOWS,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str = "auto",
 ) -> Iterator[TagResult]:
     """Tag audio files and folders (searched recursively); yields one result per file.
 
     ``model`` is a loaded model, a model directory, a registered name or a Hub
     id (``None``: the default model). ``windows``: windows per track averaged
-    (``None``: every window).
+    (``None``: every window). ``batch_size``: windows per forward pass
+    (``None``: 4 on CPU, 16 on an accelerator).
     """
     from .pretrained import load_model
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import time
 from enum import Enum
 from pathlib import Path
@@ -16,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..audio import iter_audio_files
 from ..device import select_device
 from ..modelfile import ModelLoadError
-from ..output import ResultWriter, read_done
+from ..output import ResultWriter, path_key, read_done
 from ..tagging import DEFAULT_WINDOWS, Tagger
 from ._common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, console, fail
 
@@ -50,14 +52,15 @@ def tag(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv/json/jsonl)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Windows per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 4 on CPU, 16 on GPU/MPS."),
     windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Evenly spaced windows averaged per track, or 'all'."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Tag audio files with genre, mood, instrument and era tags.
 
-    Exit codes: 0 every file tagged; 1 some files failed (each gets an error record) or none found; 2 usage error.
+    Exit codes: 0 every file tagged; 1 some files failed (each gets an error record) or none found; 2 usage error;
+    130 interrupted (Ctrl+C or SIGTERM; the results so far are kept, --resume goes on).
     """
     n_windows = _parse_windows(windows)
     if resume and output is None:
@@ -86,7 +89,7 @@ def tag(
             kept, done = read_done(output, fmt.value)
         except (ValueError, OSError) as exc:
             fail(f"--resume {output}: {exc}")
-        files = [f for f in files if os.path.abspath(f) not in done]
+        files = [f for f in files if path_key(str(f)) not in done]
         if not quiet:
             console.print(f"resuming: {len(done)} tracks already tagged in {output}, {len(files)} to go")
 
@@ -114,6 +117,9 @@ def tag(
         transient=True,
     )
     interrupted = False
+    # `kill`/a job scheduler's SIGTERM ends the run like Ctrl+C: the JSON array is
+    # closed and the summary printed, so the output stays valid and resumable.
+    previous = signal.signal(signal.SIGTERM, _terminate) if _in_main_thread() else None
     try:
         with progress:
             task = progress.add_task("tagging", total=len(files), rate="")
@@ -128,6 +134,8 @@ def tag(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         writer.close()
         if output is not None:
             stream.close()
@@ -141,6 +149,15 @@ def tag(
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    # signal handlers can only be installed from the main thread (not so under some test runners)
+    return threading.current_thread() is threading.main_thread()
 
 
 def _open(output: Path | None, resume: bool):
