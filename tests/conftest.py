@@ -1,0 +1,113 @@
+"""Shared test fixtures: synthetic audio files and a tiny model directory.
+
+``make_audio(path, ...)`` writes a short synthetic track in the format its
+extension names (wav, flac, ogg, opus, mp3 through soundfile; m4a/aac through
+ffmpeg). ``tiny_model_dir`` is a seeded, randomly initialised tiny Transformer
+with short windows so multi-window behaviour is testable on clips of a few seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+TEST_TAGS = ["rock", "pop", "jazz", "ambient", "metal", "folk", "electronic", "classical"]
+# Window length of the tiny test model: 1.5 s, so a 4 s clip has 3 windows.
+TINY_CROP_SECONDS = 1.5
+
+HAS_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+needs_ffmpeg = pytest.mark.skipif(not HAS_FFMPEG, reason="needs ffmpeg and ffprobe on PATH")
+
+_SOUNDFILE_KW = {
+    ".mp3": dict(format="MP3", subtype="MPEG_LAYER_III"),
+    ".ogg": dict(format="OGG", subtype="VORBIS"),
+    ".opus": dict(format="OGG", subtype="OPUS"),
+}
+
+
+def synth(seconds: float, sr: int = 44100, channels: int = 2, kind: str = "music", freq: float = 440.0,
+          amp: float = 0.3, seed: int = 0) -> np.ndarray:
+    """``frames × channels`` float32: ``music`` (a chord with a decaying beat and a
+    little noise), ``tone`` (a sine at ``freq``, identical in every channel),
+    ``chirp`` (a noise-free sweep, each channel a different phase) or ``silence``."""
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    rng = np.random.default_rng(seed)
+    if kind == "silence":
+        mono = np.zeros(n)
+    elif kind == "tone":
+        mono = amp * np.sin(2 * np.pi * freq * t)
+    elif kind == "chirp":
+        cols = [amp * np.sin(2 * np.pi * (150 * t + 40 * t**2) + c) for c in range(channels)]
+        return np.stack(cols, axis=1).astype(np.float32)
+    elif kind == "music":
+        f0 = 110.0 * 2 ** (seed % 12 / 12)
+        mono = sum(g * np.sin(2 * np.pi * f0 * r * t) for g, r in ((1, 1), (0.6, 1.26), (0.6, 1.5), (0.3, 2)))
+        mono = mono * (0.4 + 0.6 * np.exp(-(t % 0.5) / 0.1)) + 0.05 * rng.standard_normal(n)
+        mono = amp * mono / np.max(np.abs(mono))
+    else:
+        raise ValueError(kind)
+    return np.repeat(mono[:, None], channels, axis=1).astype(np.float32)
+
+
+def write_audio(path: str | Path, data: np.ndarray, sr: int = 44100, subtype: str | None = None) -> Path:
+    """Write ``frames × channels`` ``data`` to ``path`` in the format of its extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = path.suffix.lower()
+    if ext in (".m4a", ".aac", ".mp4"):
+        if not HAS_FFMPEG:
+            pytest.skip("writing m4a needs ffmpeg")
+        channels = 1 if data.ndim == 1 else data.shape[1]
+        cmd = ["ffmpeg", "-y", "-v", "error", "-f", "f32le", "-ar", str(sr), "-ac", str(channels), "-i", "-",
+               "-c:a", "aac", "-b:a", "128k", str(path)]
+        subprocess.run(cmd, input=np.ascontiguousarray(data, dtype=np.float32).tobytes(), check=True)
+        return path
+    kwargs = dict(_SOUNDFILE_KW.get(ext, {}))
+    if subtype:
+        kwargs["subtype"] = subtype
+    sf.write(str(path), data, sr, **kwargs)
+    return path
+
+
+@pytest.fixture
+def make_audio():
+    """Factory: ``make_audio(path, seconds=2.0, sr=44100, channels=2, kind="music", **synth_kw)``.
+    Opus files are written at 48 kHz (the only rate opus allows besides 8–24 kHz)."""
+
+    def make(path, seconds: float = 2.0, sr: int = 44100, channels: int = 2, kind: str = "music",
+             subtype: str | None = None, **kw) -> Path:
+        if Path(path).suffix.lower() == ".opus":
+            sr = 48000
+        return write_audio(path, synth(seconds, sr, channels, kind, **kw), sr, subtype)
+
+    return make
+
+
+def save_tiny_model(directory: Path, seed: int = 0, crop_seconds: float = TINY_CROP_SECONDS) -> Path:
+    import torch
+
+    from mttag import save_model
+    from mttag.models import build_model, make_config
+
+    torch.manual_seed(seed)
+    model = build_model(make_config("transformer", TEST_TAGS, "tiny", crop_seconds=crop_seconds))
+    return save_model(model.eval(), directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Transformer (random weights, seed 0, 8 tags, 1.5 s windows)."""
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from mttag.modelfile import load_local_model
+
+    return load_local_model(tiny_model_dir)
