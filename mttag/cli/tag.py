@@ -20,7 +20,7 @@ from ..device import select_device
 from ..modelfile import ModelLoadError
 from ..output import ResultWriter, path_key, read_done
 from ..tagging import DEFAULT_WINDOWS, Tagger
-from ._common import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app, console, fail
+from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail
 
 
 class Format(str, Enum):
