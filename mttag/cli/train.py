@@ -71,18 +71,17 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
 def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
     """A prepared store of extra unlabelled audio: a prepared dataset as is, or folders of
     audio decoded once into ``OUT_DIR/unlabeled`` (resumable, reused on --resume)."""
-    from ..dataset import PreparedDataset, TrackSpec, prepare_dataset
-    from ..audio import iter_audio_files
+    from ..dataset import PreparedDataset, prepare_dataset, tracks_from_folder
 
     if len(paths) == 1 and (Path(paths[0]) / "dataset.json").is_file():
         return PreparedDataset(paths[0])
-    files = list(iter_audio_files(paths))
-    if not files:
+    tracks = [t for p in paths for t in tracks_from_folder(p)]
+    if not tracks:
         raise ValueError(f"--unlabeled: no audio files in {', '.join(map(str, paths))}")
     store = Path(out_dir) / "unlabeled"
     if not quiet:
-        console.print(f"decoding {len(files)} unlabelled tracks into {store} (once; reused on --resume)")
-    prepare_dataset([TrackSpec(path=str(f), tags=None) for f in files], store, workers=workers)
+        console.print(f"decoding {len(tracks)} unlabelled tracks into {store} (once; reused on --resume)")
+    prepare_dataset(tracks, store, workers=workers or 1)
     return PreparedDataset(store)
 
 
