@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import MIN_DURATION, AudioError, iter_audio_files, probe, read_segment
+from .fileio import atomic_write
 
 FORMAT = "mttag-prepared"
 FORMAT_VERSION = 1
@@ -789,9 +790,7 @@ class _Store:
         valid &= (recs["status"] == _OK) | (recs["status"] == _FAILED_REC)
         if whole != len(data) or not valid.all():
             recs = recs[valid]
-            tmp = self.journal_path.with_suffix(".tmp")
-            tmp.write_bytes(recs.tobytes())
-            os.replace(tmp, self.journal_path)
+            atomic_write(self.journal_path, lambda p: p.write_bytes(recs.tobytes()))
         extent = np.zeros(top + 1, dtype=np.int64)
         ok = recs["status"] == _OK
         np.maximum.at(extent, recs["shard"][ok], (recs["offset"] + recs["length"])[ok])
@@ -909,9 +908,7 @@ def _check_state(out_dir: Path, state: dict, create: bool) -> None:
     if not create:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
 
 
 class _exclusive:
@@ -945,12 +942,6 @@ class _exclusive:
 def _save_npy(path: Path, array_: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, array_)
-
-
-def _write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    writer(tmp)
-    os.replace(tmp, path)
 
 
 def prepare_dataset(
@@ -1309,11 +1300,11 @@ def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarr
     index["path_len"] = (path_end - path_start_src)[stored]
     index["row"] = stored
     labels = labels_all[stored]
-    _write_atomic(out_dir / "index.npy", lambda p: _save_npy(p, index))
-    _write_atomic(out_dir / "labels.npy", lambda p: _save_npy(p, labels))
-    _write_atomic(out_dir / "paths.bin", lambda p: p.write_bytes(bytes(blob)))
+    atomic_write(out_dir / "index.npy", lambda p: _save_npy(p, index))
+    atomic_write(out_dir / "labels.npy", lambda p: _save_npy(p, labels))
+    atomic_write(out_dir / "paths.bin", lambda p: p.write_bytes(bytes(blob)))
     group_names = cat.group_names()
-    _write_atomic(out_dir / "groups.json", lambda p: p.write_text(json.dumps(group_names, ensure_ascii=False),
+    atomic_write(out_dir / "groups.json", lambda p: p.write_text(json.dumps(group_names, ensure_ascii=False),
                                                                    encoding="utf-8", errors="surrogateescape"))
     reasons = store.failure_reasons()
     dataset_index = np.full(len(final_split), -1, dtype=np.int64)
@@ -1339,7 +1330,7 @@ def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarr
                             int(dataset_index[i]) if dataset_index[i] >= 0 else "",
                             f"{lengths_all[i] / sample_rate:.2f}" if dataset_index[i] >= 0 else "", reason])
 
-    _write_atomic(out_dir / "manifest.csv", write_manifest)
+    atomic_write(out_dir / "manifest.csv", write_manifest)
 
     failed_rows = np.flatnonzero(fail_mask)
 
@@ -1352,7 +1343,7 @@ def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarr
                 path = cat.path(int(i))
                 w.writerow([path, os.path.join(root, path) if root else path, reasons.get(int(keys[i]), "failed")])
 
-    _write_atomic(out_dir / "failures.csv", write_failures)
+    atomic_write(out_dir / "failures.csv", write_failures)
 
     # summary --------------------------------------------------------------------------------
     splits = index["split"]
@@ -1380,7 +1371,7 @@ def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarr
                 cs = [tag_counts[s][t] for s in SPLITS[:3]]
                 w.writerow([tag, tot, *cs, *(f"{c / tot:.3f}" if tot else "" for c in cs)])
 
-    _write_atomic(out_dir / "tag_counts.csv", write_tag_counts)
+    atomic_write(out_dir / "tag_counts.csv", write_tag_counts)
     top_dropped = dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))[:50])
     group_used = np.unique(index["group"][index["group"] >= 0])
     meta = {
@@ -1401,6 +1392,6 @@ def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarr
         "shards": [_Store.shard_name(s) for s in range(int(index["shard"].max()) + 1 if n else 0)],
         "roots": roots, "params": info["params"], "last_run": info["run"],
     }
-    _write_atomic(out_dir / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False),
+    atomic_write(out_dir / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False),
                                                                     encoding="utf-8"))
 

@@ -6,8 +6,6 @@ Weights are stored only as safetensors, which cannot run code when loaded.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
+from .fileio import atomic_write
 from .models import ModelConfig, build_model, count_parameters
 
 CONFIG_NAME = "config.json"
@@ -26,23 +25,6 @@ CARD_NAME = "README.md"
 
 class ModelLoadError(Exception):
     """A model directory that cannot be loaded; the message says why in one line."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``,
-    so an interrupted save never leaves a half-written file under the real name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp (and some writers) make files owner-only; a model should be as readable as any file
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_card(config: ModelConfig, n_params: int, metrics: dict[str, Any] | None = None, body: str = "") -> str:
@@ -96,10 +78,10 @@ def save_model(
     config.provenance.setdefault("mttag_version", __version__)
     # DDP/compile wrappers and shared storage trip safetensors; store plain contiguous copies
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, config.save)
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, config.save)
     card = model_card(config, count_parameters(model), metrics, card_body)
-    _atomic_write(directory / CARD_NAME, lambda p: Path(p).write_text(card, encoding="utf-8"))
+    atomic_write(directory / CARD_NAME, lambda p: Path(p).write_text(card, encoding="utf-8"))
     return directory
 
 

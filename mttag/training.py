@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .dataset import PreparedDataset
 from .device import select_device
+from .fileio import atomic_write
 from .metrics import tagging_metrics
 from .models import ModelConfig, build_model, make_config
 from .modelfile import save_model
@@ -204,12 +205,6 @@ def bce(probs: np.ndarray, targets: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _rng_state(augment=None) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": json.dumps([v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()[1:]]),
             "python": json.dumps(random.getstate()),
@@ -473,10 +468,11 @@ def train(
             with open(out_dir / LOG_NAME, "a", encoding="utf-8") as f:
                 f.write(json.dumps(dataclasses.asdict(result)) + "\n")
             rngs = _gather(_rng_state(augment), world)
-            _atomic_torch_save({
+            checkpoint = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                 "best_loss": best_loss, "bad_epochs": bad_epochs, "rng": rngs,
-            }, ckpt_path)
+            }
+            atomic_write(ckpt_path, lambda p: torch.save(checkpoint, p))
         elif world > 1:
             _gather(_rng_state(augment), world)
         if on_epoch is not None and rank == 0:
