@@ -346,13 +346,17 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
 
     # -- read endpoints --------------------------------------------------------------------
-    def _model_info(self, repo_id: str, revision: str, blobs: bool) -> None:
+    def _read_commit(self, repo_id: str, revision: str):
+        """(repo, commit) for a read request, or None once the error response is sent."""
         repo = self._repo_for_read(repo_id)
-        if repo is None:
+        commit = self._commit_for(repo, revision) if repo is not None else None
+        return None if commit is None else (repo, commit)
+
+    def _model_info(self, repo_id: str, revision: str, blobs: bool) -> None:
+        found = self._read_commit(repo_id, revision)
+        if found is None:
             return
-        commit = self._commit_for(repo, revision)
-        if commit is None:
-            return
+        repo, commit = found
         siblings = []
         for path, blob in sorted(commit.files.items()):
             entry = {"rfilename": path}
@@ -369,12 +373,10 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
-        repo = self._repo_for_read(repo_id)
-        if repo is None:
+        found = self._read_commit(repo_id, revision)
+        if found is None:
             return
-        commit = self._commit_for(repo, revision)
-        if commit is None:
-            return
+        _, commit = found
         out = []
         for path, blob in sorted(commit.files.items()):
             if prefix and not path.startswith(prefix.rstrip("/") + "/"):
