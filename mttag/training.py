@@ -176,9 +176,12 @@ def teacher_probabilities(teacher: nn.Module, wave: torch.Tensor, sample_rate: i
 @torch.no_grad()
 def predict_tracks(model: nn.Module, data: PreparedDataset, indices: np.ndarray, crop: int, chunks: int,
                    device: torch.device, batch_size: int = 8, workers: int = 0, rank: int = 0, world: int = 1,
-                   amp: bool = False) -> np.ndarray:
+                   amp: bool = False, probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """Track-level probabilities (mean over ``chunks`` evenly spaced crops) for ``indices``;
-    with several ranks each predicts a shard and all get the whole result."""
+    with several ranks each predicts a shard and all get the whole result.
+    ``probabilities`` maps a batch of crops to probabilities (default: sigmoid of ``model``)."""
+    if probabilities is None:
+        probabilities = lambda x: torch.sigmoid(model(x).float())  # noqa: E731
     was_training = model.training
     model.eval()
     shard = np.arange(len(indices))[rank::world]
@@ -189,7 +192,7 @@ def predict_tracks(model: nn.Module, data: PreparedDataset, indices: np.ndarray,
         b = x.shape[0]
         x = x.to(device, non_blocking=True).flatten(0, 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            p = torch.sigmoid(model(x).float()).view(b, chunks, -1).mean(1).cpu().numpy()
+            p = probabilities(x).float().view(b, chunks, -1).mean(1).cpu().numpy()
         for kk, pp in zip(k.tolist(), p):
             local[int(shard[kk])] = pp
     model.train(was_training)
@@ -388,6 +391,7 @@ def train(
         (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
     epoch = start_epoch - 1
+    pseudo_targets: np.ndarray | None = None
     for epoch in range(start_epoch, config.max_epochs):
         if bad_epochs >= config.patience:
             break
@@ -447,7 +451,11 @@ def train(
         else:
             src, idx = pseudo_valid
             probs = predict_tracks(model, src, idx, crop, config.eval_chunks, device, rank=rank, world=world, amp=amp)
-            targets_v = _teacher_targets(teacher, src, idx, crop, config.eval_chunks, device, sample_rate, amp)
+            if pseudo_targets is None:  # the teacher is frozen: its targets never change
+                pseudo_targets = predict_tracks(
+                    teacher, src, idx, crop, config.eval_chunks, device, rank=rank, world=world, amp=amp,
+                    probabilities=lambda x: teacher_probabilities(teacher, x, sample_rate))
+            targets_v = pseudo_targets
         valid_loss = bce(probs, targets_v)
         metrics = tagging_metrics(targets_v > 0.5, probs) if pseudo_valid is None else {"roc_auc": None, "pr_auc": None}
         improved = valid_loss < best_loss - 1e-6
@@ -482,16 +490,6 @@ def train(
     if world > 1:
         dist.barrier()
     return out_dir / MODEL_DIR_NAME
-
-
-@torch.no_grad()
-def _teacher_targets(teacher, data, indices, crop, chunks, device, sample_rate, amp) -> np.ndarray:
-    out = []
-    for i in indices:
-        x = torch.from_numpy(data.evenly_spaced_crops(int(i), crop, chunks)).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(teacher_probabilities(teacher, x, sample_rate).mean(0).cpu().numpy())
-    return np.stack(out)
 
 
 def evaluate(model: nn.Module, dataset: str | Path | PreparedDataset, split: str = "test", chunks: int = 8,
