@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from enum import Enum
 from pathlib import Path
@@ -132,12 +131,12 @@ def train(
 def _check_split(dataset: Path, split: str) -> None:
     if split.lower() != "cals":
         fail(f"--split {split}: only 'cals' is known")
-    meta = dataset / "dataset.json"
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        fail(f"{dataset}: not a prepared dataset (no readable dataset.json)")
+    from ..dataset import PreparedDataset
     from ..vocab import CALS_TAGS
 
-    if info.get("tags") != CALS_TAGS:
+    try:
+        tags = PreparedDataset(dataset).tags
+    except (OSError, ValueError, KeyError) as exc:
+        fail(str(exc))
+    if tags != CALS_TAGS:
         fail(f"{dataset} was not prepared from the CALS split (prepare it with: mttag prepare OUT --split cals ...)")
