@@ -216,3 +216,17 @@ def test_split_cals_refuses_other_datasets(dataset, tmp_path):
     res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "r"), "--split", "cals"])
     assert res.exit_code == 2 and "not prepared from the CALS split" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_rounds_chain_teachers(dataset, teacher_dir, tmp_path):
+    model_dir, _ = teacher_dir
+    args = ["train", str(dataset), str(tmp_path / "ke"), "--teacher", str(model_dir), "--rounds", "2",
+            "--preset", "tiny", "--crop-seconds", "1", "--max-epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "4", "--eval-chunks", "1", "--workers", "0", "--device", "cpu", "--no-augment", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    first = load_model(tmp_path / "ke" / "round1" / "model").config.provenance["teacher"]
+    second = load_model(tmp_path / "ke" / "round2" / "model").config.provenance["teacher"]
+    assert first == str(model_dir) and second == str(tmp_path / "ke" / "round1" / "model")
+    # --resume on finished rounds does nothing more and succeeds
+    assert CliRunner().invoke(app, args + ["--resume"]).exit_code == 0
