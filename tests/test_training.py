@@ -155,6 +155,20 @@ def test_distilled_student_close_to_teacher(dataset, teacher_dir, tmp_path):
     assert student_auc > teacher_auc - 0.08, (student_auc, teacher_auc)
 
 
+def test_student_config_crop_length(dataset, teacher_dir, tmp_path):
+    """--crop-seconds overrides a student CONFIG.json; a file without one gets the architecture's default."""
+    model_dir, _ = teacher_dir
+    student = _write_json(tmp_path / "s.json", {"arch": "transformer", "params": {"conv_channels": 4, "dim": 16, "depth": 1, "heads": 2}})
+    common = ["--teacher", str(model_dir), "--student", student, "--no-augment", "--max-epochs", "1", "--steps-per-epoch", "1",
+              "--batch-size", "4", "--eval-chunks", "1", "--workers", "0", "--device", "cpu", "--quiet"]
+    res = CliRunner().invoke(app, ["distill", str(dataset), str(tmp_path / "a"), "--crop-seconds", "1.5", *common])
+    assert res.exit_code == 0, res.output
+    assert load_model(tmp_path / "a" / "model").config.crop_seconds == 1.5
+    res = CliRunner().invoke(app, ["distill", str(dataset), str(tmp_path / "b"), *common])
+    assert res.exit_code == 0, res.output
+    assert load_model(tmp_path / "b" / "model").config.crop_seconds == 10.0
+
+
 def test_distill_without_labels_from_folder(teacher_dir, tmp_path):
     model_dir, _ = teacher_dir
     folder = tmp_path / "library"
@@ -230,3 +244,29 @@ def test_rounds_chain_teachers(dataset, teacher_dir, tmp_path):
     assert first == str(model_dir) and second == str(tmp_path / "ke" / "round1" / "model")
     # --resume on finished rounds does nothing more and succeeds
     assert CliRunner().invoke(app, args + ["--resume"]).exit_code == 0
+
+
+def test_evaluate_matches_tags_by_name(teacher_dir, tmp_path):
+    """A dataset with the model's tags in another order, plus a tag the model lacks,
+    scores the shared tags exactly as a dataset in the model's own order does."""
+    model_dir, _ = teacher_dir
+    rng = np.random.default_rng(5)
+    specs_same, specs_other = [], []
+    for i in range(24):
+        low, high, noisy, extra = rng.random(4) < [0.5, 0.4, 0.3, 0.5]
+        path = tmp_path / f"e{i:02d}.wav"
+        sf.write(path, _clip(rng, low, high, noisy), SR)
+        same = [t for t, on in zip(TAGS, (low, high, noisy)) if on]
+        other = [t for t, on in zip(("noisy", "extra", "low"), (noisy, extra, low)) if on]
+        specs_same.append(TrackSpec(path=str(path), tags=same, group=f"e{i}", split="test"))
+        specs_other.append(TrackSpec(path=str(path), tags=other, group=f"e{i}", split="test"))
+    prepare_dataset(specs_same, tmp_path / "same", min_count=1, workers=1, tags_vocab=TAGS)
+    prepare_dataset(specs_other, tmp_path / "other", min_count=1, workers=1, tags_vocab=["noisy", "extra", "low"])
+    model = load_model(model_dir)
+    ref = evaluate(model, tmp_path / "same", "test", chunks=2, device="cpu")
+    got = evaluate(model, tmp_path / "other", "test", chunks=2, device="cpu")
+    assert got["tags_not_in_model"] == ["extra"] and "extra" not in got["per_tag"]
+    assert set(got["per_tag"]) == {"noisy", "low"}
+    for tag in ("noisy", "low"):
+        assert got["per_tag"][tag] == pytest.approx(ref["per_tag"][tag], abs=1e-6)
+    assert got["roc_auc"] == pytest.approx(np.mean([ref["per_tag"][t]["roc_auc"] for t in ("noisy", "low")]))
