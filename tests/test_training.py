@@ -270,3 +270,16 @@ def test_evaluate_matches_tags_by_name(teacher_dir, tmp_path):
     for tag in ("noisy", "low"):
         assert got["per_tag"][tag] == pytest.approx(ref["per_tag"][tag], abs=1e-6)
     assert got["roc_auc"] == pytest.approx(np.mean([ref["per_tag"][t]["roc_auc"] for t in ("noisy", "low")]))
+
+
+def test_augment_probabilities_option(dataset, tmp_path):
+    args = ["train", str(dataset), str(tmp_path / "r"), "--preset", "tiny", "--crop-seconds", "1", "--max-epochs", "1",
+            "--steps-per-epoch", "1", "--batch-size", "4", "--eval-chunks", "1", "--workers", "0", "--device", "cpu",
+            "--quiet", "--augment-p", "reverb=0", "--augment-p", "pitch-shift=0.5"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert cfg["augment_probabilities"] == {"reverb": 0.0, "pitch_shift": 0.5}
+    bad_args = [str(tmp_path / "r2") if a == str(tmp_path / "r") else a for a in args[:-4]]
+    bad = CliRunner().invoke(app, bad_args + ["--augment-p", "echo=1"])
+    assert bad.exit_code == 2 and "expected NAME=P" in bad.output and not (tmp_path / "r2").exists()

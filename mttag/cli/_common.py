@@ -28,5 +28,25 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def augment_probabilities(items: list[str] | None) -> dict[str, float]:
+    """``--augment-p NAME=P`` options → ``{name: p}`` for ``paper_chain``, with one-line errors."""
+    from ..augment import DEFAULT_PROBABILITIES
+
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in DEFAULT_PROBABILITIES:
+            fail(f"--augment-p {item!r}: expected NAME=P with NAME one of {', '.join(DEFAULT_PROBABILITIES)}")
+        try:
+            p = float(value)
+        except ValueError:
+            p = -1.0
+        if not 0.0 <= p <= 1.0:
+            fail(f"--augment-p {item!r}: the probability must be a number from 0 to 1")
+        out[name] = p
+    return out
+
+
 def is_tty() -> bool:
     return sys.stderr.isatty()

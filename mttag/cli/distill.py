@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ._common import app, console, fail
+from ._common import app, augment_probabilities, console, fail
 from .train import run_training
 
 
@@ -50,6 +50,7 @@ def distill(
     unlabeled: Optional[List[Path]] = typer.Option(None, "--unlabeled", help="Extra unlabelled audio: folders or a prepared dataset."),
     rounds: int = typer.Option(1, "--rounds", min=1, help="Iterate: each student becomes the next teacher."),
     augment: bool = typer.Option(True, "--augment/--no-augment"),
+    augment_p: Optional[List[str]] = typer.Option(None, "--augment-p", metavar="NAME=P", help="Change one augmentation's probability (repeatable): polarity, noise, gain, filter, delay, pitch_shift, reverb; e.g. --augment-p reverb=0 when reverb is one of your tags."),
     crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds"),
     batch_size: int = typer.Option(32, "--batch-size", min=2),
     lr: float = typer.Option(1e-4, "--lr"),
@@ -76,7 +77,7 @@ def distill(
     preset, student_cfg = student_settings(student)
     cfg = TrainConfig(arch=(student_cfg or {}).get("arch", "transformer"), preset=preset, student_config=student_cfg,
                       crop_seconds=crop_seconds, batch_size=batch_size, lr=lr, max_epochs=max_epochs, patience=patience,
-                      steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, augment=augment, device=device,
+                      steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, augment=augment, augment_probabilities=augment_probabilities(augment_p), device=device,
                       workers=workers, seed=seed, teacher=teacher, unlabeled_fraction=unlabeled_fraction,
                       pseudo_weight=pseudo_weight)
     run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)

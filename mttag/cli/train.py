@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from ._common import app, console, fail
+from ._common import app, augment_probabilities, console, fail
 
 
 class Arch(str, Enum):
@@ -91,6 +91,7 @@ def train(
     arch: Arch = typer.Option(Arch.transformer, "--arch", help="Model architecture."),
     preset: str = typer.Option("teacher", "--preset", help="teacher, small or tiny (a few 100 k parameters, for CPU)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="The paper's data augmentation on the training device."),
+    augment_p: Optional[list[str]] = typer.Option(None, "--augment-p", metavar="NAME=P", help="Change one augmentation's probability (repeatable): polarity, noise, gain, filter, delay, pitch_shift, reverb; e.g. --augment-p reverb=0 when reverb is one of your tags."),
     crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds", help="Training crop length (default 10 for the Transformer, 3.69 for the ResNet)."),
     batch_size: int = typer.Option(32, "--batch-size", min=2),
     lr: float = typer.Option(1e-4, "--lr"),
@@ -119,7 +120,7 @@ def train(
         fail("--unlabeled needs --teacher (noisy student training)")
     cfg = TrainConfig(arch=arch.value, preset=preset, crop_seconds=crop_seconds, batch_size=batch_size, lr=lr,
                       max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch,
-                      eval_chunks=eval_chunks, augment=augment, device=device, workers=workers, seed=seed,
+                      eval_chunks=eval_chunks, augment=augment, augment_probabilities=augment_probabilities(augment_p), device=device, workers=workers, seed=seed,
                       teacher=teacher, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight)
     if rounds > 1 and not teacher:
         fail("--rounds needs --teacher")
