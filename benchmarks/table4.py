@@ -244,8 +244,8 @@ def train_in_parallel(argv: list[str], seeds: list[int], parallel: int, work: Pa
             logfile = work / f"seed{seed}.log"
             cmd = [sys.executable, __file__, *argv, "--seeds", str(seed), "--parallel", "1"]
             log(f"seed {seed} in its own process ({threads} thread{'s' * (threads > 1)}), log: {logfile}")
-            running.append((seed, subprocess.Popen(cmd, env=env, stdout=open(logfile, "a"),
-                                                   stderr=subprocess.STDOUT), logfile))
+            with open(logfile, "a") as out:  # the child keeps its own copy of the descriptor
+                running.append((seed, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), logfile))
         time.sleep(2)
         for item in list(running):
             seed, proc, logfile = item
