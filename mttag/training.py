@@ -31,7 +31,7 @@ from .dataset import PreparedDataset
 from .device import select_device
 from .fileio import atomic_write
 from .metrics import tagging_metrics
-from .models import DEFAULT_CROP_SECONDS, ModelConfig, build_model, make_config
+from .models import ModelConfig, build_model, crop_seconds_for, make_config
 from .modelfile import save_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -294,9 +294,8 @@ def train(
     if config.student_config:
         student = {**config.student_config, "tags": tags}
         # the command line's --crop-seconds wins over the file; a file without one gets its architecture's default
-        if config.crop_seconds is not None:
-            student["crop_seconds"] = config.crop_seconds
-        student.setdefault("crop_seconds", DEFAULT_CROP_SECONDS.get(student.get("arch", config.arch), 10.0))
+        crop = config.crop_seconds if config.crop_seconds is not None else student.get("crop_seconds")
+        student["crop_seconds"] = crop_seconds_for(student.get("arch", config.arch), crop)
         model_config = ModelConfig.from_dict(student)
     else:
         model_config = make_config(config.arch, tags, config.preset, config.crop_seconds, **config.model_params)

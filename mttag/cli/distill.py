@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ._common import app, augment_probabilities, console, fail
-from .train import run_training
+from ._common import app, augment_probabilities, fail
+from .train import run_rounds
 
 
 def student_settings(student: str) -> tuple[str, dict | None]:
@@ -28,18 +28,6 @@ def student_settings(student: str) -> tuple[str, dict | None]:
     if student not in presets("transformer"):
         fail(f"--student {student}: expected one of {', '.join(presets('transformer'))} or a CONFIG.json")
     return student, None
-
-
-def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled, quiet: bool) -> None:
-    """Each round's student becomes the next round's teacher; every round keeps its own
-    run directory (``OUT/round1``, ...) so all of them are exported and resumable."""
-    for k in range(1, rounds + 1):
-        run_dir = out_dir if rounds == 1 else out_dir / f"round{k}"
-        if rounds > 1 and not quiet:
-            console.print(f"[bold]round {k}/{rounds}[/]: teacher {cfg.teacher}")
-        # with --resume, finished rounds return at once and a round not yet begun starts fresh
-        run_training(dataset, run_dir, cfg, resume and (run_dir / "checkpoint.pt").exists(), unlabeled, quiet)
-        cfg.teacher = str(run_dir / "model")
 
 
 @app.command()

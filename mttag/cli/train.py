@@ -67,6 +67,18 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
             console.print("no epoch finished; nothing exported")
 
 
+def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled, quiet: bool) -> None:
+    """Each round's student becomes the next round's teacher; every round keeps its own
+    run directory (``OUT/round1``, ...) so all of them are exported and resumable."""
+    for k in range(1, rounds + 1):
+        run_dir = out_dir if rounds == 1 else out_dir / f"round{k}"
+        if rounds > 1 and not quiet:
+            console.print(f"[bold]round {k}/{rounds}[/]: teacher {cfg.teacher}")
+        # with --resume, finished rounds return at once and a round not yet begun starts fresh
+        run_training(dataset, run_dir, cfg, resume and (run_dir / "checkpoint.pt").exists(), unlabeled, quiet)
+        cfg.teacher = str(run_dir / "model")
+
+
 def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
     """A prepared store of extra unlabelled audio: a prepared dataset as is, or folders of
     audio decoded once into ``OUT_DIR/unlabeled`` (resumable, reused on --resume)."""
@@ -124,8 +136,6 @@ def train(
                       teacher=teacher, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight)
     if rounds > 1 and not teacher:
         fail("--rounds needs --teacher")
-    from .distill import run_rounds
-
     run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)
 
 

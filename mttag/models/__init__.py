@@ -38,6 +38,11 @@ def build_model(config: ModelConfig) -> nn.Module:
     return _module(config.arch)[1](config)
 
 
+def crop_seconds_for(arch: str, crop_seconds: float | None = None) -> float:
+    """``crop_seconds`` when given, else the length ``arch`` was designed for."""
+    return DEFAULT_CROP_SECONDS.get(arch, 10.0) if crop_seconds is None else crop_seconds
+
+
 def make_config(
     arch: str,
     tags: list[str],
@@ -54,7 +59,7 @@ def make_config(
         tags=list(tags),
         preset=preset,
         params={**table[preset], **overrides},
-        crop_seconds=DEFAULT_CROP_SECONDS.get(arch, 10.0) if crop_seconds is None else crop_seconds,
+        crop_seconds=crop_seconds_for(arch, crop_seconds),
     )
 
 
@@ -62,4 +67,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHITECTURES", "FORMAT_VERSION", "ModelConfig", "build_model", "make_config", "presets", "count_parameters"]
+__all__ = ["ARCHITECTURES", "FORMAT_VERSION", "ModelConfig", "build_model", "crop_seconds_for", "make_config", "presets", "count_parameters"]
