@@ -124,9 +124,9 @@ def prepare(dataset: Path, annotations: Path, audio_root: Path, vocab: Path, wor
 # runs
 
 
-def train_args(a, arch: str, augment: bool, seed: int) -> list:
-    crop = a.resnet_crop_seconds if arch == "resnet" else a.crop_seconds
-    args = ["--arch", arch, "--preset", a.preset, "--augment" if augment else "--no-augment",
+def run_args(a, crop: float | None, augment: bool, seed: int) -> list:
+    """The options every training run of the table shares (`mttag train` and `mttag distill`)."""
+    args = ["--augment" if augment else "--no-augment",
             "--max-epochs", a.epochs, "--patience", a.patience, "--batch-size", a.batch_size,
             "--lr", a.lr, "--eval-chunks", a.eval_chunks, "--device", a.device, "--workers", a.workers, "--seed", seed,
             "--quiet"]
@@ -135,6 +135,11 @@ def train_args(a, arch: str, augment: bool, seed: int) -> list:
     if a.steps:
         args += ["--steps-per-epoch", a.steps]
     return args
+
+
+def train_args(a, arch: str, augment: bool, seed: int) -> list:
+    crop = a.resnet_crop_seconds if arch == "resnet" else a.crop_seconds
+    return ["--arch", arch, "--preset", a.preset, *run_args(a, crop, augment, seed)]
 
 
 def do_run(a, name: str, seed: int, dataset: Path, runs: Path, student_json: Path) -> Path:
@@ -155,13 +160,7 @@ def do_run(a, name: str, seed: int, dataset: Path, runs: Path, student_json: Pat
     elif name == "transformer_da_kd":
         teacher = runs / f"transformer_da_ke_s{seed}" / "model"
         cmd = mttag("distill", dataset, out, "--teacher", teacher, "--student", a.student or student_json,
-                    "--augment", "--max-epochs", a.epochs, "--patience", a.patience, "--batch-size", a.batch_size, "--lr", a.lr,
-                    "--eval-chunks", a.eval_chunks, "--device", a.device, "--workers", a.workers,
-                    "--seed", seed, "--quiet")
-        if a.crop_seconds:
-            cmd += ["--crop-seconds", a.crop_seconds]
-        if a.steps:
-            cmd += ["--steps-per-epoch", a.steps]
+                    *run_args(a, a.crop_seconds, True, seed))
     else:
         raise ValueError(name)
     if out.exists() and not (out / "done").exists() and (out / "checkpoint.pt").exists():
