@@ -60,13 +60,18 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     """Files named directly (whatever their extension), and audio files found
     recursively in folders, sorted, each real file once, safe against symlink loops."""
     seen: set[str] = set()
+
+    def first_time(path: Path) -> bool:
+        key = os.path.realpath(path)
+        new = key not in seen
+        seen.add(key)
+        return new
+
     for root in paths:
         root = Path(root)
         if not root.is_dir():
             # a missing or odd file is reported by the decoder, not skipped silently
-            key = os.path.realpath(root)
-            if key not in seen:
-                seen.add(key)
+            if first_time(root):
                 yield root
             continue
         visited_dirs: set[str] = set()
@@ -81,9 +86,7 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
                 if name.startswith(".") or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
                     continue
                 path = Path(dirpath) / name
-                key = os.path.realpath(path)
-                if key not in seen:
-                    seen.add(key)
+                if first_time(path):
                     yield path
 
 

@@ -42,7 +42,7 @@ def _load_records(path: Path, fmt: str) -> list[dict[str, Any]]:
             # complete row has it, if only empty): its scores may be cut short too.
             if row.get("error") is None:
                 continue
-            if row.get("path") and (row.get("error") or row.get("tags") is not None):
+            if row.get("path"):  # "tags" precedes "error", so a row with "error" has it too
                 if row.get("error"):
                     records.append({"path": row["path"], "error": row["error"]})
                 elif row.get("duration"):
