@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository's mttag, installed or not
 RENDER = HERE / "rendered" / "render.py"
 
 CONFIGS = [  # (name, label in the table)
@@ -186,10 +187,9 @@ def evaluate(a, model: Path, dataset: Path, out_json: Path, logfile: Path) -> di
 
 def n_params(model: Path) -> int | None:
     try:
-        sys.path.insert(0, str(HERE.parent))
-        import torch  # noqa: F401
         from mttag.modelfile import load_local_model  # type: ignore
-        return sum(p.numel() for p in load_local_model(model).parameters())
+        from mttag.models import count_parameters  # type: ignore
+        return count_parameters(load_local_model(model))
     except Exception:
         return None
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +56,33 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+class UnlistableFolder(Exception):
+    """A folder under one to search that could not be listed (permissions, I/O error)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def iter_audio_files(paths: Iterable[str | os.PathLike],
+                     on_error: Callable[[UnlistableFolder], None] | None = None) -> Iterator[Path]:
     """Files named directly (whatever their extension), and audio files found
-    recursively in folders, sorted, each real file once, safe against symlink loops."""
+    recursively in folders, sorted, each real file once, safe against symlink loops.
+
+    A folder that cannot be listed is never skipped in silence: it is passed to
+    ``on_error`` (an :class:`UnlistableFolder` naming it and why), or, without
+    ``on_error``, raised once the readable files have all been yielded.
+    """
     seen: set[str] = set()
+    problems: list[UnlistableFolder] = []
+
+    def report(exc: OSError) -> None:
+        problem = UnlistableFolder(exc.filename or "?", (exc.strerror or str(exc)).lower())
+        if on_error is not None:
+            on_error(problem)
+        else:
+            problems.append(problem)
 
     def first_time(path: Path) -> bool:
         key = os.path.realpath(path)
@@ -75,7 +98,7 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
                 yield root
             continue
         visited_dirs: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=report):
             real = os.path.realpath(dirpath)
             if real in visited_dirs:
                 dirnames[:] = []
@@ -88,6 +111,8 @@ def iter_audio_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
                 path = Path(dirpath) / name
                 if first_time(path):
                     yield path
+    if problems:
+        raise problems[0]
 
 
 def ffmpeg_available() -> bool:
@@ -171,7 +196,7 @@ def _to_mono(data: np.ndarray) -> np.ndarray:
 
 def _sanitize(x: np.ndarray) -> np.ndarray:
     # Float files can hold NaN/inf (broken encoders, bad edits); they would poison
-    # every frame they touch, so they become silence.
+    # every frame they touch, so those samples (and only those) become zero.
     if not np.isfinite(x).all():
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     return x
@@ -289,10 +314,10 @@ def read_segment(info: AudioInfo, offset: float, duration: float | None, sample_
         raw = _read_ffmpeg(info, lo, frames)
     else:
         raw = _read_soundfile(info, lo, info.frames - lo if frames is None else frames)
-    x = resample(raw, src, sample_rate)
+    # before resampling: the filter would smear each NaN/inf over ~30 ms of its neighbours
+    x = resample(_sanitize(raw), src, sample_rate)
     head = first - lo * sample_rate // src
-    x = x[head:] if count is None else x[head : head + count]
-    return _sanitize(x)
+    return x[head:] if count is None else x[head : head + count]
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 22050, offset: float = 0.0,

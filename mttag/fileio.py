@@ -1,8 +1,9 @@
-"""Atomic file writes: an interrupted write never leaves a half-written file under the real name."""
+"""Safe file operations: atomic writes, and exclusive locks that say who holds them."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,3 +25,77 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class LockedError(Exception):
+    """Another process holds the lock; the message names it."""
+
+
+class ExclusiveLock:
+    """An exclusive, non-blocking lock on ``path`` (created if missing), released on exit
+    or when the process dies (``flock`` on POSIX, ``msvcrt.locking`` on Windows).
+
+    The holder writes its pid and command line into the file, so a refused run can say
+    which run it collided with. The file is never truncated before the lock is held.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str, remove: bool = False):
+        self.path = Path(path)
+        self.what = what  # "mttag train into runs/x", for the refusal message
+        self.remove = remove  # delete the lock file on release (for locks beside a user's file)
+        self.fd: int | None = None
+
+    def __enter__(self) -> "ExclusiveLock":
+        while True:
+            fd = self._acquire()
+            # A holder that removes the file on release may have done so between our open
+            # and our lock: then we hold a lock on a file nobody else will ever see. Retry.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass  # the lock matters, the note is a courtesy
+        return self
+
+    def _acquire(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = ""
+            try:
+                holder = os.read(fd, 300).decode("utf-8", "replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            detail = f" ({holder.splitlines()[0]})" if holder else ""
+            raise LockedError(f"{self.what} is already running{detail}; wait for it to finish or stop it") from None
+        return fd
+
+    def __exit__(self, *exc) -> bool:
+        if self.fd is not None:
+            try:
+                if self.remove:
+                    self.path.unlink(missing_ok=True)  # while still held: see __enter__
+                else:
+                    os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False

@@ -2,6 +2,9 @@
 
 Every format flushes after each record so an interrupted run keeps what it did,
 and every file format can be read back (:func:`read_done`) to resume.
+:class:`OutputFile` guards the file itself: it never overwrites an input, an audio
+file or a file mttag did not write, takes a lock so two runs cannot share it, and
+replaces it on ``--resume`` atomically, through a symbolic link, keeping its mode.
 """
 
 from __future__ import annotations
@@ -10,13 +13,30 @@ import csv
 import io
 import json
 import os
+import re
+import stat
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from .audio import AUDIO_EXTENSIONS
+from .display import printable
+from .fileio import ExclusiveLock, LockedError
 from .tagging import TagResult
 
 FORMATS = ("table", "csv", "json", "jsonl")
 CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]
+# First line of a table written to a file, so a later run knows the file is mttag's own.
+TABLE_HEADER = "# mttag tag results"
+# Format a results file's name implies (``-o tags.json``); anything else is a table.
+FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "table"}
+# The first bytes of audio (and other binary) files: such a file is never replaced by results.
+_BINARY_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM", b"\x1aE\xdf\xa3", b"wvpk", b"MAC ", b"MThd",
+                 b"\x30\x26\xb2\x75", b"\x89PNG", b"\xff\xd8\xff", b"PK\x03\x04", b"%PDF")
+
+
+class OutputError(Exception):
+    """The results file cannot be used; the message says why in one line."""
 
 
 def safe_text(text: str) -> str:
@@ -26,9 +46,36 @@ def safe_text(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def path_text(text: str) -> str:
+    """A file path as UTF-8 text that maps back to exactly one file.
+
+    A path with undecodable bytes is written with ``\\xNN`` escapes; so that such a
+    name can never read the same as another file's real name (``caf\\xe9.wav``), its
+    backslashes are doubled too (on POSIX, where a backslash is an ordinary character).
+    Paths that are plain UTF-8 without a backslash, nearly all of them, are unchanged.
+    """
+    if os.sep == "/" and ("\\" in text or _has_surrogates(text)):
+        text = text.replace("\\", "\\\\")
+    return safe_text(text)
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def path_from_text(text: str) -> str:
+    """The inverse of :func:`path_text`: the path (with surrogate escapes) a record names."""
+    if os.sep != "/" or "\\" not in text:
+        return text
+    return _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)
+
+
 def path_key(path: str) -> str:
-    """What identifies a track across runs for ``--resume``: the absolute path as written."""
-    return safe_text(os.path.abspath(path))
+    """What identifies a track across runs for ``--resume``: its absolute path, as written."""
+    return path_text(os.path.abspath(path))
 
 
 def _load_records(path: Path, fmt: str) -> list[dict[str, Any]]:
@@ -73,13 +120,13 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
     if not path.exists():
         return [], set()
     ok = [r for r in _load_records(path, fmt) if "error" not in r]
-    return ok, {path_key(r["path"]) for r in ok}
+    return ok, {path_key(path_from_text(r["path"])) for r in ok}
 
 
 class ResultWriter:
     """Writes records to ``stream`` in ``fmt``; call :meth:`close` to finish the file."""
 
-    def __init__(self, stream: IO[str], fmt: str, console=None):
+    def __init__(self, stream: IO[str], fmt: str, console=None, table_header: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
         self.stream = stream
@@ -91,6 +138,8 @@ class ResultWriter:
             self._csv.writeheader()
         elif fmt == "json":
             stream.write("[\n")
+        elif fmt == "table" and table_header:
+            stream.write(TABLE_HEADER + "\n")
         self._flush()
 
     def _flush(self) -> None:
@@ -99,10 +148,11 @@ class ResultWriter:
     def write_record(self, record: dict[str, Any]) -> None:
         record = {k: safe_text(v) if isinstance(v, str) else v for k, v in record.items()}
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         elif self.fmt == "json":
             # one record per line so a cut-off file can still be read back for --resume
-            self.stream.write(("" if self.count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+            self.stream.write(("" if self.count == 0 else ",\n") + line)
         elif self.fmt == "csv":
             tags = record.get("tags", [])
             self._csv.writerow({
@@ -118,9 +168,12 @@ class ResultWriter:
         self._flush()
 
     def write(self, result: TagResult) -> None:
-        self.write_record(result.to_dict())
+        record = result.to_dict()
+        record["path"] = path_text(record["path"])
+        self.write_record(record)
 
     def _write_table_row(self, record: dict[str, Any]) -> None:
+        record = {k: printable(v) if isinstance(v, str) else v for k, v in record.items()}
         if "error" in record:
             line = f"{record['path']}\n  error: {record['error']}\n"
         else:
@@ -140,3 +193,172 @@ class ResultWriter:
         if self.fmt == "json":
             self.stream.write("\n]\n")
         self._flush()
+
+
+def format_for(path: Path) -> str | None:
+    """The format an output file's name implies, or None."""
+    return FORMAT_BY_SUFFIX.get(path.suffix.lower())
+
+
+def sniff_format(path: Path) -> str | None:
+    """What an existing results file holds: ``""`` (empty), ``table``, ``csv``, ``json``,
+    ``jsonl``, or None for a file mttag did not write."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(_BINARY_MAGIC) or b"\0" in head or head[4:8] == b"ftyp" or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf1", b"\xff\xf9"):
+        return None
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    if not text.strip():
+        return ""
+    first = text.splitlines()[0].strip()
+    if first == TABLE_HEADER:
+        return "table"
+    if first == ",".join(CSV_FIELDS):
+        return "csv"
+    if first == "[" and (len(text.splitlines()) < 2 or text.splitlines()[1].lstrip().startswith(("{", "]"))):
+        return "json"
+    if first.startswith('{"path":'):
+        return "jsonl"
+    return None
+
+
+class OutputFile:
+    """The results file of one ``mttag tag`` run.
+
+    :meth:`check` refuses (with :class:`OutputError`) a target that is an input, looks
+    like audio, or is an existing file mttag did not write (unless ``force``), and on
+    ``resume`` learns the file's real format. :meth:`lock` takes the file for this run,
+    :meth:`open` returns the stream to write to, :meth:`commit` puts a resumed file in
+    place, and :meth:`close` ends (releasing the lock, removing any temporary file).
+    """
+
+    def __init__(self, path: Path, fmt: str | None, *, resume: bool = False, force: bool = False):
+        self.path = Path(path)
+        self.fmt = fmt  # None: from the file's name, or on resume from its content
+        self.resume = resume
+        self.force = force
+        self.target = self.path  # the file written: a symbolic link's target
+        self.regular = True
+        self.stream: IO[str] | None = None
+        self._lock: ExclusiveLock | None = None
+        self._tmp: Path | None = None
+
+    def _error(self, reason: str) -> OutputError:
+        return OutputError(f"--output {printable(self.path)}: {reason}")
+
+    def check(self, inputs: list[Path]) -> str:
+        """Validate the target against ``inputs`` (the audio files to tag); return the format."""
+        path = self.path
+        implied = format_for(path)
+        if path.suffix.lower() in AUDIO_EXTENSIONS:
+            raise self._error("names an audio file; results go to a .csv, .json, .jsonl or .txt file")
+        self.target = Path(os.path.realpath(path))
+        real_inputs = {os.path.realpath(p) for p in inputs}
+        if str(self.target) in real_inputs:
+            raise self._error("is one of the files to tag; choose another output file")
+        if self.target.is_dir():
+            raise self._error("is a directory")
+        exists = os.path.lexists(self.target)
+        self.regular = not exists or self.target.is_file()
+        found = None
+        if exists and self.regular:
+            try:
+                found = sniff_format(self.target)
+            except OSError as exc:
+                raise self._error(f"cannot read it ({exc.strerror or exc})") from None
+            if found is None and (not self.force or self._binary()):
+                raise self._error(
+                    "exists and is not an mttag results file; refusing to overwrite it"
+                    + ("" if self._binary() else " (add --force to replace it)"))
+        if self.resume:
+            if not self.regular:
+                raise self._error("--resume needs a regular file")
+            if found:  # the file's content decides, whatever its name says
+                if self.fmt is not None and self.fmt != found:
+                    raise self._error(f"holds {found} results, not {self.fmt}; resume with -f {found} (or no -f)")
+                self.fmt = found
+        if self.fmt is None:
+            self.fmt = implied or "table"
+        if self.fmt == "table" and implied not in (None, "table"):
+            raise self._error(f"a {implied} file would hold a table; use -f {implied} (or no -f)")
+        if self.resume and self.fmt == "table":
+            raise OutputError("--resume needs --format csv, json or jsonl")
+        return self.fmt
+
+    def _binary(self) -> bool:
+        try:
+            with open(self.target, "rb") as f:
+                head = f.read(4096)
+        except OSError:
+            return False
+        return head.startswith(_BINARY_MAGIC) or b"\0" in head or head[4:8] == b"ftyp"
+
+    def lock(self) -> None:
+        """Take the target's lock (before reading it for ``--resume``): one run per results file."""
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise self._error(f"{printable(parent)} is not a folder") from None
+        except OSError as exc:
+            raise self._error(f"cannot create its folder ({exc.strerror or exc})") from None
+        if self.regular:
+            lock_path = parent / f".{self.target.name}.lock"
+            self._lock = ExclusiveLock(lock_path, f"another mttag tag writing {printable(self.path)}", remove=True)
+            try:
+                self._lock.__enter__()
+            except LockedError as exc:
+                self._lock = None
+                raise OutputError(str(exc)) from None
+            except OSError as exc:
+                self._lock = None
+                raise self._error(f"cannot write there ({exc.strerror or exc})") from None
+
+    def open(self) -> IO[str]:
+        """Open the locked target for writing (a temporary file beside it on resume)."""
+        if self._lock is None and self.regular:
+            self.lock()
+        parent = self.target.parent
+        try:
+            if self.resume and self.target.exists():
+                fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.target.name}.", suffix=".tmp")
+                self._tmp = Path(tmp)
+                # the results file keeps its permissions (mkstemp makes files owner-only)
+                os.chmod(fd, stat.S_IMODE(self.target.stat().st_mode))
+                self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            else:
+                self.stream = open(self.target, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            self._cleanup()
+            raise self._error(f"cannot write it ({exc.strerror or exc})") from None
+        return self.stream
+
+    def commit(self) -> None:
+        """On resume: the earlier results are in the new file; it replaces the old one."""
+        if self._tmp is not None:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            os.replace(self._tmp, self.target)
+            self._tmp = None
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def close(self, discard: bool = False) -> None:
+        """Close the stream and release the lock; ``discard``: after a failure, whose
+        write errors were already reported, ignore the ones the final flush repeats."""
+        try:
+            if self.stream is not None:
+                try:
+                    self.stream.close()
+                except OSError:
+                    if not discard:
+                        raise
+        finally:
+            self.stream = None
+            self._cleanup()

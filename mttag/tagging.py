@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import AudioError, is_silent, iter_audio_files, iter_windows, window_starts
+from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
 from .device import select_device
 
 DEFAULT_WINDOWS = 8
@@ -204,6 +204,9 @@ class Tagger:
         if t.error is not None:
             return TagResult(t.path, t.duration, error=t.error)
         probs = (t.prob_sum / t.done).astype(np.float32)
+        if not np.isfinite(probs).all():
+            # broken weights (or an overflow in reduced precision): no score is better than NaN
+            return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken")
         return TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs)
 
 
@@ -229,5 +232,8 @@ def tag(
         paths = [paths]
     dev = select_device(device)
     net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
-    files = list(iter_audio_files(Path(p) for p in paths))
+    unlistable: list[UnlistableFolder] = []
+    files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
+    for problem in unlistable:
+        yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})")
     yield from Tagger(net, dev, batch_size=batch_size, windows=windows).tag_files(files, top=top, threshold=threshold)

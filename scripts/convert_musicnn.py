@@ -258,7 +258,7 @@ def convert(package: Path, out_dir: Path, names: list[str]) -> None:
         save_model(model, target, metrics=dict(spec["metrics"]), card_body=card_body(key, spec, sha256))
         (target / "LICENSE").write_text(license_text(package.parent), encoding="utf-8")
         for f in target.iterdir():
-            f.chmod(0o644)  # save_model's temporary files are created 0600; package data must be world-readable
+            f.chmod(0o644)  # package data must be world-readable whatever the converting user's umask
         size = sum(f.stat().st_size for f in target.iterdir())
         print(f"{key}: {sum(t.numel() for t in state.values()):,} values -> {target} ({size / 1e6:.1f} MB)")
 

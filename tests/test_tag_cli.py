@@ -171,10 +171,11 @@ def test_file_name_that_is_not_utf8(library, tiny_model_dir, tmp_path):
     data = (library / "Ärtist – Album" / GOOD[0]).read_bytes()
     with open(os.fsencode(folder) + b"/caf\xe9.wav", "wb") as f:
         f.write(data)
-    out = tmp_path / "out.jsonl"
-    result = tag(folder, "--model", tiny_model_dir, "-f", "table", "-o", out)
+    table = tmp_path / "out.txt"
+    result = tag(folder, "--model", tiny_model_dir, "-o", table)
     assert result.exit_code == 0, result.stderr
-    assert "caf\\xe9.wav" in out.read_text(encoding="utf-8")
+    assert "caf\\xe9.wav" in table.read_text(encoding="utf-8")
+    out = tmp_path / "out.jsonl"
     assert tag(folder, "--model", tiny_model_dir, "-f", "jsonl", "-o", out).exit_code == 0
     (record,) = parse(out.read_text(encoding="utf-8"), "jsonl")
     assert record["path"].endswith("caf\\xe9.wav") and "tags" in record

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import tempfile
+import sys
 import threading
 import time
 from enum import Enum
@@ -13,13 +12,15 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..audio import iter_audio_files
+from ..audio import UnlistableFolder, iter_audio_files
 from ..device import select_device
+from ..display import printable
 from ..modelfile import ModelLoadError
-from ..output import ResultWriter, path_key, read_done
-from ..tagging import DEFAULT_WINDOWS, Tagger
+from ..output import OutputError, OutputFile, ResultWriter, path_key, read_done
+from ..tagging import DEFAULT_WINDOWS, Tagger, TagResult
 from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail
 
 
@@ -48,9 +49,10 @@ def tag(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name or Hub id owner/name[@revision]. Default: the bundled default model."),
     top: Optional[int] = typer.Option(5, "--top", "-k", min=1, help="Keep the K most probable tags."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Keep only tags with probability >= P."),
-    fmt: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout."),
+    fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .json, .jsonl), else a table."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv/json/jsonl)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 4 on CPU, 16 on GPU/MPS."),
     windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Evenly spaced windows averaged per track, or 'all'."),
@@ -65,42 +67,63 @@ def tag(
     n_windows = _parse_windows(windows)
     if resume and output is None:
         fail("--resume needs --output FILE")
-    if output is not None and output.is_dir():
-        fail(f"--output {output}: is a directory")
+    if output is None and fmt is None:
+        fmt = Format.table
     try:
         dev = select_device(device)
     except ValueError as exc:
         fail(str(exc))
+
+    unlistable: list[UnlistableFolder] = []
+    files = list(iter_audio_files(paths, on_error=unlistable.append))
+    target = None
+    if output is not None:
+        target = OutputFile(output, fmt.value if fmt else None, resume=resume, force=force)
+        try:
+            fmt = Format(target.check(files))
+            target.lock()  # before reading it for --resume: nobody else may change it now
+        except OutputError as exc:
+            fail(str(exc))
 
     from ..pretrained import load_model
 
     try:
         net = load_model(model, device=str(dev))
     except ModelLoadError as exc:
+        _release(target)
         fail(str(exc))
 
-    files = list(iter_audio_files(paths))
-    if not files:
-        fail(f"no audio files found in {', '.join(map(str, paths))}", EXIT_SOME_FAILED)
+    if not files and not unlistable:
+        _release(target)
+        fail(f"no audio files found in {', '.join(printable(p) for p in paths)}", EXIT_SOME_FAILED)
 
     kept: list[dict] = []
     if resume:
         try:
             kept, done = read_done(output, fmt.value)
         except (ValueError, OSError) as exc:
-            fail(f"--resume {output}: {exc}")
+            _release(target)
+            fail(f"--resume {printable(output)}: {exc}")
         files = [f for f in files if path_key(str(f)) not in done]
         if not quiet:
-            console.print(f"resuming: {len(done)} tracks already tagged in {output}, {len(files)} to go")
+            console.print(f"resuming: {len(done)} tracks already tagged in {escape(printable(output))}, "
+                          f"{len(files)} to go", highlight=False, soft_wrap=True)
 
-    stream, tmp_path = _open(output, resume)
     to_console = output is None and fmt is Format.table
-    writer = ResultWriter(stream, fmt.value, console=Console(highlight=False) if to_console else None)
-    for record in kept:
-        writer.write_record(record)
-    if tmp_path is not None:
-        # the earlier results are safely in the new file: it replaces the old one
-        os.replace(tmp_path, output)
+    try:
+        stream = target.open() if target is not None else sys.stdout
+        writer = ResultWriter(stream, fmt.value, console=Console(highlight=False) if to_console else None,
+                              table_header=target is not None)
+        for record in kept:
+            writer.write_record(record)
+        if target is not None:
+            target.commit()
+    except OutputError as exc:
+        _release(target)
+        fail(str(exc))
+    except OSError as exc:
+        _release(target)
+        fail(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})")
 
     failed = 0
     start = time.perf_counter()
@@ -116,39 +139,66 @@ def tag(
         disable=quiet or not console.is_terminal,
         transient=True,
     )
+
+    def report(result: TagResult) -> None:
+        nonlocal failed
+        writer.write(result)
+        if not result.ok:
+            failed += 1
+            if not quiet and not to_console:
+                console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: {escape(printable(result.error))}",
+                              highlight=False, soft_wrap=True)
+
     interrupted = False
+    write_error: OSError | None = None
     # `kill`/a job scheduler's SIGTERM ends the run like Ctrl+C: the JSON array is
     # closed and the summary printed, so the output stays valid and resumable.
     previous = signal.signal(signal.SIGTERM, _terminate) if _in_main_thread() else None
     try:
         with progress:
+            # a folder that cannot be listed is a failure of its own, not a silent gap
+            for problem in unlistable:
+                report(TagResult(problem.path, error=f"cannot list this folder ({problem.reason})"))
             task = progress.add_task("tagging", total=len(files), rate="")
             for i, result in enumerate(tagger.tag_files(files, top=top_k, threshold=threshold), 1):
-                writer.write(result)
-                if not result.ok:
-                    failed += 1
-                    if not quiet and not to_console:
-                        console.print(f"[yellow]warning:[/] {result.path}: {result.error}", highlight=False, soft_wrap=True)
+                report(result)
                 elapsed = time.perf_counter() - start
                 progress.update(task, advance=1, rate=f"{i / elapsed:.2f} tracks/s")
     except KeyboardInterrupt:
         interrupted = True
+    except OSError as exc:  # the results file: disk full, file too large, I/O error
+        write_error = exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        writer.close()
-        if output is not None:
-            stream.close()
+        try:
+            writer.close()
+        except OSError as exc:
+            write_error = write_error or exc
+        if target is not None:
+            try:
+                target.close()
+            except OSError as exc:
+                write_error = write_error or exc
+    if write_error is not None:
+        where = printable(output) if output is not None else "standard output"
+        fail(f"writing {where} failed ({write_error.strerror or write_error}); "
+             f"the results written before are kept, --resume goes on from them", EXIT_SOME_FAILED)
     elapsed = time.perf_counter() - start
     done_now = writer.count - len(kept)
     if not quiet:
         msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type}"
         if output is not None:
-            msg += f"; results in {output}"
-        console.print(("[yellow]interrupted:[/] " if interrupted else "") + msg, highlight=False)
+            msg += f"; results in {printable(output)}"
+        console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False)
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _release(target: OutputFile | None) -> None:
+    if target is not None:
+        target.close(discard=True)
 
 
 def _terminate(signum, frame) -> None:
@@ -158,15 +208,3 @@ def _terminate(signum, frame) -> None:
 def _in_main_thread() -> bool:
     # signal handlers can only be installed from the main thread (not so under some test runners)
     return threading.current_thread() is threading.main_thread()
-
-
-def _open(output: Path | None, resume: bool):
-    import sys
-
-    if output is None:
-        return sys.stdout, None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if resume and output.exists():
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        return os.fdopen(fd, "w", encoding="utf-8", newline=""), tmp
-    return open(output, "w", encoding="utf-8", newline=""), None
