@@ -24,12 +24,19 @@ from .display import printable
 from .fileio import ExclusiveLock, LockedError
 from .tagging import TagResult
 
-FORMATS = ("table", "csv", "json", "jsonl")
-CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]
+FORMATS = ("table", "csv", "tsv", "json", "jsonl")
+# Spreadsheet layouts of csv/tsv: one row per track (tags and scores as ;-lists), one row per
+# track and tag ("long", tidy: sort and filter by tag), one column per vocabulary tag ("wide").
+LAYOUTS = ("track", "long", "wide")
+CSV_FIELDS = ["path", "model", "duration", "tags", "scores", "error"]
+LONG_FIELDS = ["path", "model", "duration", "rank", "tag", "score", "error"]
+WIDE_FIELDS = ["path", "model", "duration", "error"]  # then one column per tag
+_OLD_CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]  # mttag 0.1.0, still resumable
 # First line of a table written to a file, so a later run knows the file is mttag's own.
 TABLE_HEADER = "# mttag tag results"
 # Format a results file's name implies (``-o tags.json``); anything else is a table.
-FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "table"}
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
+                    ".ndjson": "jsonl", ".txt": "table"}
 # The first bytes of audio (and other binary) files: such a file is never replaced by results.
 _BINARY_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM", b"\x1aE\xdf\xa3", b"wvpk", b"MAC ", b"MThd",
                  b"\x30\x26\xb2\x75", b"\x89PNG", b"\xff\xd8\xff", b"PK\x03\x04", b"%PDF")
@@ -73,32 +80,29 @@ def path_from_text(text: str) -> str:
     return _ESCAPE.sub(lambda m: "\\" if m.group(1) == "\\" else chr(0xDC00 + int(m.group(1)[1:], 16)), text)
 
 
+def display_tag(name: str) -> str:
+    """A tag as tables and spreadsheets show it: the MSD vocabulary mixes ``House``,
+    ``Hip-Hop`` and ``rock``; one spelling (lower case, single spaces) sorts and filters
+    as a person expects. JSON keeps the model's own names."""
+    return " ".join(name.lower().split())
+
+
 def path_key(path: str) -> str:
     """What identifies a track across runs for ``--resume``: its absolute path, as written."""
     return path_text(os.path.abspath(path))
 
 
+def _delimiter(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
+
+
 def _load_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     """Records already in an output file, tolerating a last line cut off mid-write."""
-    records: list[dict[str, Any]] = []
     # errors="replace": a run killed mid-write can cut a non-ASCII path in half
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if fmt == "csv":
-        for row in csv.DictReader(io.StringIO(text)):
-            # A row cut off mid-write lacks its last column ("error", None here; a
-            # complete row has it, if only empty): its scores may be cut short too.
-            if row.get("error") is None:
-                continue
-            if row.get("path"):  # "tags" precedes "error", so a row with "error" has it too
-                if row.get("error"):
-                    records.append({"path": row["path"], "error": row["error"]})
-                elif row.get("duration"):
-                    tags = [t for t in (row.get("tags") or "").split(";") if t]
-                    scores = [float(s) for s in (row.get("scores") or "").split(";") if s]
-                    if len(tags) == len(scores):
-                        records.append({"path": row["path"], "duration": float(row["duration"]),
-                                        "tags": [{"tag": t, "score": s} for t, s in zip(tags, scores)]})
-        return records
+    text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
+    if fmt in ("csv", "tsv"):
+        return _load_rows(text, _delimiter(fmt))
+    records: list[dict[str, Any]] = []
     for line in text.splitlines():
         line = line.strip().rstrip(",")
         if not line.startswith("{"):
@@ -112,11 +116,84 @@ def _load_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     return records
 
 
+def csv_layout(header: list[str]) -> str | None:
+    """The layout a csv/tsv header belongs to, or None if mttag did not write it."""
+    if header in (CSV_FIELDS, _OLD_CSV_FIELDS):
+        return "track"
+    if header == LONG_FIELDS:
+        return "long"
+    if header[: len(WIDE_FIELDS)] == WIDE_FIELDS and len(header) > len(WIDE_FIELDS):
+        return "wide"
+    return None
+
+
+def wide_columns(path: Path, fmt: str) -> list[str]:
+    """The tag columns of a wide csv/tsv results file."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader(f, delimiter=_delimiter(fmt)), [])
+    header = [h.lstrip("\ufeff") for h in header]
+    return header[len(WIDE_FIELDS):]
+
+
+def _load_rows(text: str, delimiter: str) -> list[dict[str, Any]]:
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header = next(reader, None) or []
+    layout = csv_layout(header)
+    # A row cut off mid-write has fewer fields than the header: it is dropped, and its
+    # track tagged again. (A complete row always has every field, if only empty.)
+    rows = [dict(zip(header, r)) for r in reader if len(r) == len(header)]
+    records: list[dict[str, Any]] = []
+
+    def base(row) -> dict[str, Any]:
+        out = {"path": row["path"]}
+        if row.get("model"):
+            out["model"] = row["model"]
+        if row.get("error"):
+            out["error"] = row["error"]
+        elif row.get("duration"):
+            out["duration"] = float(row["duration"])
+        return out
+
+    if layout == "track":
+        for row in rows:
+            record = base(row)
+            if "error" not in record:
+                tags = [t for t in row["tags"].split(";") if t]
+                scores = [float(s) for s in row["scores"].split(";") if s]
+                if len(tags) != len(scores) or "duration" not in record:
+                    continue
+                record["tags"] = [{"tag": t, "score": s} for t, s in zip(tags, scores)]
+            records.append(record)
+    elif layout == "long":
+        for row in rows:
+            if records and records[-1]["path"] == row["path"]:
+                if row["tag"]:
+                    records[-1]["tags"].append({"tag": row["tag"], "score": float(row["score"])})
+                continue
+            record = base(row)
+            if "error" not in record:
+                record["tags"] = [{"tag": row["tag"], "score": float(row["score"])}] if row["tag"] else []
+            records.append(record)
+        # A track's rows are written together, but a kill can fall between two of them:
+        # the last track may be incomplete, so it is tagged again.
+        if records and "error" not in records[-1]:
+            records.pop()
+    elif layout == "wide":
+        names = header[len(WIDE_FIELDS):]
+        for row in rows:
+            record = base(row)
+            if "error" not in record:
+                scores = [(n, float(row[n])) for n in names if row[n] != ""]
+                record["tags"] = [{"tag": n, "score": v} for n, v in sorted(scores, key=lambda x: -x[1])]
+            records.append(record)
+    return records
+
+
 def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
     """Successful records of an earlier run and the absolute paths they cover.
     Failed tracks are not counted as done: a resumed run tries them again."""
     if fmt == "table":
-        raise ValueError("--resume needs --format csv, json or jsonl")
+        raise ValueError("--resume needs --format csv, tsv, json or jsonl")
     if not path.exists():
         return [], set()
     ok = [r for r in _load_records(path, fmt) if "error" not in r]
@@ -124,18 +201,30 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
 
 
 class ResultWriter:
-    """Writes records to ``stream`` in ``fmt``; call :meth:`close` to finish the file."""
+    """Writes records to ``stream`` in ``fmt`` (and, for csv/tsv, ``layout``; ``wide`` needs
+    the model's ``vocabulary``); call :meth:`close` to finish the file."""
 
-    def __init__(self, stream: IO[str], fmt: str, console=None, table_header: bool = False):
+    def __init__(self, stream: IO[str], fmt: str, console=None, table_header: bool = False,
+                 layout: str = "track", vocabulary: list[str] | None = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
         self.stream = stream
         self.fmt = fmt
+        self.layout = layout
         self.console = console
         self.count = 0
-        if fmt == "csv":
-            self._csv = csv.DictWriter(stream, CSV_FIELDS, lineterminator="\n")
-            self._csv.writeheader()
+        if fmt in ("csv", "tsv"):
+            if layout == "wide":
+                if not vocabulary:
+                    raise ValueError("the wide layout needs the model's vocabulary")
+                self.columns = [display_tag(t) for t in vocabulary]
+                fields = WIDE_FIELDS + self.columns
+            else:
+                fields = LONG_FIELDS if layout == "long" else CSV_FIELDS
+            self._csv = csv.writer(stream, delimiter=_delimiter(fmt), lineterminator="\n")
+            self._csv.writerow(fields)
         elif fmt == "json":
             stream.write("[\n")
         elif fmt == "table" and table_header:
@@ -153,19 +242,25 @@ class ResultWriter:
             # one record per line so a cut-off file can still be read back for --resume
             line = json.dumps(record, ensure_ascii=False, allow_nan=False)
             self.stream.write(("" if self.count == 0 else ",\n") + line)
-        elif self.fmt == "csv":
-            tags = record.get("tags", [])
-            self._csv.writerow({
-                "path": record["path"],
-                "duration": "" if "error" in record else record.get("duration"),
-                "tags": ";".join(t["tag"] for t in tags),
-                "scores": ";".join(f"{t['score']:.4f}" for t in tags),
-                "error": record.get("error", ""),
-            })
+        elif self.fmt in ("csv", "tsv"):
+            self._csv.writerows(self._rows(record))
         else:
             self._write_table_row(record)
         self.count += 1
         self._flush()
+
+    def _rows(self, record: dict[str, Any]) -> list[list[Any]]:
+        path, model, error = record["path"], record.get("model") or "", record.get("error", "")
+        duration = "" if error else record.get("duration")
+        tags = [(display_tag(t["tag"]), t["score"]) for t in record.get("tags", [])]
+        if self.layout == "long":
+            if error or not tags:
+                return [[path, model, duration, "", "", "", error]]
+            return [[path, model, duration, rank, t, f"{s:.4f}", ""] for rank, (t, s) in enumerate(tags, 1)]
+        if self.layout == "wide":
+            scores = dict(tags)
+            return [[path, model, duration, error] + [f"{scores[c]:.4f}" if c in scores else "" for c in self.columns]]
+        return [[path, model, duration, ";".join(t for t, _ in tags), ";".join(f"{s:.4f}" for _, s in tags), error]]
 
     def write(self, result: TagResult) -> None:
         record = result.to_dict()
@@ -178,7 +273,7 @@ class ResultWriter:
             line = f"{record['path']}\n  error: {record['error']}\n"
         else:
             minutes, seconds = divmod(int(round(record.get("duration") or 0)), 60)
-            tags = "  ".join(f"{t['tag']} {t['score']:.2f}" for t in record["tags"])
+            tags = "  ".join(f"{printable(display_tag(t['tag']))} {t['score']:.2f}" for t in record["tags"])
             line = f"{record['path']}  [{minutes}:{seconds:02d}]\n  {tags or '(no tag above threshold)'}\n"
         if self.console is not None:
             from rich.markup import escape
@@ -201,25 +296,40 @@ def format_for(path: Path) -> str | None:
 
 
 def sniff_format(path: Path) -> str | None:
-    """What an existing results file holds: ``""`` (empty), ``table``, ``csv``, ``json``,
-    ``jsonl``, or None for a file mttag did not write."""
+    """What an existing results file holds: ``""`` (empty), ``table``, ``csv``, ``tsv``,
+    ``json``, ``jsonl``, or None for a file mttag did not write."""
+    found = sniff(path)
+    return None if found is None else found[0]
+
+
+def sniff(path: Path) -> tuple[str, str | None] | None:
+    """``(format, csv layout or None)`` of an existing results file; None if mttag did not write it."""
     with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(_BINARY_MAGIC) or b"\0" in head or head[4:8] == b"ftyp" or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf1", b"\xff\xf9"):
+        head = f.read(65536)
+    if _looks_binary(head):
         return None
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
     if not text.strip():
-        return ""
-    first = text.splitlines()[0].strip()
+        return "", None
+    lines = text.splitlines()
+    first = lines[0].strip()
     if first == TABLE_HEADER:
-        return "table"
-    if first == ",".join(CSV_FIELDS):
-        return "csv"
-    if first == "[" and (len(text.splitlines()) < 2 or text.splitlines()[1].lstrip().startswith(("{", "]"))):
-        return "json"
+        return "table", None
+    for fmt in ("tsv", "csv"):
+        header = next(csv.reader([lines[0]], delimiter=_delimiter(fmt)))
+        layout = csv_layout(header)
+        if layout is not None and (fmt == "tsv") == ("\t" in lines[0]):
+            return fmt, layout
+    if first == "[" and (len(lines) < 2 or lines[1].lstrip().startswith(("{", "]"))):
+        return "json", None
     if first.startswith('{"path":'):
-        return "jsonl"
+        return "jsonl", None
     return None
+
+
+def _looks_binary(head: bytes) -> bool:
+    return (head.startswith(_BINARY_MAGIC) or b"\0" in head or head[4:8] == b"ftyp"
+            or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xf1", b"\xff\xf9"))
 
 
 class OutputFile:
@@ -232,9 +342,11 @@ class OutputFile:
     place, and :meth:`close` ends (releasing the lock, removing any temporary file).
     """
 
-    def __init__(self, path: Path, fmt: str | None, *, resume: bool = False, force: bool = False):
+    def __init__(self, path: Path, fmt: str | None, *, resume: bool = False, force: bool = False,
+                 layout: str | None = None):
         self.path = Path(path)
         self.fmt = fmt  # None: from the file's name, or on resume from its content
+        self.layout = layout  # csv/tsv layout; None: "track", or on resume the file's
         self.resume = resume
         self.force = force
         self.target = self.path  # the file written: a symbolic link's target
@@ -251,7 +363,7 @@ class OutputFile:
         path = self.path
         implied = format_for(path)
         if path.suffix.lower() in AUDIO_EXTENSIONS:
-            raise self._error("names an audio file; results go to a .csv, .json, .jsonl or .txt file")
+            raise self._error("names an audio file; results go to a .csv, .tsv, .json, .jsonl or .txt file")
         self.target = Path(os.path.realpath(path))
         real_inputs = {os.path.realpath(p) for p in inputs}
         if str(self.target) in real_inputs:
@@ -260,10 +372,11 @@ class OutputFile:
             raise self._error("is a directory")
         exists = os.path.lexists(self.target)
         self.regular = not exists or self.target.is_file()
-        found = None
+        found = layout = None
         if exists and self.regular:
             try:
-                found = sniff_format(self.target)
+                sniffed = sniff(self.target)
+                found, layout = sniffed if sniffed is not None else (None, None)
             except OSError as exc:
                 raise self._error(f"cannot read it ({exc.strerror or exc})") from None
             if found is None and (not self.force or self._binary()):
@@ -276,22 +389,26 @@ class OutputFile:
             if found:  # the file's content decides, whatever its name says
                 if self.fmt is not None and self.fmt != found:
                     raise self._error(f"holds {found} results, not {self.fmt}; resume with -f {found} (or no -f)")
+                if layout and self.layout is not None and self.layout != layout:
+                    raise self._error(f"holds the {layout} layout, not {self.layout}; "
+                                      f"resume with --layout {layout} (or no --layout)")
                 self.fmt = found
+                self.layout = layout or self.layout
         if self.fmt is None:
             self.fmt = implied or "table"
         if self.fmt == "table" and implied not in (None, "table"):
             raise self._error(f"a {implied} file would hold a table; use -f {implied} (or no -f)")
         if self.resume and self.fmt == "table":
-            raise OutputError("--resume needs --format csv, json or jsonl")
+            raise OutputError("--resume needs --format csv, tsv, json or jsonl")
+        self.layout = self.layout or "track"
         return self.fmt
 
     def _binary(self) -> bool:
         try:
             with open(self.target, "rb") as f:
-                head = f.read(4096)
+                return _looks_binary(f.read(4096))
         except OSError:
             return False
-        return head.startswith(_BINARY_MAGIC) or b"\0" in head or head[4:8] == b"ftyp"
 
     def lock(self) -> None:
         """Take the target's lock (before reading it for ``--resume``): one run per results file."""

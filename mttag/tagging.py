@@ -49,19 +49,32 @@ class TagResult:
     tags: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     probabilities: np.ndarray | None = field(default=None, repr=False)
+    model: str | None = None  # the model's name, as the user gave it
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
+        head: dict[str, Any] = {"path": self.path}
+        if self.model is not None:
+            head["model"] = self.model
         if self.error is not None:
-            return {"path": self.path, "error": self.error}
+            return {**head, "error": self.error}
         return {
-            "path": self.path,
+            **head,
             "duration": round(self.duration, 3) if self.duration is not None else None,
             "tags": [{"tag": t, "score": round(s, 4)} for t, s in self.tags],
         }
+
+
+def model_label(model: nn.Module) -> str:
+    """A name for a loaded model: the one in its provenance, else its architecture and preset."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return type(model).__name__
+    name = config.provenance.get("name") if isinstance(config.provenance, dict) else None
+    return str(name) if name else f"{config.arch}-{config.preset or 'custom'}"
 
 
 def select_tags(probabilities: np.ndarray, names: list[str], top: int | None, threshold: float | None) -> list[tuple[str, float]]:
@@ -97,8 +110,10 @@ class Tagger:
         batch_size: int | None = None,
         windows: int | None = DEFAULT_WINDOWS,
         workers: int | None = None,
+        model_name: str | None = None,
     ):
         self.device = select_device(device) if isinstance(device, str) else device
+        self.model_name = model_name or model_label(model)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.batch_size = max(1, batch_size or default_batch_size(self.device))
@@ -202,12 +217,14 @@ class Tagger:
         if t.error is None and t.peak_silent:
             t.error = "silent (no signal above -90 dBFS)"
         if t.error is not None:
-            return TagResult(t.path, t.duration, error=t.error)
+            return TagResult(t.path, t.duration, error=t.error, model=self.model_name)
         probs = (t.prob_sum / t.done).astype(np.float32)
         if not np.isfinite(probs).all():
             # broken weights (or an overflow in reduced precision): no score is better than NaN
-            return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken")
-        return TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs)
+            return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken",
+                             model=self.model_name)
+        return TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
+                         model=self.model_name)
 
 
 def tag(
@@ -232,8 +249,10 @@ def tag(
         paths = [paths]
     dev = select_device(device)
     net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
+    name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
     unlistable: list[UnlistableFolder] = []
     files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
     for problem in unlistable:
-        yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})")
-    yield from Tagger(net, dev, batch_size=batch_size, windows=windows).tag_files(files, top=top, threshold=threshold)
+        yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})", model=name or model_label(net))
+    tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name)
+    yield from tagger.tag_files(files, top=top, threshold=threshold)

@@ -92,7 +92,7 @@ def parse(text: str, fmt: str) -> list[dict]:
     if fmt == "jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert rows and list(rows[0]) == ["path", "duration", "tags", "scores", "error"]
+    assert rows and list(rows[0]) == ["path", "model", "duration", "tags", "scores", "error"]
     return rows
 
 
@@ -113,7 +113,8 @@ def test_one_record_per_audio_file(library, tiny_model_dir, fmt):
             assert float(r["duration"]) == pytest.approx(3.0, abs=0.1)
             tags, scores = r["tags"].split(";"), [float(s) for s in r["scores"].split(";")]
         else:
-            assert set(r) == {"path", "duration", "tags"}
+            assert set(r) == {"path", "model", "duration", "tags"}
+            assert r["model"] == str(tiny_model_dir)
             assert r["duration"] == pytest.approx(3.0, abs=0.1)
             tags, scores = [t["tag"] for t in r["tags"]], [t["score"] for t in r["tags"]]
         assert len(tags) == 5 and set(tags) <= set(TEST_TAGS)
@@ -122,7 +123,7 @@ def test_one_record_per_audio_file(library, tiny_model_dir, fmt):
         r = by_name[name]
         assert reason in r["error"], r
         if fmt != "csv":
-            assert set(r) == {"path", "error"}
+            assert set(r) == {"path", "model", "error"}
         else:
             assert r["tags"] == "" and r["duration"] == ""
     # the summary names each failed file on stderr
@@ -470,10 +471,15 @@ def test_python_api(library, tiny_model_dir, tiny_model):
         assert len(r.tags) == 3 and r.duration == pytest.approx(3.0, abs=0.1)
         assert r.probabilities.shape == (len(TEST_TAGS),)
         d = r.to_dict()
-        assert set(d) == {"path", "duration", "tags"} and set(d["tags"][0]) == {"tag", "score"}
+        assert set(d) == {"path", "model", "duration", "tags"} and set(d["tags"][0]) == {"tag", "score"}
+        assert r.model == str(tiny_model_dir)
     for r in results:
         if not r.ok:
-            assert r.to_dict() == {"path": r.path, "error": r.error}
+            assert r.to_dict() == {"path": r.path, "model": str(tiny_model_dir), "error": r.error}
+    # "~" is the user's home, and any os.PathLike is a path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(library.parent))
+        assert [r.path for r in mttag.tag(f"~/{library.name}", model=tiny_model_dir)] == audio_paths(library)
     # a loaded model, a single path, every window and a threshold
     song = library / "Ärtist – Album" / GOOD[0]
     (one,) = mttag.tag(song, model=tiny_model, top=None, threshold=0.0, windows=None, device="cpu")

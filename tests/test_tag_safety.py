@@ -101,7 +101,7 @@ def test_existing_file_mttag_did_not_write_needs_force(songs, tiny_model_dir, tm
     assert notes.read_text(encoding="utf-8").startswith("artist,title")
     result = tag(songs / "a song.wav", "--model", tiny_model_dir, "-o", notes, "--force")
     assert result.exit_code == 0, result.stderr
-    assert notes.read_text(encoding="utf-8").startswith("path,duration,tags")
+    assert notes.read_text(encoding="utf-8").startswith("path,model,duration,tags")
 
 
 def test_binary_file_is_never_replaced_even_with_force(songs, tiny_model_dir, tmp_path):

@@ -19,16 +19,23 @@ from ..audio import UnlistableFolder, iter_audio_files
 from ..device import select_device
 from ..display import printable
 from ..modelfile import ModelLoadError
-from ..output import OutputError, OutputFile, ResultWriter, path_key, read_done
-from ..tagging import DEFAULT_WINDOWS, Tagger, TagResult
+from ..output import OutputError, OutputFile, ResultWriter, display_tag, path_key, read_done, wide_columns
+from ..tagging import DEFAULT_WINDOWS, Tagger, TagResult, model_label
 from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail
 
 
 class Format(str, Enum):
     table = "table"
     csv = "csv"
+    tsv = "tsv"
     json = "json"
     jsonl = "jsonl"
+
+
+class Layout(str, Enum):
+    track = "track"
+    long = "long"
+    wide = "wide"
 
 
 def _parse_windows(value: str) -> int | None:
@@ -49,7 +56,8 @@ def tag(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name or Hub id owner/name[@revision]. Default: the bundled default model."),
     top: Optional[int] = typer.Option(5, "--top", "-k", min=1, help="Keep the K most probable tags."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Keep only tags with probability >= P."),
-    fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .json, .jsonl), else a table."),
+    fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .tsv, .json, .jsonl), else a table."),
+    layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag) or wide (one column per tag of the model)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv/json/jsonl)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
@@ -78,20 +86,27 @@ def tag(
     files = list(iter_audio_files(paths, on_error=unlistable.append))
     target = None
     if output is not None:
-        target = OutputFile(output, fmt.value if fmt else None, resume=resume, force=force)
+        target = OutputFile(output, fmt.value if fmt else None, resume=resume, force=force,
+                            layout=layout.value if layout else None)
         try:
             fmt = Format(target.check(files))
+            layout = Layout(target.layout)
             target.lock()  # before reading it for --resume: nobody else may change it now
         except OutputError as exc:
             fail(str(exc))
 
     from ..pretrained import load_model
 
+    layout = layout or Layout.track
+    if layout is not Layout.track and fmt not in (Format.csv, Format.tsv):
+        _release(target)
+        fail(f"--layout {layout.value} is for csv and tsv output, not {fmt.value}")
     try:
         net = load_model(model, device=str(dev))
     except ModelLoadError as exc:
         _release(target)
         fail(str(exc))
+    model_name = model or model_label(net)
 
     if not files and not unlistable:
         _release(target)
@@ -104,6 +119,9 @@ def tag(
         except (ValueError, OSError) as exc:
             _release(target)
             fail(f"--resume {printable(output)}: {exc}")
+        if layout is Layout.wide and output.exists() and wide_columns(output, fmt.value) != [display_tag(t) for t in net.config.tags]:
+            _release(target)
+            fail(f"--resume {printable(output)}: its columns are another model's tags; resume with the same model")
         files = [f for f in files if path_key(str(f)) not in done]
         if not quiet:
             console.print(f"resuming: {len(done)} tracks already tagged in {escape(printable(output))}, "
@@ -113,7 +131,7 @@ def tag(
     try:
         stream = target.open() if target is not None else sys.stdout
         writer = ResultWriter(stream, fmt.value, console=Console(highlight=False) if to_console else None,
-                              table_header=target is not None)
+                              table_header=target is not None, layout=layout.value, vocabulary=net.config.tags)
         for record in kept:
             writer.write_record(record)
         if target is not None:
@@ -127,8 +145,8 @@ def tag(
 
     failed = 0
     start = time.perf_counter()
-    tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows)
-    top_k = None if all_tags else top
+    tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows, model_name=model_name)
+    top_k = None if all_tags or layout is Layout.wide else top  # wide: a column for every tag
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -187,7 +205,7 @@ def tag(
     elapsed = time.perf_counter() - start
     done_now = writer.count - len(kept)
     if not quiet:
-        msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type}"
+        msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type} with {model_name}"
         if output is not None:
             msg += f"; results in {printable(output)}"
         console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False)

@@ -1,0 +1,129 @@
+"""Spreadsheet layouts (track / long / wide, csv and tsv), the model field, tag spelling."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TEST_TAGS, synth, write_audio
+from mttag.cli import app
+from mttag.output import ResultWriter, display_tag, read_done
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tag(*args):
+    return runner.invoke(app, ["tag", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory) -> Path:
+    lib = tmp_path_factory.mktemp("outputs") / "lib"
+    for i in range(3):
+        write_audio(lib / f"{i} song.wav", synth(3.0, 22050, 1, "music", seed=i), 22050)
+    (lib / "9 broken.mp3").write_text("not audio")
+    return lib
+
+
+def rows(text: str, delimiter: str = ",") -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+
+
+def test_long_layout_one_row_per_tag(songs, tiny_model_dir, tmp_path):
+    out = tmp_path / "long.csv"
+    result = tag(songs, "--model", tiny_model_dir, "-o", out, "--layout", "long", "--top", "3")
+    assert result.exit_code == 1  # the broken file
+    table = rows(out.read_text(encoding="utf-8"))
+    assert list(table[0]) == ["path", "model", "duration", "rank", "tag", "score", "error"]
+    good = [r for r in table if not r["error"]]
+    assert len(good) == 3 * 3
+    for r in good:
+        assert r["tag"] in TEST_TAGS and r["model"] == str(tiny_model_dir) and r["rank"] in ("1", "2", "3")
+    (bad,) = [r for r in table if r["error"]]
+    assert bad["path"].endswith("9 broken.mp3") and bad["tag"] == ""
+    # a spreadsheet user filters by one tag and sorts by score
+    by_track = {}
+    for r in good:
+        by_track.setdefault(r["path"], []).append(float(r["score"]))
+    assert all(s == sorted(s, reverse=True) for s in by_track.values())
+
+
+def test_wide_layout_one_column_per_tag_and_tsv(songs, tiny_model_dir, tmp_path):
+    out = tmp_path / "wide.tsv"
+    result = tag(songs, "--model", tiny_model_dir, "-o", out, "--layout", "wide")
+    assert result.exit_code == 1
+    text = out.read_text(encoding="utf-8")
+    assert "\t" in text.splitlines()[0]
+    table = rows(text, "\t")
+    assert list(table[0]) == ["path", "model", "duration", "error"] + TEST_TAGS
+    good = [r for r in table if not r["error"]]
+    assert len(good) == 3
+    for r in good:  # every tag has a score, not only the top 5
+        assert all(0.0 <= float(r[t]) <= 1.0 for t in TEST_TAGS)
+
+
+@pytest.mark.parametrize("fmt, layout", [("csv", "long"), ("tsv", "wide"), ("tsv", "track"), ("csv", "wide")])
+def test_every_layout_resumes(songs, tiny_model_dir, tmp_path, fmt, layout):
+    out = tmp_path / f"r.{fmt}"
+    first = sorted(songs.glob("*.wav"))[:2]
+    assert tag(*first, "--model", tiny_model_dir, "-o", out, "--layout", layout).exit_code == 0
+    kept, done = read_done(out, fmt)
+    expected = 1 if layout == "long" else 2  # long: the last track may be cut between rows: done again
+    assert len(done) == expected
+    # no --format, no --layout: the file says what it is
+    result = tag(songs, "--model", tiny_model_dir, "-o", out, "--resume")
+    assert result.exit_code == 1, result.stderr
+    assert f"{expected} tracks already tagged" in result.stderr
+    text = out.read_text(encoding="utf-8")
+    delimiter = "\t" if fmt == "tsv" else ","
+    paths = {r["path"] for r in rows(text, delimiter)}
+    assert len(paths) == 4
+    before = out.read_bytes()
+    other = {"long": "wide", "wide": "track", "track": "long"}[layout]
+    result = tag(songs, "--model", tiny_model_dir, "-o", out, "--resume", "--layout", other)
+    assert result.exit_code == 2 and f"holds the {layout} layout" in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_wide_resume_refuses_another_vocabulary(songs, tiny_model_dir, tmp_path):
+    out = tmp_path / "w.csv"
+    header = ["path", "model", "duration", "error", "a", "b"]
+    out.write_text(",".join(header) + "\nx.wav,m,3.0,,0.1,0.2\n", encoding="utf-8")
+    result = tag(songs, "--model", tiny_model_dir, "-o", out, "--resume")
+    assert result.exit_code == 2 and "another model's tags" in result.stderr
+
+
+def test_layout_needs_csv(songs, tiny_model_dir, tmp_path):
+    result = tag(songs, "--model", tiny_model_dir, "-o", tmp_path / "x.json", "--layout", "long")
+    assert result.exit_code == 2 and "csv and tsv" in result.stderr
+
+
+def test_display_names_are_normalised_json_keeps_the_models():
+    record = {"path": "a.wav", "model": "msd-musicnn", "duration": 3.0,
+              "tags": [{"tag": "Hip-Hop", "score": 0.5}, {"tag": "female  vocalists", "score": 0.25}]}
+    out = io.StringIO()
+    ResultWriter(out, "csv").write_record(record)
+    row = rows(out.getvalue())[0]
+    assert row["tags"] == "hip-hop;female vocalists" and row["model"] == "msd-musicnn"
+    out = io.StringIO()
+    ResultWriter(out, "jsonl").write_record(record)
+    assert json.loads(out.getvalue())["tags"][0]["tag"] == "Hip-Hop"
+    out = io.StringIO()
+    ResultWriter(out, "csv", layout="wide", vocabulary=["House", "Hip-Hop"]).write_record(record)
+    assert out.getvalue().splitlines()[0].endswith(",house,hip-hop")
+    assert display_tag("Progressive rock") == "progressive rock"
