@@ -177,7 +177,8 @@ def probe(path: str | os.PathLike) -> AudioInfo:
     _check_file(path)
     if path.suffix.lower() not in FFMPEG_EXTENSIONS:
         try:
-            info = sf.info(str(path))
+            with _decoder_section(str(path)):
+                info = sf.info(str(path))
             if info.frames > 0 and info.samplerate > 0:
                 return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), "soundfile")
             if info.frames == 0 and not ffmpeg_available():
@@ -207,7 +208,124 @@ def _sanitize(x: np.ndarray) -> np.ndarray:
 _BLOCK_FRAMES = 1 << 14
 
 
+class DecoderMessages:
+    """Keeps C decoders' chatter off the terminal and tells which file it was about.
+
+    libmpg123 (inside libsndfile) prints ``Note: Illegal Audio-MPEG-Header ...`` lines
+    straight to file descriptor 2, through any progress bar and past ``--quiet``. Within
+    this context fd 2 goes to a temporary file, Python's own ``sys.stderr`` to the real
+    one, and every mp3 read runs alone (a lock) so that what it printed is collected as
+    that file's messages (:meth:`pop`). Anything printed outside an mp3 read is passed
+    on to the real stderr at the end. POSIX only; elsewhere it does nothing.
+    """
+
+    _active: "DecoderMessages | None" = None
+
+    def __init__(self) -> None:
+        self.messages: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._saved: int | None = None
+
+    def __enter__(self) -> "DecoderMessages":
+        if os.name != "posix" or DecoderMessages._active is not None:
+            return self
+        import fcntl
+        import sys
+
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+        except (OSError, ValueError):
+            return self  # no usable fd 2 (embedded, closed): nothing to capture
+        self._sink = tempfile.TemporaryFile()
+        fd = self._sink.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        self._stderr = sys.stderr
+        try:
+            real = sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):
+            real = False  # replaced by a test runner or an application: leave it alone
+        if real:
+            sys.stderr = open(self._saved, "w", encoding=getattr(self._stderr, "encoding", None) or "utf-8",
+                              errors="backslashreplace", buffering=1, closefd=False)
+        os.dup2(fd, 2)
+        DecoderMessages._active = self
+        return self
+
+    def _take(self) -> bytes:
+        fd = self._sink.fileno()
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0) if size else b""
+        os.ftruncate(fd, 0)
+        return data
+
+    def section(self, path: str):
+        """Run one decoder call on ``path`` with its messages attributed to it."""
+        capture = self
+
+        class _Section:
+            def __enter__(self_inner):
+                capture._lock.acquire()
+                capture._take()  # unattributed leftovers are not this file's
+                # (they are few: Python's own stderr is not captured)
+
+            def __exit__(self_inner, *exc):
+                try:
+                    text = capture._take().decode("utf-8", "replace")
+                    lines = [line.strip() for line in text.splitlines() if line.strip()]
+                    if lines:
+                        capture.messages.setdefault(path, []).extend(lines)
+                finally:
+                    capture._lock.release()
+                return False
+
+        return _Section()
+
+    def pop(self, path: str) -> list[str]:
+        with self._lock:
+            return self.messages.pop(str(path), [])
+
+    def __exit__(self, *exc) -> bool:
+        if self._saved is None:
+            return False
+        import sys
+
+        DecoderMessages._active = None
+        with self._lock:
+            leftover = self._take()
+            os.dup2(self._saved, 2)
+            if sys.stderr is not self._stderr:
+                sys.stderr.close()  # closefd=False: the real stderr stays open
+                sys.stderr = self._stderr
+            if leftover:
+                os.write(2, leftover)
+            os.close(self._saved)
+            self._saved = None
+            self._sink.close()
+        return False
+
+
+class _NoSection:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _decoder_section(path: str):
+    active = DecoderMessages._active
+    if active is None or Path(path).suffix.lower() != ".mp3":
+        return _NoSection()
+    return active.section(path)
+
+
 def _read_soundfile(info: AudioInfo, start: int, frames: int) -> np.ndarray:
+    with _decoder_section(info.path):
+        return _read_soundfile_unlocked(info, start, frames)
+
+
+def _read_soundfile_unlocked(info: AudioInfo, start: int, frames: int) -> np.ndarray:
     blocks: list[np.ndarray] = []
     got = 0
     try:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .models import ModelConfig, build_model
+from .models import ModelConfig, build_model, make_config, presets
 from .modelfile import save_model
 
 _BLOCK_KEYS = {
@@ -45,6 +46,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     net = {k[len("network."):]: v for k, v in state.items() if k.startswith("network.")}
     if not net:
         raise ConversionError(f"{path}: no 'network.' keys; not an authors' Music Tagging Transformer checkpoint")
+    odd = next((k for k, v in net.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise ConversionError(f"{path}: 'network.{odd}' is not a tensor; not an authors' checkpoint")
     return net
 
 
@@ -69,31 +73,79 @@ def rename_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def to_authors_layout(state: dict[str, torch.Tensor], prefix: str = "network.") -> dict[str, torch.Tensor]:
+    """mttag's MusicTaggingTransformer names → the authors' key names (the inverse of
+    :func:`rename_keys`, without the spectrogram buffers), each prefixed with ``prefix``."""
+    inverse = {v: k for k, v in _BLOCK_KEYS.items()}
+    out = {}
+    for key, value in state.items():
+        if key.startswith("spec."):
+            continue
+        m = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if m:
+            layer, inner, kind = m.groups()
+            if inner not in inverse:
+                raise ConversionError(f"unexpected model key {key}")
+            name = f"transformer.layers.{layer}.{inverse[inner]}.{kind}"
+        elif key.startswith("head_norm."):
+            name = "mlp_head.0." + key.split(".")[-1]
+        elif key.startswith("head."):
+            name = "mlp_head.1." + key.split(".")[-1]
+        else:
+            name = key
+        out[prefix + name] = value
+    return out
+
+
+def _as_dict(params) -> dict:
+    return params.to_dict() if hasattr(params, "to_dict") else dict(params)
+
+
 def infer_config(state: dict[str, torch.Tensor], tags: list[str], heads: int = 8) -> ModelConfig:
+    """The config of a converted checkpoint: tensor shapes give the widths and depth; the
+    closest preset (same width and depth) is named, with the differences as overrides."""
     try:
-        channels = state["frontend.layer1.conv_1.weight"].shape[0]
-        dim, fc_in = state["frontend.fc.weight"].shape
+        channels = int(state["frontend.layer1.conv_1.weight"].shape[0])
+        dim, fc_in = (int(n) for n in state["frontend.fc.weight"].shape)
         depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-        max_len = state["pos_embedding"].shape[1] - 1
-        n_out = state["head.weight"].shape[0]
+        max_len = int(state["pos_embedding"].shape[1]) - 1
+        n_out = int(state["head.weight"].shape[0])
     except (KeyError, ValueError) as exc:
         raise ConversionError(f"checkpoint lacks expected tensor {exc}") from None
     if n_out != len(tags):
         raise ConversionError(f"the checkpoint predicts {n_out} tags but the tag list has {len(tags)}")
-    n_mels = fc_in // channels * 8
-    preset = "teacher" if (channels, dim, depth) == (128, 256, 4) else None
-    return ModelConfig(
-        arch="transformer",
-        tags=list(tags),
-        preset=preset,
-        params=dict(conv_channels=channels, dim=dim, depth=depth, heads=heads, max_len=max_len, n_mels=n_mels),
-        crop_seconds=10.0,
-    )
+    if fc_in % channels:
+        raise ConversionError(f"frontend.fc takes {fc_in} inputs, not a multiple of the {channels} conv channels")
+    shape = dict(conv_channels=channels, dim=dim, depth=depth, heads=heads, max_len=max_len,
+                 n_mels=fc_in // channels * 8)
+    table = {name: _as_dict(p) for name, p in presets("transformer").items()}
+    # an exact preset (the released teacher); else the preset of the same width and depth (the
+    # released compact student is the paper's "small" student with 128 conv channels); else teacher
+    preset = next((n for n, p in table.items() if all(p.get(k) == v for k, v in shape.items())), None) \
+        or next((n for n, p in table.items() if (p.get("dim"), p.get("depth")) == (dim, depth)), "teacher")
+    overrides = {k: v for k, v in shape.items() if table[preset].get(k) != v}
+    try:
+        return make_config("transformer", list(tags), preset, crop_seconds=10.0, **overrides)
+    except ValueError as exc:
+        raise ConversionError(f"the checkpoint's shapes are not a valid transformer ({exc})") from None
 
 
-def convert_checkpoint(path: str | Path, out_dir: str | Path, tags: list[str], heads: int = 8,
-                       name: str | None = None) -> Path:
-    """Convert an authors' checkpoint to a model directory; returns the directory."""
+def convert_checkpoint(
+    path: str | Path,
+    out_dir: str | Path,
+    tags: list[str],
+    heads: int = 8,
+    name: str | None = None,
+    *,
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    card_body: str | None = None,
+) -> Path:
+    """Convert an authors' checkpoint to a model directory; returns the directory.
+
+    ``provenance`` adds to (and overrides) what the config records about the source;
+    ``metrics`` (e.g. the paper's published ROC-AUC / PR-AUC) go into the model card.
+    """
     state = rename_keys(read_checkpoint(path))
     config = infer_config(state, tags, heads)
     config.provenance.update({
@@ -103,8 +155,14 @@ def convert_checkpoint(path: str | Path, out_dir: str | Path, tags: list[str], h
         "license": "mit",
         "datasets": ["million-song-dataset"],
     })
-    model = build_model(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    config.provenance.update(provenance or {})
+    try:
+        model = build_model(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as exc:  # shapes that contradict each other
+        first = " ".join(str(exc).split())[:200]
+        raise ConversionError(f"{path}: the tensors do not fit one transformer ({first})") from None
     if missing or unexpected:
         raise ConversionError(f"{path}: keys do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return save_model(model, out_dir, card_body="Converted from the authors' released PyTorch Lightning checkpoint.")
+    body = card_body if card_body is not None else "Converted from the authors' released PyTorch Lightning checkpoint."
+    return save_model(model.eval(), out_dir, metrics=metrics, card_body=body)

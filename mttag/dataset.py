@@ -55,6 +55,8 @@ On-disk format (version 1)
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import hashlib
 import json
@@ -70,7 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import MIN_DURATION, AudioError, iter_audio_files, probe, read_segment
-from .fileio import atomic_write
+from .fileio import ExclusiveLock, atomic_write
 
 FORMAT = "mttag-prepared"
 FORMAT_VERSION = 1
@@ -362,10 +364,67 @@ def _folder_group(path: str) -> str | None:
     return f"folder:{parent}" if parent and parent not in (".", os.sep) else None
 
 
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _first_bad_line(path: Path, encoding: str) -> tuple[int, str] | None:
+    """(line number, reason) of the first line of ``path`` that is not valid ``encoding``
+    text, or None when the whole file decodes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if any(head.startswith(bom) for bom, _ in _BOMS[1:]) or "16" in encoding or "32" in encoding:
+        # UTF-16/32: lines are not byte lines; decode the whole file and count the newlines before the error
+        data = path.read_bytes()
+        try:
+            data.decode(encoding)
+            return None
+        except UnicodeDecodeError as exc:
+            text = data[: exc.start].decode(encoding, errors="replace")
+            return text.count("\n") + 1, exc.reason
+    decoder = codecs.getincrementaldecoder(encoding)()
+    line_no = 0
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as exc:
+                start = max(0, min(exc.start, len(line) - 1))
+                return line_no, f"byte 0x{line[start:start + 1].hex()} at column {start + 1}"
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            return max(line_no, 1), f"{exc.reason} at the end of the file"
+    return None
+
+
+def annotation_encoding(path: str | os.PathLike) -> tuple[str, str | None]:
+    """The text encoding of an annotations file, and a warning when it had to be guessed.
+
+    A byte-order mark decides (UTF-8, UTF-16 or UTF-32, as Excel's "Unicode text" writes);
+    else UTF-8 when the whole file is valid UTF-8; else Windows-1252 (cp1252, what Excel
+    on Windows writes as "CSV"), or Latin-1 for the few bytes cp1252 leaves undefined,
+    with a warning naming the first line that is not UTF-8."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    for bom, encoding in _BOMS:
+        if head.startswith(bom):
+            return encoding, None
+    bad = _first_bad_line(path, "utf-8")
+    if bad is None:
+        return "utf-8", None
+    fallback = "cp1252" if _first_bad_line(path, "cp1252") is None else "latin-1"
+    name = {"cp1252": "Windows-1252 (cp1252)", "latin-1": "Latin-1"}[fallback]
+    return fallback, (f"{path}:{bad[0]}: not UTF-8 ({bad[1]}); reading the file as {name}. "
+                      "If names come out wrong, give its encoding with --encoding")
+
+
 def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.PathLike | None = None,
                             path_col: str = "path", tags_col: str = "tags", sep: str = ",",
                             artist_col: str = "artist", split_col: str = "split",
-                            delimiter: str | None = None, normalize: bool = True) -> Iterator[TrackSpec]:
+                            delimiter: str | None = None, normalize: bool = True,
+                            encoding: str | None = None) -> Iterator[TrackSpec]:
     """Tracks from a CSV/TSV file.
 
     ``path_col`` holds paths relative to ``audio_root`` (default: the file's folder),
@@ -374,12 +433,44 @@ def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.Pa
     ``split_col`` (train/valid/test/unlabeled, empty: assign). The delimiter is a tab for
     ``.tsv``/``.tab`` files or when the header has tabs and no commas, else a comma.
     ``normalize``: lower-case tags and collapse whitespace.
+
+    ``encoding``: the file's text encoding; ``None`` detects it (:func:`annotation_encoding`:
+    byte-order mark, UTF-8, else cp1252 with a :class:`UserWarning`). A file that is not
+    valid text in its encoding raises ``ValueError`` naming the file and the line.
     """
     from .metadata import normalize_artist
 
     csv_path = Path(csv_path)
     root = str(audio_root) if audio_root is not None else str(csv_path.parent)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    shown = encoding
+    if encoding is None:
+        encoding, note = annotation_encoding(csv_path)
+        shown = encoding
+        if note:
+            import warnings
+
+            warnings.warn(note, UserWarning, stacklevel=2)
+    else:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"--encoding {encoding}: unknown encoding (examples: utf-8, cp1252, latin-1, utf-16)") from None
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+            encoding = "utf-8-sig"  # a byte-order mark is not part of the header
+    try:
+        yield from _read_annotations(csv_path, root, encoding, path_col, tags_col, sep, artist_col, split_col,
+                                     delimiter, normalize, normalize_artist)
+    except UnicodeDecodeError:
+        bad = _first_bad_line(csv_path, encoding)
+        where = f"{csv_path}:{bad[0]}" if bad else str(csv_path)
+        why = f" ({bad[1]})" if bad else ""
+        raise ValueError(f"{where}: not valid {shown} text{why}; give the file's encoding with --encoding "
+                         "(e.g. cp1252, latin-1, utf-16)") from None
+
+
+def _read_annotations(csv_path, root, encoding, path_col, tags_col, sep, artist_col, split_col, delimiter,
+                      normalize, normalize_artist) -> Iterator[TrackSpec]:
+    with open(csv_path, newline="", encoding=encoding) as f:
         header_line = f.readline()
         if delimiter is None:
             tabbed = csv_path.suffix.lower() in (".tsv", ".tab") or ("\t" in header_line and "," not in header_line)
@@ -405,7 +496,8 @@ def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.Pa
 
         ip, it = column(path_col, True), column(tags_col, True)
         ia, isplit = column(artist_col, False), column(split_col, False)
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line_no = reader.line_num
             if not row or ip >= len(row) or not row[ip].strip():
                 continue
             path = row[ip].strip()
@@ -483,29 +575,36 @@ def tracks_from_cals(splits_dir: str | os.PathLike, audio_root: str | os.PathLik
 
 def tracks_from_metadata(folder: str | os.PathLike, fields: Sequence[str] = ("genre",),
                          separators: Sequence[str] | None = None,
-                         artist_fields: Sequence[str] = ("artist", "albumartist")) -> Iterator[TrackSpec]:
+                         artist_fields: Sequence[str] = ("artist", "albumartist"),
+                         on_error: Callable | None = None) -> Iterator[TrackSpec]:
     """Audio files under ``folder`` labelled with the tags embedded in them (``fields``, e.g.
     genre, mood, grouping; see :mod:`mttag.metadata`). Files without any value in those
-    fields are unlabelled. The group is the artist tag, else the file's folder."""
+    fields are unlabelled. The group is the artist tag, else the file's folder.
+
+    A subfolder that cannot be listed is passed to ``on_error`` (a
+    :class:`mttag.audio.UnlistableFolder`), or without it raised once the readable files
+    have been yielded: it is never skipped in silence."""
     from .metadata import DEFAULT_SEPARATORS, read_file_tags
 
     folder = str(folder)
     seps = DEFAULT_SEPARATORS if separators is None else separators
-    for file in iter_audio_files([folder]):
+    for file in iter_audio_files([folder], on_error=on_error):
         rel = os.path.relpath(file, folder) if os.path.isdir(folder) else str(file)
         tags, artist = read_file_tags(file, fields, seps, artist_fields)
         yield TrackSpec(path=rel, tags=tags or None, group=artist or _folder_group(rel),
                         root=folder if os.path.isdir(folder) else None)
 
 
-def tracks_from_folder(folder: str | os.PathLike, read_artist: bool = True) -> Iterator[TrackSpec]:
+def tracks_from_folder(folder: str | os.PathLike, read_artist: bool = True,
+                       on_error: Callable | None = None) -> Iterator[TrackSpec]:
     """Untagged audio under ``folder`` for the unlabelled set; the group (for the rule that
-    excludes unlabelled tracks by valid/test artists) is the artist tag if any, else the folder."""
+    excludes unlabelled tracks by valid/test artists) is the artist tag if any, else the folder.
+    Unlistable subfolders: as in :func:`tracks_from_metadata`."""
     from .metadata import read_file_tags
 
     folder = str(folder)
     is_dir = os.path.isdir(folder)
-    for file in iter_audio_files([folder]):
+    for file in iter_audio_files([folder], on_error=on_error):
         rel = os.path.relpath(file, folder) if is_dir else str(file)
         artist = read_file_tags(file, (), artist_fields=("artist", "albumartist"))[1] if read_artist else None
         yield TrackSpec(path=rel, tags=None, group=artist or _folder_group(rel), split="unlabeled",
@@ -720,7 +819,9 @@ def _worker_init() -> None:
     import sys
     import threading
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and drains the pool
+    # the parent handles Ctrl-C and SIGTERM (as an interruption) and drains the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # If the parent is killed (SIGKILL, OOM killer) the workers must not linger forever
     # waiting for work: the kernel kills them on Linux, a watchdog elsewhere.
     if sys.platform.startswith("linux"):
@@ -911,32 +1012,10 @@ def _check_state(out_dir: Path, state: dict, create: bool) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(state, indent=1), encoding="utf-8"))
 
 
-class _exclusive:
-    """An exclusive lock on ``out_dir`` (POSIX ``flock``) so that two runs never write one store."""
-
-    def __init__(self, out_dir: Path):
-        self.path = out_dir / ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock
-            return self
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            raise ValueError(f"{self.path.parent} is being written by another mttag prepare") from None
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        return False
+def _lock(out_dir: Path) -> ExclusiveLock:
+    """An exclusive lock on ``out_dir`` so that two runs never write one store; a second run
+    is refused with :class:`mttag.fileio.LockedError` naming the first (pid, command)."""
+    return ExclusiveLock(out_dir / ".lock", f"another mttag prepare into {out_dir}")
 
 
 def _save_npy(path: Path, array_: np.ndarray) -> None:
@@ -995,7 +1074,18 @@ def prepare_dataset(
     state = {"format": FORMAT, "version": FORMAT_VERSION, "sample_rate": int(sample_rate),
              "max_seconds": float(max_seconds) if max_seconds else None}
     _check_state(out_dir, state, create=False)  # fail before a long scan of the sources
+    with contextlib.ExitStack() as lock:
+        locked = out_dir.is_dir()
+        if locked:  # a run into it may be going on: refuse before a long scan, too
+            lock.enter_context(_lock(out_dir))
+        return _prepare(lock, locked, tracks, out_dir, top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds,
+                        sample_rate, shard_bytes, retry_failed, exclude_codes, exclude_unlabeled_from, notify,
+                        stop_after, state, started)
 
+
+def _prepare(lock, locked, tracks, out_dir, top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds,
+             sample_rate, shard_bytes, retry_failed, exclude_codes, exclude_unlabeled_from, notify, stop_after,
+             state, started) -> PreparedDataset:
     # 1. catalog ------------------------------------------------------------------------------
     cat = _Catalog()
     for spec in tracks:
@@ -1091,94 +1181,95 @@ def prepare_dataset(
 
     # 4. decode -------------------------------------------------------------------------------
     _check_state(out_dir, state, create=True)
-    with _exclusive(out_dir):
-        for stale in ("dataset.json",):
-            if (out_dir / stale).exists():
-                (out_dir / stale).unlink()
-        store = _Store(out_dir, shard_bytes)
-        recs = store.open()
-        rkeys, rlast = _latest_records(recs)
+    if not locked:  # the directory is new: lock it now
+        lock.enter_context(_lock(out_dir))
+    for stale in ("dataset.json",):
+        if (out_dir / stale).exists():
+            (out_dir / stale).unlink()
+    store = _Store(out_dir, shard_bytes)
+    recs = store.open()
+    rkeys, rlast = _latest_records(recs)
 
-        def lookup_done() -> tuple[np.ndarray, np.ndarray]:
-            pos = np.searchsorted(rkeys, keys)
-            pos = np.minimum(pos, max(len(rkeys) - 1, 0))
-            found = (rkeys[pos] == keys) if len(rkeys) else np.zeros(n_src, dtype=bool)
-            return found, pos
+    def lookup_done() -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(rkeys, keys)
+        pos = np.minimum(pos, max(len(rkeys) - 1, 0))
+        found = (rkeys[pos] == keys) if len(rkeys) else np.zeros(n_src, dtype=bool)
+        return found, pos
 
-        found, pos = lookup_done()
-        status = np.zeros(n_src, dtype=np.int64)
-        status[found] = rlast["status"][pos[found]]
-        wanted = split <= UNLABELED
-        if retry_failed:
-            todo_mask = wanted & (status != _OK)
+    found, pos = lookup_done()
+    status = np.zeros(n_src, dtype=np.int64)
+    status[found] = rlast["status"][pos[found]]
+    wanted = split <= UNLABELED
+    if retry_failed:
+        todo_mask = wanted & (status != _OK)
+    else:
+        todo_mask = wanted & (status == 0)
+    todo = np.flatnonzero(todo_mask)
+    roots = cat.root_names()
+    root_ids = np.frombuffer(cat.root_ids, dtype=np.int16)
+
+    def file_of(i: int) -> str:
+        root = roots[root_ids[i]]
+        p = cat.path(i)
+        return os.path.join(root, p) if root else p
+
+    spill_dir = str(store.spill_dir)
+    jobs = ((int(i), int(keys[i]), file_of(int(i)), int(sample_rate), max_seconds, spill_dir) for i in todo)
+    done = failed = 0
+    seconds = 0.0
+    total = len(todo)
+    notify(PrepareProgress("decode", 0, total))
+
+    def handle(result: tuple) -> None:
+        nonlocal done, failed, seconds
+        row, key, ok, payload, n, clipped, reason = result
+        if ok:
+            store.append_ok(key, payload, n, clipped)
+            seconds += n / sample_rate
         else:
-            todo_mask = wanted & (status == 0)
-        todo = np.flatnonzero(todo_mask)
-        roots = cat.root_names()
-        root_ids = np.frombuffer(cat.root_ids, dtype=np.int16)
+            store.append_failed(key, file_of(row), reason)
+            failed += 1
+        done += 1
+        notify(PrepareProgress("decode", done, total, failed, seconds))
+        if stop_after is not None and done >= stop_after and done < total:
+            raise PrepareInterrupted(done, total - done)
 
-        def file_of(i: int) -> str:
-            root = roots[root_ids[i]]
-            p = cat.path(i)
-            return os.path.join(root, p) if root else p
-
-        spill_dir = str(store.spill_dir)
-        jobs = ((int(i), int(keys[i]), file_of(int(i)), int(sample_rate), max_seconds, spill_dir) for i in todo)
-        done = failed = 0
-        seconds = 0.0
-        total = len(todo)
-        notify(PrepareProgress("decode", 0, total))
-
-        def handle(result: tuple) -> None:
-            nonlocal done, failed, seconds
-            row, key, ok, payload, n, clipped, reason = result
-            if ok:
-                store.append_ok(key, payload, n, clipped)
-                seconds += n / sample_rate
-            else:
-                store.append_failed(key, file_of(row), reason)
-                failed += 1
-            done += 1
-            notify(PrepareProgress("decode", done, total, failed, seconds))
-            if stop_after is not None and done >= stop_after and done < total:
-                raise PrepareInterrupted(done, total - done)
-
-        try:
-            if workers <= 1 or total <= 1:
-                for job in jobs:
-                    handle(_decode_job(job))
-            else:
-                _run_pool(jobs, workers, handle)
-        except KeyboardInterrupt:
-            store.close()
-            raise PrepareInterrupted(done, total - done) from None
-        except BaseException:
-            store.close()
-            raise
+    try:
+        if workers <= 1 or total <= 1:
+            for job in jobs:
+                handle(_decode_job(job))
+        else:
+            _run_pool(jobs, workers, handle)
+    except KeyboardInterrupt:
         store.close()
+        raise PrepareInterrupted(done, total - done) from None
+    except BaseException:
+        store.close()
+        raise
+    store.close()
 
-        # 5. finalize ----------------------------------------------------------------------------
-        notify(PrepareProgress("finalize", done, total, failed, seconds))
-        recs = np.fromfile(store.journal_path, dtype=_JREC)
-        rkeys, rlast = _latest_records(recs)
-        found, pos = lookup_done()
-        rec_of = rlast[pos] if len(rlast) else np.zeros(n_src, dtype=_JREC)
-        ok_mask = found & (rec_of["status"] == _OK) & wanted
-        fail_mask = found & (rec_of["status"] == _FAILED_REC) & wanted
-        final_split = split.copy()
-        final_split[fail_mask] = FAILED
-        stored = np.flatnonzero(ok_mask)
-        _finalize(out_dir, cat, stored, rec_of, final_split, labels_all, vocab, roots, root_ids, group_ids,
-                  store, keys, fail_mask, unique, dropped, lost_labels,
-                  dict(n_src=n_src, duplicates=int((~unique).sum()), excluded=n_excluded_group,
-                       conflicts=conflicts, split_source=split_source, ratios=ratios,
-                       params=dict(top_tags=top_tags, min_count=min_count, ratios=list(ratios), seed=seed,
-                                   max_seconds=max_seconds, tags_vocab=tags_vocab is not None,
-                                   exclude_unlabeled_from=list(exclude_unlabeled_from), sample_rate=sample_rate,
-                                   shard_bytes=shard_bytes),
-                       run=dict(processed=done, failed=failed, seconds=round(seconds, 2), wall=round(time.time() - started, 2),
-                                workers=workers)),
-                  sample_rate)
+    # 5. finalize ----------------------------------------------------------------------------
+    notify(PrepareProgress("finalize", done, total, failed, seconds))
+    recs = np.fromfile(store.journal_path, dtype=_JREC)
+    rkeys, rlast = _latest_records(recs)
+    found, pos = lookup_done()
+    rec_of = rlast[pos] if len(rlast) else np.zeros(n_src, dtype=_JREC)
+    ok_mask = found & (rec_of["status"] == _OK) & wanted
+    fail_mask = found & (rec_of["status"] == _FAILED_REC) & wanted
+    final_split = split.copy()
+    final_split[fail_mask] = FAILED
+    stored = np.flatnonzero(ok_mask)
+    _finalize(out_dir, cat, stored, rec_of, final_split, labels_all, vocab, roots, root_ids, group_ids,
+              store, keys, fail_mask, unique, dropped, lost_labels,
+              dict(n_src=n_src, duplicates=int((~unique).sum()), excluded=n_excluded_group,
+                   conflicts=conflicts, split_source=split_source, ratios=ratios,
+                   params=dict(top_tags=top_tags, min_count=min_count, ratios=list(ratios), seed=seed,
+                               max_seconds=max_seconds, tags_vocab=tags_vocab is not None,
+                               exclude_unlabeled_from=list(exclude_unlabeled_from), sample_rate=sample_rate,
+                               shard_bytes=shard_bytes),
+                   run=dict(processed=done, failed=failed, seconds=round(seconds, 2), wall=round(time.time() - started, 2),
+                            workers=workers)),
+              sample_rate)
     return PreparedDataset(out_dir)
 
 

@@ -32,6 +32,10 @@ from .modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9_.\-]{1,96}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Branch and tag names, refs like refs/pr/1, commit shas: git's rules, narrowed to the
+# characters Hub revisions use. A revision becomes a path in the cache (refs/<revision>),
+# so '..', empty components, leading '/', '\\' and control characters are refused.
+_REVISION = re.compile(r"^[A-Za-z0-9._+\-/]{1,255}$")
 # File types that are (or usually wrap) pickles; mttag never downloads them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".mar")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -84,6 +88,29 @@ def parse_repo_ref(text: str) -> tuple[str, str | None] | None:
 
 def _label(repo_id: str, revision: str | None) -> str:
     return f"{repo_id}@{revision}" if revision else repo_id
+
+
+def revision_problem(revision: object) -> str | None:
+    """Why ``revision`` is not a safe Hub revision (branch, tag, ``refs/pr/N`` or commit sha), or None."""
+    if not isinstance(revision, str) or not revision:
+        return "a revision must be a non-empty name"
+    if not _REVISION.fullmatch(revision):
+        return "a revision may only hold letters, digits and . _ + - /"
+    parts = revision.split("/")
+    if any(p in ("", ".", "..") for p in parts) or ".." in revision:
+        return "a revision may not contain '..' or empty path components"
+    if any(p.startswith(".") or p.endswith(".lock") for p in parts) or revision.endswith("."):
+        return "a revision component may not start with '.' or end with '.' or '.lock'"
+    return None
+
+
+def _check_revision(revision: str | None, repo_id: str) -> None:
+    if revision is None:
+        return
+    problem = revision_problem(revision)
+    if problem:
+        raise ModelLoadError(f"{repo_id}@{revision!r:.80}: not a valid revision ({problem}); "
+                             "use a branch, tag or commit sha")
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -292,23 +319,20 @@ def _verify(snapshot: Path, names: list[str], label: str, listing: dict[str, Any
         )
     try:
         ModelConfig.load(snapshot / CONFIG_NAME)
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{label}: {CONFIG_NAME}: {exc}") from None
+    except (ValueError, TypeError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ModelLoadError(f"{label}: {CONFIG_NAME}: {' '.join(str(exc).split())[:500]}") from None
 
 
 def _config_files(config_path: Path, label: str) -> list[str]:
-    """Extra files a config names (a ``"files"`` list at top level or in ``params``)."""
+    """Extra files a config names (a top-level ``"files"`` list)."""
     try:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{label}: {CONFIG_NAME} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{label}: {CONFIG_NAME} is not a JSON object")
-    params = data.get("params") if isinstance(data.get("params"), dict) else {}
-    names: list[str] = []
-    for source in (data.get("files"), params.get("files")):
-        if isinstance(source, list):
-            names += [n for n in source if isinstance(n, str)]
+    source = data.get("files")
+    names: list[str] = [n for n in source if isinstance(n, str)] if isinstance(source, list) else []
     out = []
     for name in dict.fromkeys(names):
         parts = name.split("/")
@@ -342,6 +366,8 @@ def cached_model_dir(repo_id: str, revision: str | None = None, cache_dir: str |
     """The cached snapshot of ``repo_id`` at ``revision`` if its config and weights are there (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
+    if revision is not None and revision_problem(revision):
+        return None
     cache = hub_cache_dir(cache_dir)
     found = []
     for name in (CONFIG_NAME, WEIGHTS_NAME):
@@ -379,6 +405,8 @@ def _write_ref(cache: Path, repo_id: str, ref: str, commit: str) -> None:
     the unpinned name resolves offline; downloads are pinned to the commit itself."""
     if ref == commit:
         return
+    if revision_problem(ref) or not _SHA1.fullmatch(commit):
+        return  # never reached (both are checked before any download); never write outside refs/
     path = _storage_folder(cache, repo_id) / "refs" / ref
     try:
         if path.is_file() and path.read_text() == commit:
@@ -406,6 +434,7 @@ def download_model(
     from huggingface_hub import HfApi, hf_hub_download
 
     _check_repo_id(repo_id)
+    _check_revision(revision, repo_id)
     cache = hub_cache_dir(cache_dir)
     label = _label(repo_id, revision)
     if is_offline():
@@ -426,6 +455,11 @@ def download_model(
     commit = info.sha
     if not commit:
         raise ModelLoadError(f"{label}: the Hub did not say which commit {revision or 'main'} is; cannot pin the download")
+    if not isinstance(commit, str) or not _SHA1.fullmatch(commit):
+        raise ModelLoadError(
+            f"{label}: the Hub ({endpoint}) answered a malformed commit id {str(commit)[:60]!r} (expected 40 hex "
+            "digits); nothing was downloaded, check HF_ENDPOINT"
+        )
 
     def fetch(name: str) -> Path:
         try:
@@ -536,6 +570,7 @@ def push_model(
     from .models import count_parameters
 
     _check_repo_id(repo_id)
+    _check_revision(revision, repo_id)
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
         raise ModelLoadError(f"{model_dir}: no such model directory")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
@@ -86,46 +86,143 @@ def save_model(
 
 
 def load_config(directory: str | Path) -> ModelConfig:
+    """The checked config of a model directory (every field against its allowed range)."""
     directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise ModelLoadError(f"{directory}: not a model directory (no {CONFIG_NAME})")
     try:
         return ModelConfig.load(path)
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ModelLoadError(f"{path}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500] or type(exc).__name__
+
+
+# safetensors dtype -> bytes per element
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_HEADER_BYTES = 100_000_000
+
+
+class _HeaderError(ValueError):
+    pass
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name -> (dtype, shape)`` of the tensors of a safetensors file, read from its header alone
+    (nothing is allocated for the data). Raises ``ValueError`` (one line) unless the header is
+    well formed and its tensors exactly tile the rest of the file: each one's byte range is
+    ``numel × dtype size`` long, the ranges follow each other without gap or overlap, and they end
+    where the file ends."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _HeaderError("file is shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise _HeaderError(f"header length {n} points past the end of the file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise _HeaderError(f"header is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise _HeaderError("header is not a JSON object")
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise _HeaderError(f"tensor {name!r} has no description")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_SIZES:
+            raise _HeaderError(f"tensor {name!r} has unknown dtype {str(dtype)[:20]!r}")
+        if not (isinstance(shape, list) and len(shape) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)):
+            raise _HeaderError(f"tensor {name!r} has an invalid shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise _HeaderError(f"tensor {name!r} has no valid data offsets")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * _DTYPE_SIZES[dtype]:
+            raise _HeaderError(
+                f"tensor {name!r} of shape {tuple(shape)} ({dtype}) needs {numel * _DTYPE_SIZES[dtype]} bytes "
+                f"but the header gives it {offsets[1] - offsets[0]}"
+            )
+        out[name] = (dtype, tuple(shape))
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise _HeaderError(f"tensor {name!r} does not start where the previous one ends")
+        end = stop
+    if 8 + n + end != size:
+        raise _HeaderError(f"file holds {size - 8 - n} data bytes but the header describes {end}")
+    return out
 
 
 def load_local_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a model directory from disk, in eval mode, on ``device``."""
+    """Load a model directory from disk, in eval mode, on ``device``.
+
+    Nothing is allocated before the config and the weights agree: the config is checked
+    field by field, the network is built on the ``meta`` device (no memory), and the
+    safetensors header's names and shapes are compared with it; only then are the weights
+    read and assigned to the network (whose computed buffers, the spectrogram front end,
+    are built for real; see :func:`mttag.models.computed_buffers`).
+    """
     directory = Path(directory)
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME} (mttag only loads safetensors weights)")
     try:
-        model = build_model(config)
+        with torch.device("meta"):
+            model = build_model(config)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{directory / CONFIG_NAME}: {exc}") from None
+        raise ModelLoadError(f"{directory / CONFIG_NAME}: {_one_line(exc)}") from None
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({exc})") from None
+        header = read_safetensors_header(weights)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({_one_line(exc)})") from None
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ModelLoadError(f"{weights}: weights do not match the {config.arch} architecture ({detail})")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            head = next(reversed(expected))  # the output layer's bias is last
-            if name in (head, head.replace(".bias", ".weight")) and tensor.shape[0] != config.n_tags:
+    head = next(reversed(expected))  # the output layer's bias is last
+    for name, (dtype, shape) in header.items():
+        want = tuple(expected[name].shape)
+        if shape != want:
+            if name in (head, head.replace(".bias", ".weight")) and shape and shape[0] != config.n_tags:
                 raise ModelLoadError(
-                    f"{directory}: config lists {config.n_tags} tags but the weights have {tensor.shape[0]} outputs"
+                    f"{directory}: config lists {config.n_tags} tags but the weights have {shape[0]} outputs"
                 )
-            raise ModelLoadError(
-                f"{weights}: {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(state)
+            raise ModelLoadError(f"{weights}: {name} has shape {shape}, config expects {want}")
+        if expected[name].is_floating_point() != dtype.startswith(("F", "BF")):
+            raise ModelLoadError(f"{weights}: {name} is stored as {dtype}, config expects {expected[name].dtype}")
+    state = {}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for name in header:
+                # a fresh (aligned) tensor of the network's own dtype per weight, as copying into an
+                # allocated network would give: views into the file's buffer are unaligned, and some
+                # CPU kernels then round differently
+                src = f.get_tensor(name)
+                state[name] = torch.empty(src.shape, dtype=expected[name].dtype, device="cpu").copy_(src)
+                del src
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{weights}: corrupt or truncated safetensors file ({_one_line(exc)})") from None
+    model.load_state_dict(state, assign=True)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a module that computes a buffer in __init__ without computed_buffers(): a bug of mttag
+        raise ModelLoadError(f"{directory}: {left[0]} was not materialised (mttag bug: report it)")
     return model.to(device).eval()

@@ -96,7 +96,7 @@ def _delimiter(fmt: str) -> str:
     return "\t" if fmt == "tsv" else ","
 
 
-def _load_records(path: Path, fmt: str) -> list[dict[str, Any]]:
+def read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     """Records already in an output file, tolerating a last line cut off mid-write."""
     # errors="replace": a run killed mid-write can cut a non-ASCII path in half
     text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
@@ -196,7 +196,7 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
         raise ValueError("--resume needs --format csv, tsv, json or jsonl")
     if not path.exists():
         return [], set()
-    ok = [r for r in _load_records(path, fmt) if "error" not in r]
+    ok = [r for r in read_records(path, fmt) if "error" not in r]
     return ok, {path_key(path_from_text(r["path"])) for r in ok}
 
 

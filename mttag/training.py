@@ -9,13 +9,14 @@ shard, validation predictions are gathered, and only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .dataset import PreparedDataset
 from .device import select_device
-from .fileio import atomic_write
+from .fileio import ExclusiveLock, LockedError, atomic_write
 from .metrics import tagging_metrics
 from .models import ModelConfig, build_model, crop_seconds_for, make_config
 from .modelfile import save_model
@@ -38,6 +39,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "metrics.jsonl"
 MODEL_DIR_NAME = "model"
 FINISHED_NAME = "finished.json"
+LOCK_NAME = ".lock"
 
 
 class TrainingError(Exception):
@@ -227,6 +229,89 @@ def _set_rng_state(state: dict[str, Any], augment=None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ---------------------------------------------------------------- the run directory
+_held_locks: set[str] = set()
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path, what: str | None = None) -> Iterator[None]:
+    """Hold ``OUT_DIR/.lock`` (creating ``OUT_DIR``) so that no second run writes into the
+    same directory: another process is refused with :class:`mttag.fileio.LockedError`,
+    whose message names it (pid and command line). Re-entrant within one process, so
+    the command line can lock a directory before :func:`train` locks it again."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(out_dir)
+    if key in _held_locks:
+        yield
+        return
+    with ExclusiveLock(out_dir / LOCK_NAME, what or f"another training run in {out_dir}"):
+        _held_locks.add(key)
+        try:
+            yield
+        finally:
+            _held_locks.discard(key)
+
+
+def _architecture(config: ModelConfig) -> dict[str, Any]:
+    """What a checkpoint's weights depend on, as plain data (loads with ``weights_only``)."""
+    return {"arch": config.arch, "preset": config.preset, "params": json.loads(json.dumps(config.params)),
+            "num_tags": len(config.tags)}
+
+
+def _run_settings(out_dir: Path) -> str:
+    """``--arch A --preset P`` (or ``--student FILE``) of the run in ``out_dir``, from its
+    train_config.json; empty when unknown."""
+    try:
+        old = json.loads((out_dir / "train_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(old, dict):
+        return ""
+    if old.get("student_config"):
+        return "a custom --student config"
+    return f"--arch {old.get('arch', '?')} --preset {old.get('preset', '?')}"
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint as saved by :func:`train`, loaded with ``weights_only=True`` only;
+    anything else is a one-line :class:`TrainingError` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt zip, truncated file, pickled code, ...
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError) and "weights" in str(exc).lower():
+            why = "it holds pickled Python objects, which mttag never loads"
+        else:
+            why = f"{type(exc).__name__}"
+        raise TrainingError(f"--resume: {path} is corrupt or not an mttag checkpoint ({why}); "
+                            "start a new run in another OUT_DIR") from None
+    needed = ("model", "optimizer", "epoch", "best_loss", "bad_epochs", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise TrainingError(f"--resume: {path} is not an mttag checkpoint (keys missing); "
+                            "start a new run in another OUT_DIR")
+    return state
+
+
+def _trim_log(log: Path, epochs: int) -> None:
+    """Drop lines of epochs after the checkpoint's (a kill between the log line and the
+    checkpoint), so the epoch that --resume runs again is not logged twice."""
+    if not log.is_file():
+        return
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            epoch = int(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+        if epoch <= epochs:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if keep != lines:
+        atomic_write(log, lambda p: p.write_text("".join(keep), encoding="utf-8"))
+
+
 # ---------------------------------------------------------------- the run
 @dataclass
 class EpochResult:
@@ -256,7 +341,15 @@ def train(
     teacher); ``unlabeled`` adds a second store of unlabelled tracks. Without a
     labelled set (distilling a teacher on a music library) the teacher's soft
     labels on held-out unlabelled tracks are the validation targets.
+
+    ``OUT_DIR/.lock`` is held while the run writes (see :func:`run_lock`): a second run
+    into the same directory is refused with a :class:`TrainingError`.
     """
+    with contextlib.ExitStack() as stack:
+        return _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch)
+
+
+def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch) -> Path:
     from .pretrained import load_model
 
     out_dir = Path(out_dir)
@@ -291,14 +384,18 @@ def train(
     else:
         raise TrainingError("nothing to train on: give a prepared dataset, or a --teacher with --unlabeled audio")
 
-    if config.student_config:
-        student = {**config.student_config, "tags": tags}
-        # the command line's --crop-seconds wins over the file; a file without one gets its architecture's default
-        crop = config.crop_seconds if config.crop_seconds is not None else student.get("crop_seconds")
-        student["crop_seconds"] = crop_seconds_for(student.get("arch", config.arch), crop)
-        model_config = ModelConfig.from_dict(student)
-    else:
-        model_config = make_config(config.arch, tags, config.preset, config.crop_seconds, **config.model_params)
+    try:
+        if config.student_config:
+            student = {**config.student_config, "tags": tags}
+            # the command line's --crop-seconds wins over the file; a file without one gets its architecture's default
+            crop = config.crop_seconds if config.crop_seconds is not None else student.get("crop_seconds")
+            student["crop_seconds"] = crop_seconds_for(student.get("arch", config.arch), crop)
+            model_config = ModelConfig.from_dict(student)
+        else:
+            model_config = make_config(config.arch, tags, config.preset, config.crop_seconds, **config.model_params)
+        model_config.validate()
+    except ValueError as exc:  # an unknown preset, a bad student config, a crop too short ...
+        raise TrainingError(str(exc)) from None
     model_config.provenance.update({
         "trained_with": "mttag train" if teacher is None else "mttag noisy student",
         "teacher": config.teacher, "augment": config.augment, "seed": config.seed,
@@ -376,18 +473,42 @@ def train(
 
     # --- resume
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # one writer per directory: a second run into it is refused
+        try:
+            stack.enter_context(run_lock(out_dir))
+        except LockedError as exc:
+            raise TrainingError(str(exc)) from None
     ckpt_path = out_dir / CHECKPOINT_NAME
     start_epoch, best_loss, bad_epochs = 0, math.inf, 0
     if resume and (out_dir / FINISHED_NAME).is_file():
         return out_dir / MODEL_DIR_NAME  # this run already ended (early stopping or max epochs)
+    architecture = _architecture(model_config)
     if resume:
         if not ckpt_path.is_file():
             raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {out_dir}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = _load_checkpoint(ckpt_path)
+        made_with = _run_settings(out_dir)
+        saved = state.get("architecture")
+        if isinstance(saved, dict):
+            if (saved.get("arch"), saved.get("params")) != (architecture["arch"], architecture["params"]):
+                was = f"--arch {saved.get('arch')} --preset {saved.get('preset')}"
+                now = f"--arch {architecture['arch']} --preset {architecture['preset']}"
+                raise TrainingError(f"--resume: {ckpt_path} was made with {was}, a different architecture than "
+                                    f"{now}; resume with the run's own settings (see {out_dir / 'train_config.json'})")
+            if saved.get("num_tags") != architecture["num_tags"]:
+                raise TrainingError(f"--resume: {ckpt_path} was trained on {saved.get('num_tags')} tags, this dataset has "
+                                    f"{architecture['num_tags']}; resume with the run's own dataset")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint from before "architecture" was saved
+            was = f" (the run used {made_with})" if made_with else ""
+            raise TrainingError(f"--resume: {ckpt_path} does not fit this model{was}: a different --arch, "
+                                f"--preset/--student or dataset ({type(exc).__name__})") from None
         start_epoch, best_loss, bad_epochs = state["epoch"], state["best_loss"], state["bad_epochs"]
         _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], augment)
+        if rank == 0:
+            _trim_log(out_dir / LOG_NAME, int(start_epoch))
     elif ckpt_path.exists():
         raise TrainingError(f"{out_dir} already holds a run; use --resume to continue it or choose another OUT_DIR")
 
@@ -482,7 +603,7 @@ def train(
             rngs = _gather(_rng_state(augment), world)
             checkpoint = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "best_loss": best_loss, "bad_epochs": bad_epochs, "rng": rngs,
+                "best_loss": best_loss, "bad_epochs": bad_epochs, "rng": rngs, "architecture": architecture,
             }
             atomic_write(ckpt_path, lambda p: torch.save(checkpoint, p))
         elif world > 1:

@@ -75,6 +75,15 @@ def write_audio(path: str | Path, data: np.ndarray, sr: int = 44100, subtype: st
     return path
 
 
+@pytest.fixture(autouse=True)
+def isolated_user_config(tmp_path_factory, monkeypatch):
+    """A developer's own ~/.config/mttag/registry.json, MTTAG_REGISTRY or MTTAG_MODEL must
+    not change what the tests see."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.delenv("MTTAG_REGISTRY", raising=False)
+    monkeypatch.delenv("MTTAG_MODEL", raising=False)
+
+
 @pytest.fixture
 def make_audio():
     """Factory: ``make_audio(path, seconds=2.0, sr=44100, channels=2, kind="music", **synth_kw)``.

@@ -182,6 +182,44 @@ def test_revision_pinning(hf, models, monkeypatch):
     assert weights(f"alice/tiny@{sha_a}") == a
 
 
+def test_hostile_revision_writes_nothing_outside_the_cache(hf, models, tmp_path):
+    """A revision is a path in the cache (refs/<revision>): one that climbs out is refused before
+    any request, even when the (hostile) server has such a branch."""
+    evil = "../../../../elsewhere/x"
+    hf.hub.add_commit("alice/evil", files_of(models.a))
+    hf.hub.add_commit("alice/evil", files_of(models.a), branch=evil)
+    before = len(hf.hub.requests)
+    for revision in (evil, "/etc/passwd", "a\\b", "main\n", "refs//x", ".hidden", "x.lock"):
+        with pytest.raises(ModelLoadError) as exc:
+            resolve_model(f"alice/evil@{revision}")
+        assert "not a valid revision" in one_line(exc)
+        assert mhub.cached_model_dir("alice/evil", revision) is None
+    assert len(hf.hub.requests) == before
+    assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(ModelLoadError, match="not a valid revision"):
+        mhub.push_model(models.a, "alice/evil", revision=evil)
+    for revision in ("main", "v1.0", "refs/pr/1", "a" * 40, "feature/x-y_z+1"):
+        assert mhub.revision_problem(revision) is None
+
+
+def test_malformed_commit_from_server_refused(hf, models, tmp_path):
+    """The commit the server names becomes the snapshot folder and the content of a ref file:
+    it must be 40 hex digits, checked before anything is downloaded or written."""
+    import dataclasses
+
+    sha_main = hf.hub.add_commit("alice/evil", files_of(models.a))
+    repo = hf.hub.repos["alice/evil"]
+    bad = "../../../../elsewhere/y"
+    repo.commits[bad] = dataclasses.replace(repo.commits[sha_main], sha=bad)
+    repo.branches["main"] = bad
+    with pytest.raises(ModelLoadError) as exc:
+        resolve_model("alice/evil")
+    assert "malformed commit id" in one_line(exc)
+    assert hf.hub.content_requests() == 0
+    assert not (tmp_path / "elsewhere").exists()
+    assert not list(hf.cache.glob("models--alice--evil/refs/*"))
+
+
 def test_pickle_only_repo_refused_before_download(hf, models):
     config = (models.a / CONFIG_NAME).read_bytes()
     hf.hub.add_commit("alice/pickled", {CONFIG_NAME: config, "pytorch_model.bin": b"\x80\x04fake pickle"})

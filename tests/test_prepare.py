@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from mttag import dataset as dsmod
 from mttag.audio import load_audio, resample
+from mttag.fileio import ExclusiveLock, LockedError
 from mttag.cli import app
 from mttag.dataset import (
     SPLITS,
@@ -400,8 +401,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     assert_same_dataset(ds, full)
     assert (out / "shards" / "00000.i16").stat().st_size == (tmp_path / "full" / "shards" / "00000.i16").stat().st_size
     assert prepare_dataset(src(), out, min_count=2, workers=1).summary["last_run"]["processed"] == 0
-    with dsmod._exclusive(out):  # another run holds the directory
-        with pytest.raises(ValueError, match="another mttag prepare"):
+    with ExclusiveLock(out / ".lock", "a test"):  # another run holds the directory
+        with pytest.raises(LockedError, match=f"another mttag prepare into .* is already running \\(pid {os.getpid()}"):
             prepare_dataset(src(), out, min_count=2, workers=1)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import io
 import json
 from pathlib import Path
@@ -127,3 +130,27 @@ def test_display_names_are_normalised_json_keeps_the_models():
     ResultWriter(out, "csv", layout="wide", vocabulary=["House", "Hip-Hop"]).write_record(record)
     assert out.getvalue().splitlines()[0].endswith(",house,hip-hop")
     assert display_tag("Progressive rock") == "progressive rock"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fd-level capture is POSIX")
+def test_decoder_chatter_becomes_one_warning_per_file(tmp_path, tiny_model_dir):
+    """libmpg123 prints its own lines on fd 2; they become one warning for the file (none with -q)."""
+    import numpy as np
+    import soundfile as sf
+
+    clean = tmp_path / "clean.mp3"
+    sf.write(clean, (0.3 * np.sin(np.arange(22050 * 12) / 10)).astype("float32"), 22050, format="MP3")
+    data = clean.read_bytes()
+    cut = len(data) * 3 // 4
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "damaged.mp3").write_bytes(data[:cut] + b"\0" * 600 + data[cut:])
+    cmd = [sys.executable, "-m", "mttag", "tag", str(lib), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o.jsonl")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    loud = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == 0, loud.stderr
+    lines = loud.stderr.strip().splitlines()
+    assert not any(line.startswith(("Note:", "Warning:", "[src/")) for line in lines), loud.stderr
+    assert sum("warning:" in line and "damaged.mp3" in line for line in lines) == 1, loud.stderr
+    quiet = subprocess.run(cmd + ["-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == ""

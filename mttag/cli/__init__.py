@@ -13,7 +13,7 @@ import typer
 from .. import __version__
 from ._common import app, console  # noqa: F401
 
-COMMAND_MODULES = ["tag", "models", "convert", "prepare", "train", "evaluate", "distill", "push"]
+COMMAND_MODULES = ["tag", "models", "convert", "prepare", "train", "evaluate", "distill", "push", "write"]
 for _name in COMMAND_MODULES:
     try:
         importlib.import_module(f"{__name__}.{_name}")

@@ -1,31 +1,154 @@
-"""Shared CLI objects: the Typer app, consoles, and one-line error handling."""
+"""Shared CLI objects: the Typer app, consoles, and one-line error handling.
+
+Every usage error, whichever command and whoever parses it (Typer for unknown options,
+missing arguments, bad choices and numbers; the commands themselves for everything
+else), prints exactly one line ``error: <message>`` on stderr and exits with 2.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import signal
 import sys
-from typing import NoReturn
+import threading
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+from ..display import printable
+
 # Results go to stdout; progress, warnings and errors to stderr so pipes stay clean.
 console = Console(stderr=True)
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+def _exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, other click errors, aborts) of the click Typer runs on: its own copy
+    (typer >= 0.22 vendors click as ``typer._click``) and/or the ``click`` package."""
+    usage: list[type] = []
+    other: list[type] = []
+    abort: list[type] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.UsageError)
+        other.append(module.ClickException)
+        if hasattr(module, "Abort"):
+            abort.append(module.Abort)
+    return tuple(usage), tuple(other), tuple(abort)
+
+
+_USAGE_ERRORS, _CLICK_ERRORS, _ABORTS = _exception_types()
+
+
+def one_line(message: object) -> str:
+    """``message`` safe to print as one line on a terminal: control characters (a newline,
+    an escape sequence in a file name) shown as ``\\xNN``, rich markup taken literally."""
+    return escape(printable(message))
+
+
+def _command_path(ctx: Any) -> str:
+    names: list[str] = []
+    while ctx is not None and getattr(ctx, "parent", None) is not None:
+        names.append(str(ctx.info_name))
+        ctx = ctx.parent
+    return " ".join(["mttag", *reversed(names)])
+
+
+def _print_usage_error(exc: Exception, command: str | None) -> int:
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # `mttag` alone: the help is the message (Typer with rich has printed it already)
+        text = exc.format_message()
+        if text.strip():
+            typer.echo(text, err=True)
+        return int(getattr(exc, "exit_code", EXIT_USAGE))
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    path = _command_path(getattr(exc, "ctx", None))
+    if path == "mttag" and command:  # some errors in a command's options carry the root's context
+        path = f"mttag {command}"
+    hint = f"; see '{path} --help'"
+    console.print(f"[bold red]error:[/] {one_line(message)}{hint}", highlight=False, soft_wrap=True)
+    return EXIT_USAGE
+
+
+class OneLineErrorGroup(TyperGroup):
+    """The root command: Typer's parsing, but errors as one ``error:`` line instead of a
+    usage block and a box. Hooked into ``main`` so ``mttag`` and ``CliRunner().invoke(app)``
+    behave the same; ``typer.Exit(code)``, ``--help``, ``--version`` and Ctrl+C (130) keep
+    their exit codes."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # not standalone: Typer returns the code of a typer.Exit (and 130 for Ctrl+C)
+            # and lets click's errors through, to be printed here
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _USAGE_ERRORS as exc:
+            words = sys.argv[1:] if args is None else list(args)
+            code = _print_usage_error(exc, next((w for w in words if w in self.commands), None))
+        except _CLICK_ERRORS as exc:
+            console.print(f"[bold red]error:[/] {one_line(exc.format_message())}", highlight=False, soft_wrap=True)
+            code = int(getattr(exc, "exit_code", EXIT_SOME_FAILED))
+        except _ABORTS:
+            console.print("[yellow]aborted[/]", highlight=False)
+            code = EXIT_SOME_FAILED
+        else:
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else EXIT_OK
+        sys.exit(code)
+
+
+app = typer.Typer(
+    cls=OneLineErrorGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,  # never dump tensors or tokens into a bug report
+)
+
+
+def fail(message: object, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` on one line and exit."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: object, target: Console | None = None) -> None:
+    """Print ``warning: message`` on one line on stderr."""
+    (target or console).print(f"[yellow]warning:[/] {one_line(message)}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a job scheduler's stop) interrupts like Ctrl+C:
+    a ``KeyboardInterrupt`` that the commands turn into a clean stop and exit code 130.
+    The previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # handlers only from the main thread
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def augment_probabilities(items: list[str] | None) -> dict[str, float]:

@@ -18,7 +18,10 @@ def convert(
     tags: str = typer.Option(..., "--tags", help="Tag vocabulary of the checkpoint: cals, msd, or a file with one tag per line."),
     heads: int = typer.Option(8, "--heads", min=1, help="Attention heads (not recoverable from tensor shapes)."),
 ) -> None:
-    """Convert an authors' Music Tagging Transformer checkpoint into a model directory."""
+    """Convert an authors' Music Tagging Transformer checkpoint into a model directory.
+
+    The authors' two published checkpoints need no manual conversion: [bold]--model won2021-teacher[/] and [bold]--model won2021-student[/] download, verify and convert them once (see `mttag models`).
+    """
     try:
         tag_list = resolve_tags(tags)
         out = convert_checkpoint(checkpoint, out_dir, tag_list, heads=heads)

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from ._common import app, augment_probabilities, fail
-from .train import run_rounds
+from .train import check_device, run_rounds
 
 
 def student_settings(student: str) -> tuple[str, dict | None]:
@@ -63,6 +63,7 @@ def distill(
     if dataset is None and not unlabeled:
         fail("without a DATASET, give --unlabeled DIR: the student needs audio to learn from")
     preset, student_cfg = student_settings(student)
+    check_device(device)
     cfg = TrainConfig(arch=(student_cfg or {}).get("arch", "transformer"), preset=preset, student_config=student_cfg,
                       crop_seconds=crop_seconds, batch_size=batch_size, lr=lr, max_epochs=max_epochs, patience=patience,
                       steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, augment=augment, augment_probabilities=augment_probabilities(augment_p), device=device,

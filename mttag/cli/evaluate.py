@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._common import app, fail
+from ._common import app, fail, one_line
+from .train import check_device
 
 
 class EvalFormat(str, Enum):
@@ -35,6 +36,7 @@ def evaluate(
     from ..pretrained import load_model
     from ..training import TrainingError, evaluate as run_eval
 
+    check_device(device)
     try:
         net = load_model(model)
         data = PreparedDataset(dataset)
@@ -44,13 +46,13 @@ def evaluate(
     if fmt is EvalFormat.json:
         typer.echo(json.dumps(result, indent=2))
         return
-    out = Console()
-    table = Table(title=f"{model} on {dataset} ({split}, {result['n_tracks']} tracks)")
+    out = Console(highlight=False)
+    table = Table(title=f"{one_line(model)} on {one_line(dataset)} ({one_line(split)}, {result['n_tracks']} tracks)")
     for col in ("tag", "ROC-AUC", "PR-AUC", "positives"):
         table.add_column(col, justify="left" if col == "tag" else "right")
     fmt_ = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
     for tag, m in result["per_tag"].items():
-        table.add_row(tag, fmt_(m["roc_auc"]), fmt_(m["pr_auc"]), str(m["positives"]))
+        table.add_row(one_line(tag), fmt_(m["roc_auc"]), fmt_(m["pr_auc"]), str(m["positives"]))
     table.add_section()
     table.add_row("[bold]macro[/]", f"[bold]{fmt_(result['roc_auc'])}[/]", f"[bold]{fmt_(result['pr_auc'])}[/]", "")
     out.print(table)

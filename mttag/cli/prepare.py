@@ -18,13 +18,25 @@ from ..dataset import (
     PrepareInterrupted,
     PrepareProgress,
     TrackSpec,
+    annotation_encoding,
     prepare_dataset,
     tracks_from_annotations,
     tracks_from_cals,
     tracks_from_folder,
     tracks_from_metadata,
 )
-from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail
+from ..fileio import LockedError
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    app,
+    console,
+    fail,
+    one_line,
+    sigterm_as_interrupt,
+    warn,
+)
 
 
 def _parse_ratios(value: str) -> tuple[float, float, float]:
@@ -38,7 +50,8 @@ def _parse_ratios(value: str) -> tuple[float, float, float]:
 
 
 def _sources(annotations, audio_root, path_column, tags_column, separator, artist_column, split_column,
-             keep_case, split, splits_dir, fields, libraries, unlabeled) -> tuple[Iterator[TrackSpec], list[str] | None]:
+             keep_case, split, splits_dir, fields, libraries, unlabeled, encoding,
+             on_error) -> tuple[Iterator[TrackSpec], list[str] | None]:
     labelled = [name for name, given in (("--annotations", annotations), ("--split cals", split),
                                          ("--tags-from-metadata", fields)) if given]
     if len(labelled) > 1:
@@ -48,6 +61,8 @@ def _sources(annotations, audio_root, path_column, tags_column, separator, artis
              "or --tags-from-metadata FIELDS with library folders")
     if libraries and not fields:
         fail("library folders are read only with --tags-from-metadata FIELDS (use --unlabeled DIR for untagged audio)")
+    if encoding is not None and not annotations:
+        fail("--encoding is the text encoding of --annotations FILE; give that too, or leave --encoding out")
     for folder in [*libraries, *unlabeled]:
         if not folder.exists():
             fail(f"{folder}: no such file or directory")
@@ -57,9 +72,23 @@ def _sources(annotations, audio_root, path_column, tags_column, separator, artis
             fail(f"--annotations {annotations}: no such file")
         if audio_root is not None and not audio_root.is_dir():
             fail(f"--audio-root {audio_root}: not a directory")
+        if encoding is None:
+            try:
+                encoding, note = annotation_encoding(annotations)
+            except OSError as exc:
+                fail(f"--annotations {annotations}: {exc.strerror or exc}")
+            if note:
+                warn(note)
+        else:
+            import codecs
+
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                fail(f"--encoding {encoding}: unknown encoding (examples: utf-8, cp1252, latin-1, utf-16)")
         source = tracks_from_annotations(annotations, audio_root, path_col=path_column, tags_col=tags_column,
                                          sep=separator, artist_col=artist_column, split_col=split_column,
-                                         normalize=not keep_case)
+                                         normalize=not keep_case, encoding=encoding)
     elif split:
         if split.lower() != "cals":
             fail(f"--split {split}: only 'cals' (the authors' CALS split files) is known")
@@ -77,8 +106,9 @@ def _sources(annotations, audio_root, path_column, tags_column, separator, artis
             fail(f"--tags-from-metadata {fields!r}: expected comma-separated field names such as genre,mood,grouping")
         if not libraries:
             fail("--tags-from-metadata needs library folders (positional FOLDER... or --library DIR)")
-        source = itertools.chain.from_iterable(tracks_from_metadata(d, field_list) for d in libraries)
-    extra = itertools.chain.from_iterable(tracks_from_folder(d) for d in unlabeled)
+        source = itertools.chain.from_iterable(tracks_from_metadata(d, field_list, on_error=on_error)
+                                               for d in libraries)
+    extra = itertools.chain.from_iterable(tracks_from_folder(d, on_error=on_error) for d in unlabeled)
     return itertools.chain(source, extra), vocab
 
 
@@ -94,6 +124,7 @@ def prepare(
     artist_column: str = typer.Option("artist", "--artist-column", help="Used when present; else the track's folder is its group.", rich_help_panel="Sources"),
     split_column: str = typer.Option("split", "--split-column", help="Used when present (train/valid/test/unlabeled; empty: assign).", rich_help_panel="Sources"),
     keep_case: bool = typer.Option(False, "--keep-case", help="Keep annotation tags' case (default: lower-case).", rich_help_panel="Sources"),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Text encoding of --annotations (default: detected; UTF-8 or a byte-order mark, else cp1252 with a warning).", rich_help_panel="Sources"),
     split: Optional[str] = typer.Option(None, "--split", help="cals: the authors' CALS split (with --splits-dir and --audio-root).", rich_help_panel="Sources"),
     splits_dir: Optional[Path] = typer.Option(None, "--splits-dir", help="Folder with {train,valid,test,student}_ids.npy and {train,valid,test}_binaries.npy.", rich_help_panel="Sources"),
     tags_from_metadata: Optional[str] = typer.Option(None, "--tags-from-metadata", help="Comma-separated file-tag fields to use as labels, e.g. genre,mood,grouping.", rich_help_panel="Sources"),
@@ -113,13 +144,21 @@ def prepare(
     """Decode a tagged collection once into a dataset for `mttag train`: int16 audio shards
     with fast random crops, a tag vocabulary and artist-level splits.
 
-    Exit codes: 0 all files stored; 1 some files failed (listed in OUT_DIR/failures.csv);
-    2 usage error; 130 interrupted (run the same command again to resume).
+    Exit codes: 0 all files stored; 1 some files failed (listed in OUT_DIR/failures.csv) or
+    a folder could not be listed (named in a warning); 2 usage error; 130 interrupted (Ctrl+C
+    or SIGTERM; run the same command again to resume).
     """
     ratio_values = _parse_ratios(ratios)
+    unlisted: list = []  # folders under the sources that could not be listed
+
+    def on_unlistable(problem) -> None:
+        unlisted.append(problem)
+        warn(f"{problem.path}: cannot list this folder ({problem.reason}); the audio in it is left out")
+
     source, fixed_vocab = _sources(annotations, audio_root, path_column, tags_column, separator, artist_column,
                                    split_column, keep_case, split, splits_dir, tags_from_metadata,
-                                   [*(folders or []), *(library or [])], list(unlabeled or []))
+                                   [*(folders or []), *(library or [])], list(unlabeled or []), encoding,
+                                   on_unlistable)
     if vocab is not None:
         from ..vocab import resolve_tags
 
@@ -149,29 +188,40 @@ def prepare(
         progress.update(tasks[p.stage], completed=p.done, total=p.total, info=info)
 
     try:
-        with progress:
+        with sigterm_as_interrupt(), progress:
             ds = prepare_dataset(
                 source, out_dir, top_tags=top_tags, min_count=min_count, ratios=ratio_values, seed=seed,
                 workers=workers, tags_vocab=fixed_vocab, max_seconds=max_seconds, retry_failed=retry_failed,
                 shard_bytes=int(shard_gb * (1 << 30)), on_progress=on_progress,
             )
-    except PrepareInterrupted as exc:
-        console.print(f"[yellow]interrupted:[/] {exc.done} tracks processed this run, {exc.remaining} left; "
-                      f"run the same command again to resume", highlight=False)
-        raise typer.Exit(130)
+    except (PrepareInterrupted, KeyboardInterrupt) as exc:
+        # KeyboardInterrupt: Ctrl+C or SIGTERM while reading the sources or writing the index;
+        # the journal is intact either way and the next run resumes
+        done = f"{exc.done} tracks processed this run, {exc.remaining} left; " if isinstance(exc, PrepareInterrupted) else ""
+        console.print(f"[yellow]interrupted:[/] {done}run the same command again to resume", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except LockedError as exc:
+        fail(str(exc))
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or out_dir}: {exc.strerror or exc}", EXIT_SOME_FAILED)
     _print_summary(ds.summary, out_dir, time.perf_counter() - started)
-    raise typer.Exit(EXIT_SOME_FAILED if ds.summary["failed"] else EXIT_OK)
+    if unlisted:
+        names = ", ".join(p.path for p in unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        warn(f"{len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} could not be listed and "
+             f"{'are' if len(unlisted) > 1 else 'is'} not in the dataset: {names}; fix the permissions and run "
+             "the same command again to add their audio")
+    raise typer.Exit(EXIT_SOME_FAILED if ds.summary["failed"] or unlisted else EXIT_OK)
 
 
 def _print_summary(s: dict, out_dir: Path, elapsed: float) -> None:
+    """The summary on stdout; warnings about it on stderr."""
     out = Console(highlight=False)
     run = s.get("last_run", {})
-    out.print(f"[bold]{out_dir}[/]: {s['num_tracks']} tracks, {s['hours']:.2f} h of audio, "
-              f"{len(s['tags'])} tags; {run.get('processed', 0)} processed this run in {elapsed:.1f} s")
+    out.print(f"[bold]{one_line(out_dir)}[/]: {s['num_tracks']} tracks, {s['hours']:.2f} h of audio, "
+              f"{len(s['tags'])} tags; {run.get('processed', 0)} processed this run in {elapsed:.1f} s", soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False, box=None)
     table.add_column("split")
     table.add_column("tracks", justify="right")
@@ -186,18 +236,19 @@ def _print_summary(s: dict, out_dir: Path, elapsed: float) -> None:
               f"of valid/test artists, {s['duplicates']} duplicate rows")
     dropped = s["dropped_tags"]
     if dropped["distinct"]:
-        top = ", ".join(f"{t} ({n})" for t, n in list(dropped["top"].items())[:8])
+        top = ", ".join(f"{one_line(t)} ({n})" for t, n in list(dropped["top"].items())[:8])
         out.print(f"dropped tags: {dropped['distinct']} outside the vocabulary ({dropped['occurrences']} uses): {top}"
-                  + (" ..." if dropped["distinct"] > 8 else ""))
+                  + (" ..." if dropped["distinct"] > 8 else ""), soft_wrap=True)
     if s["labeled_tracks_left_without_vocabulary_tags"]:
         out.print(f"{s['labeled_tracks_left_without_vocabulary_tags']} tagged tracks had no vocabulary tag left "
                   "and joined the unlabelled set")
     if s.get("groups_spanning_given_splits"):
-        out.print(f"[yellow]warning:[/] {s['groups_spanning_given_splits']} artists appear in more than one given split")
+        warn(f"{s['groups_spanning_given_splits']} artists appear in more than one given split")
     for name in ("valid", "test"):
         if s["splits"][name] == 0 and s["params"]["ratios"][SPLITS.index(name)] > 0:
-            out.print(f"[yellow]warning:[/] the {name} split is empty (too few artists/groups)")
+            warn(f"the {name} split is empty (too few artists/groups)")
     if s["failed"]:
-        out.print(f"[yellow]{s['failed']} files failed[/]; see {out_dir / 'failures.csv'}")
+        out.print(f"failed: {s['failed']} files (see {one_line(out_dir / 'failures.csv')})", soft_wrap=True)
+        warn(f"{s['failed']} files failed; see {out_dir / 'failures.csv'}")
     else:
         out.print("no failures")

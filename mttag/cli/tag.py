@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..audio import UnlistableFolder, iter_audio_files
+from ..audio import DecoderMessages, UnlistableFolder, iter_audio_files
 from ..device import select_device
 from ..display import printable
 from ..modelfile import ModelLoadError
@@ -53,7 +53,7 @@ def _parse_windows(value: str) -> int | None:
 @app.command()
 def tag(
     paths: List[Path] = typer.Argument(..., help="Audio files and/or folders (searched recursively)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name or Hub id owner/name[@revision]. Default: the bundled default model."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name (mttag models) or Hub id owner/name\\[@revision]. Default: $MTTAG_MODEL, else the bundled default model."),
     top: Optional[int] = typer.Option(5, "--top", "-k", min=1, help="Keep the K most probable tags."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Keep only tags with probability >= P."),
     fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .tsv, .json, .jsonl), else a table."),
@@ -102,7 +102,7 @@ def tag(
         _release(target)
         fail(f"--layout {layout.value} is for csv and tsv output, not {fmt.value}")
     try:
-        net = load_model(model, device=str(dev))
+        net = load_model(model, device=str(dev), progress=False if quiet else None)
     except ModelLoadError as exc:
         _release(target)
         fail(str(exc))
@@ -128,9 +128,10 @@ def tag(
                           f"{len(files)} to go", highlight=False, soft_wrap=True)
 
     to_console = output is None and fmt is Format.table
+    results_console = Console(highlight=False) if to_console else None
     try:
         stream = target.open() if target is not None else sys.stdout
-        writer = ResultWriter(stream, fmt.value, console=Console(highlight=False) if to_console else None,
+        writer = ResultWriter(stream, fmt.value, console=results_console,
                               table_header=target is not None, layout=layout.value, vocabulary=net.config.tags)
         for record in kept:
             writer.write_record(record)
@@ -147,25 +148,38 @@ def tag(
     start = time.perf_counter()
     tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows, model_name=model_name)
     top_k = None if all_tags or layout is Layout.wide else top  # wide: a column for every tag
+    # A table on the terminal goes through the progress bar's own console, so each result
+    # is printed above the bar instead of on top of it; otherwise the bar is on stderr.
+    bar_console = results_console if results_console is not None and results_console.is_terminal else console
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
+        console=bar_console,
+        disable=quiet or not bar_console.is_terminal,
         transient=True,
     )
+    if results_console is not None and bar_console is results_console:
+        writer.console = progress.console
+    decoder = DecoderMessages()
 
     def report(result: TagResult) -> None:
         nonlocal failed
         writer.write(result)
+        chatter = decoder.pop(result.path)
         if not result.ok:
             failed += 1
             if not quiet and not to_console:
                 console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: {escape(printable(result.error))}",
                               highlight=False, soft_wrap=True)
+        elif chatter and not quiet:
+            # libmpg123's own lines, as one warning: the file decoded, but around damage
+            first = printable(chatter[0])
+            more = f" (+{len(chatter) - 1} more)" if len(chatter) > 1 else ""
+            console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: damaged mp3 data, tagged from "
+                          f"what decodes (decoder: {escape(first)}{more})", highlight=False, soft_wrap=True)
 
     interrupted = False
     write_error: OSError | None = None
@@ -173,7 +187,7 @@ def tag(
     # closed and the summary printed, so the output stays valid and resumable.
     previous = signal.signal(signal.SIGTERM, _terminate) if _in_main_thread() else None
     try:
-        with progress:
+        with decoder, progress:
             # a folder that cannot be listed is a failure of its own, not a silent gap
             for problem in unlistable:
                 report(TagResult(problem.path, error=f"cannot list this folder ({problem.reason})"))
@@ -208,7 +222,7 @@ def tag(
         msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type} with {model_name}"
         if output is not None:
             msg += f"; results in {printable(output)}"
-        console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False)
+        console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)

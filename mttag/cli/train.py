@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import Enum
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ._common import app, augment_probabilities, console, fail
+from ._common import EXIT_INTERRUPTED, app, augment_probabilities, console, fail, one_line, sigterm_as_interrupt
 
 
 class Arch(str, Enum):
@@ -21,13 +22,17 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
     """Shared by ``train`` and ``distill``: open data, run, print progress and a summary."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..dataset import PreparedDataset
+    from ..dataset import PreparedDataset, PrepareInterrupted
     from ..modelfile import ModelLoadError
     from ..training import TrainingError, train
 
     try:
         data = PreparedDataset(dataset) if dataset is not None else None
         unlabeled = _open_unlabeled(unlabeled_paths, out_dir, cfg.workers, quiet) if unlabeled_paths else None
+    except (KeyboardInterrupt, PrepareInterrupted):
+        console.print("[yellow]interrupted[/] while decoding the unlabelled audio: run the same command again "
+                      "to go on", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
     except (OSError, ValueError) as exc:
         fail(str(exc))
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -55,28 +60,72 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
     try:
         with progress:
             best = train(data, out_dir, cfg, resume=resume, unlabeled=unlabeled, on_step=on_step, on_epoch=on_epoch)
-    except (TrainingError, ModelLoadError) as exc:
+    except (TrainingError, ModelLoadError, ValueError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: continue with the same command plus --resume (checkpoint in {out_dir})")
-        raise typer.Exit(130)
+        console.print(f"[yellow]interrupted[/]: continue with the same command plus --resume "
+                      f"(checkpoint in {one_line(out_dir)})", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not quiet and int(os.environ.get("RANK", "0")) == 0:
         if best.exists():
-            console.print(f"best model: {best}  (tag with: mttag tag ./music --model {best})")
+            console.print(f"best model: {one_line(best)}  (tag with: mttag tag ./music --model {one_line(best)})",
+                          highlight=False, soft_wrap=True)
         else:
             console.print("no epoch finished; nothing exported")
 
 
 def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled, quiet: bool) -> None:
     """Each round's student becomes the next round's teacher; every round keeps its own
-    run directory (``OUT/round1``, ...) so all of them are exported and resumable."""
-    for k in range(1, rounds + 1):
-        run_dir = out_dir if rounds == 1 else out_dir / f"round{k}"
-        if rounds > 1 and not quiet:
-            console.print(f"[bold]round {k}/{rounds}[/]: teacher {cfg.teacher}")
-        # with --resume, finished rounds return at once and a round not yet begun starts fresh
-        run_training(dataset, run_dir, cfg, resume and (run_dir / "checkpoint.pt").exists(), unlabeled, quiet)
-        cfg.teacher = str(run_dir / "model")
+    run directory (``OUT/round1``, ...) so all of them are exported and resumable.
+
+    OUT_DIR is locked for the whole run (one writer per directory; under torchrun, rank 0
+    holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable."""
+    from ..dataset import PreparedDataset
+    from ..fileio import LockedError
+    from ..training import run_lock
+
+    if dataset is not None:  # before OUT_DIR is created
+        try:
+            PreparedDataset(dataset)
+        except (OSError, ValueError) as exc:
+            fail(str(exc))
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"{out_dir}: exists and is not a directory")
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            try:
+                stack.enter_context(run_lock(out_dir, f"another training run in {out_dir}"))
+            except LockedError as exc:
+                fail(str(exc))
+            except OSError as exc:
+                fail(f"{out_dir}: {exc.strerror or exc}")
+        stack.enter_context(sigterm_as_interrupt())
+        for k in range(1, rounds + 1):
+            run_dir = out_dir if rounds == 1 else out_dir / f"round{k}"
+            if rounds > 1 and not quiet:
+                console.print(f"[bold]round {k}/{rounds}[/]: teacher {one_line(cfg.teacher)}", highlight=False,
+                              soft_wrap=True)
+            # with --resume, finished rounds return at once and a round not yet begun starts fresh
+            run_training(dataset, run_dir, cfg, resume and (run_dir / "checkpoint.pt").exists(), unlabeled, quiet)
+            cfg.teacher = str(run_dir / "model")
+
+
+def check_device(device: str) -> None:
+    """``--device`` names a device this machine has (one line, exit 2, otherwise)."""
+    from ..device import select_device
+
+    try:
+        select_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def check_preset(arch: str, preset: str) -> None:
+    from ..models import presets
+
+    known = list(presets(arch))
+    if preset not in known:
+        fail(f"--preset {preset}: expected one of {', '.join(known)} for --arch {arch}")
 
 
 def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
@@ -86,12 +135,18 @@ def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
 
     if len(paths) == 1 and (Path(paths[0]) / "dataset.json").is_file():
         return PreparedDataset(paths[0])
-    tracks = [t for p in paths for t in tracks_from_folder(p)]
+    unlisted = []
+    tracks = [t for p in paths for t in tracks_from_folder(p, on_error=unlisted.append)]
+    if unlisted:
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise ValueError(f"--unlabeled: cannot list {unlisted[0].path} ({unlisted[0].reason}){more}; "
+                         "fix its permissions or leave that folder out")
     if not tracks:
         raise ValueError(f"--unlabeled: no audio files in {', '.join(map(str, paths))}")
     store = Path(out_dir) / "unlabeled"
     if not quiet:
-        console.print(f"decoding {len(tracks)} unlabelled tracks into {store} (once; reused on --resume)")
+        console.print(f"decoding {len(tracks)} unlabelled tracks into {one_line(store)} (once; reused on --resume)",
+                      highlight=False, soft_wrap=True)
     prepare_dataset(tracks, store, workers=workers or 1)
     return PreparedDataset(store)
 
@@ -128,6 +183,8 @@ def train(
 
     if split is not None:
         _check_split(dataset, split)
+    check_preset(arch.value, preset)
+    check_device(device)
     if unlabeled and not teacher:
         fail("--unlabeled needs --teacher (noisy student training)")
     cfg = TrainConfig(arch=arch.value, preset=preset, crop_seconds=crop_seconds, batch_size=batch_size, lr=lr,

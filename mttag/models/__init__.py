@@ -1,13 +1,29 @@
-"""Model architectures. Each takes a :class:`ModelConfig` and maps waveforms ``B×N`` to logits."""
+"""Model architectures. Each takes a :class:`ModelConfig` and maps waveforms ``B×N`` to logits.
+
+Configs, typed parameters and presets (:mod:`.config`, :mod:`.params`) do not need
+torch; the networks are imported when first built.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .config import FORMAT_VERSION, ModelConfig
+from .params import (
+    PARAMS,
+    ArchParams,
+    MusicnnParams,
+    ResNetParams,
+    TransformerParams,
+    params_class,
+    preset_names,
+    preset_params,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # arch name -> (module, class); imported lazily so that e.g. listing models stays cheap
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -29,13 +45,32 @@ def _module(arch: str):
     return module, getattr(module, class_name)
 
 
-def presets(arch: str) -> dict[str, dict[str, Any]]:
-    return _module(arch)[0].PRESETS
+def presets(arch: str) -> dict[str, ArchParams]:
+    """``arch``'s presets: name -> typed parameters (see :func:`preset_names` for just the names)."""
+    params_class(arch)
+    from .params import PRESETS
+
+    return dict(PRESETS[arch])
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Instantiate the (untrained) network a config describes."""
+def build_model(config: ModelConfig) -> "nn.Module":
+    """Instantiate the (untrained) network a config describes; the config is checked first
+    (``ValueError`` with a one-line message). Under ``with torch.device("meta")`` no memory is
+    allocated except for the small, parameter-free front ends (see :func:`computed_buffers`)."""
+    config.validate()
     return _module(config.arch)[1](config)
+
+
+def computed_buffers():
+    """Context for building modules whose tensors are computed, not loaded (the spectrogram
+    front ends: window and mel filterbank are non-persistent buffers). When the network is being
+    built on the ``meta`` device (see :func:`mttag.modelfile.load_local_model`), these are built
+    on the CPU, so that a model materialised from a state dict has them right."""
+    import torch
+
+    if torch.empty(0).device.type == "meta":
+        return torch.device("cpu")
+    return contextlib.nullcontext()
 
 
 def crop_seconds_for(arch: str, crop_seconds: float | None = None) -> float:
@@ -50,21 +85,29 @@ def make_config(
     crop_seconds: float | None = None,
     **overrides: Any,
 ) -> ModelConfig:
-    """A config for ``arch`` at a named preset, with optional parameter overrides."""
-    table = presets(arch)
-    if preset not in table:
-        raise ValueError(f"unknown preset {preset!r} for {arch}; known: {', '.join(table)}")
-    return ModelConfig(
+    """A config for ``arch`` at a named preset, with optional parameter overrides.
+
+    Unknown override names and out-of-range values raise ``ValueError`` (one line). The
+    config's ``params`` spell out every parameter, so a later change of a default cannot
+    change a saved model.
+    """
+    params = preset_params(arch, preset).replace(**overrides)
+    config = ModelConfig(
         arch=arch,
         tags=list(tags),
         preset=preset,
-        params={**table[preset], **overrides},
+        params=params.to_dict(),
         crop_seconds=crop_seconds_for(arch, crop_seconds),
     )
+    return config
 
 
-def count_parameters(model: nn.Module) -> int:
+def count_parameters(model: "nn.Module") -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHITECTURES", "FORMAT_VERSION", "ModelConfig", "build_model", "crop_seconds_for", "make_config", "presets", "count_parameters"]
+__all__ = [
+    "ARCHITECTURES", "FORMAT_VERSION", "PARAMS", "ArchParams", "ModelConfig", "MusicnnParams", "ResNetParams",
+    "TransformerParams", "build_model", "computed_buffers", "count_parameters", "crop_seconds_for", "make_config",
+    "params_class", "preset_names", "preset_params", "presets",
+]

@@ -30,43 +30,30 @@ defaults):
 
 from __future__ import annotations
 
+import dataclasses
+
 import librosa
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import computed_buffers
 from .config import ModelConfig
+from .params import PRESETS as _PRESETS
+from .params import MusicnnParams
 
-# Both released checkpoints (MSD_musicnn and MTT_musicnn) have the same shapes;
-# "big" is the MSD_musicnn_big variant of the upstream repository (not in the wheel).
-_RELEASED = dict(midend_filters=64, backend_units=200)
-PRESETS = {
-    "teacher": dict(_RELEASED),
-    "msd": dict(_RELEASED),
-    "mtt": dict(_RELEASED),
-    "big": dict(midend_filters=512, backend_units=500),
-}
-DEFAULTS = dict(
-    n_fft=512,
-    hop_length=256,
-    n_mels=96,
-    # How the first frame of a window is padded (its centre is the window's first
-    # sample, so half of it lies before the window). musicnn's own code pads a
-    # track's first frame with zeros under librosa >= 0.10, so "constant" makes a
-    # window analysed here identical to a track musicnn analyses from that point
-    # (on a later patch of a track musicnn has real audio there; see docs/musicnn.md).
-    pad_mode="constant",
-    float16_mel=True,
-    frontend_filters=1.6,  # timbral: int(1.6*128) = 204 filters, temporal: int(1.6*32) = 51
-    timbral_heights=(0.4, 0.7),  # of n_mels: 38 and 67 mel bands
-    timbral_length=7,
-    temporal_lengths=(128, 64, 32),
-    midend_filters=64,
-    midend_length=7,
-    backend_units=200,
-    dropout=0.5,
-    bn_eps=1e-3,
-)
+# Typed parameters and presets live in mttag.models.params (MusicnnParams): both released
+# checkpoints (MSD_musicnn and MTT_musicnn) have the default shapes; "big" is the
+# MSD_musicnn_big variant of the upstream repository (not in the wheel). About pad_mode:
+# the first frame of a window is centred on the window's first sample, so half of it lies
+# before the window. musicnn's own code pads a track's first frame with zeros under
+# librosa >= 0.10, so "constant" makes a window analysed here identical to a track musicnn
+# analyses from that point (on a later patch of a track musicnn has real audio there; see
+# docs/musicnn.md). frontend_filters 1.6 gives int(1.6*128) = 204 timbral and int(1.6*32) =
+# 51 temporal filters; timbral_heights (0.4, 0.7) of 96 mel bands are 38 and 67 bands.
+# Compatibility views, plain dicts of every parameter (tuples for the sequences):
+PRESETS = {name: dataclasses.asdict(params) for name, params in _PRESETS["musicnn"].items()}
+DEFAULTS = dataclasses.asdict(MusicnnParams())
 # Frames per training patch: librosa.time_to_frames(3 s) + 1 at 16 kHz, hop 256.
 PATCH_FRAMES = 187
 # Audio per patch: 187 hops = 47872 samples = 2.992 s at 16 kHz. A window of this
@@ -188,34 +175,34 @@ class Musicnn(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        p = {**DEFAULTS, **config.params}
+        p: MusicnnParams = config.arch_params  # typed and range-checked
         self.config = config
-        eps = p["bn_eps"]
-        n_mels = p["n_mels"]
-        self.frontend = MusicnnLogMel(config.sample_rate, p["n_fft"], p["hop_length"], n_mels,
-                                      p["pad_mode"], p["float16_mel"])
+        eps = p.bn_eps
+        n_mels = p.n_mels
+        with computed_buffers():
+            self.frontend = MusicnnLogMel(config.sample_rate, p.n_fft, p.hop_length, n_mels, p.pad_mode, p.float16_mel)
         self.input_bn = nn.BatchNorm2d(1, eps=eps)
-        n_timbral = int(p["frontend_filters"] * 128)
-        n_temporal = int(p["frontend_filters"] * 32)
-        t = p["timbral_length"]
+        n_timbral = int(p.frontend_filters * 128)
+        n_temporal = int(p.frontend_filters * 32)
+        t = p.timbral_length
         self.timbral = nn.ModuleList(
-            _Conv2dBlock(n_timbral, (t, int(h * n_mels)), (t // 2, t // 2), eps) for h in p["timbral_heights"]
+            _Conv2dBlock(n_timbral, (t, int(h * n_mels)), (t // 2, t // 2), eps) for h in p.timbral_heights
         )
         self.temporal = nn.ModuleList(
-            _Conv2dBlock(n_temporal, (k, 1), _same_pad(k), eps) for k in p["temporal_lengths"]
+            _Conv2dBlock(n_temporal, (k, 1), _same_pad(k), eps) for k in p.temporal_lengths
         )
         n_front = n_timbral * len(self.timbral) + n_temporal * len(self.temporal)
-        m = p["midend_filters"]
+        m = p.midend_filters
         self.midend = nn.ModuleList(
-            _MidendBlock(c_in, m, p["midend_length"], eps) for c_in in (n_front, m, m)
+            _MidendBlock(c_in, m, p.midend_length, eps) for c_in in (n_front, m, m)
         )
         n_pooled = 2 * (n_front + 3 * m)
         self.pool_bn = nn.BatchNorm1d(n_pooled, eps=eps)
-        self.dropout = nn.Dropout(p["dropout"])
-        self.dense = nn.Linear(n_pooled, p["backend_units"])
-        self.dense_bn = nn.BatchNorm1d(p["backend_units"], eps=eps)
+        self.dropout = nn.Dropout(p.dropout)
+        self.dense = nn.Linear(n_pooled, p.backend_units)
+        self.dense_bn = nn.BatchNorm1d(p.backend_units, eps=eps)
         # the output layer is registered last (model files identify it as the last weight)
-        self.head = nn.Linear(p["backend_units"], config.n_tags)
+        self.head = nn.Linear(p.backend_units, config.n_tags)
 
     def logmel(self, waveform: torch.Tensor) -> torch.Tensor:
         """musicnn's input representation ``B×T×96`` for waveforms ``B×N``."""
@@ -228,6 +215,7 @@ class Musicnn(nn.Module):
         timbral = [block(x) for block in self.timbral]
         temporal = [block(x) for block in self.temporal]
         front = torch.cat(timbral + temporal, dim=1)  # B×561×T
+        n_timbral = sum(t.shape[1] for t in timbral)
         cnn1 = self.midend[0](front)
         cnn2 = self.midend[1](cnn1) + cnn1
         cnn3 = self.midend[2](cnn2) + cnn2
@@ -238,7 +226,7 @@ class Musicnn(nn.Module):
         pooled = torch.stack([max_pool, mean_pool], dim=2).flatten(1)
         penultimate = self.dense_bn(F.relu(self.dense(self.dropout(self.pool_bn(pooled)))))
         return {
-            "timbral": torch.cat(timbral, dim=1), "temporal": torch.cat(temporal, dim=1),
+            "timbral": front[:, :n_timbral], "temporal": front[:, n_timbral:],  # views of front, no copy
             "cnn1": cnn1, "cnn2": cnn2, "cnn3": cnn3,
             "mean_pool": mean_pool, "max_pool": max_pool, "penultimate": penultimate,
         }

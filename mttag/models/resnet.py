@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import LogMelSpectrogram
+from . import computed_buffers
 from .config import ModelConfig
+from .params import PRESETS as _PRESETS
+from .params import ResNetParams
 
-PRESETS = {
-    "teacher": dict(channels=128),
-    "small": dict(channels=64),
-    "tiny": dict(channels=16),
-}
-DEFAULTS = dict(n_mels=128, n_fft=1024, hop_length=512, dropout=0.5)
+# Compatibility views of the typed presets (mttag.models.params): plain dicts of every parameter.
+PRESETS = {name: params.to_dict() for name, params in _PRESETS["resnet"].items()}
+DEFAULTS = ResNetParams().to_dict()
 
 
 class ResBlockStride2(nn.Module):
@@ -37,16 +37,17 @@ class ShortChunkResNet(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        p = {**DEFAULTS, **config.params}
+        p: ResNetParams = config.arch_params  # typed and range-checked
         self.config = config
-        n = p["channels"]
-        self.spec = LogMelSpectrogram(config.sample_rate, p["n_fft"], p["hop_length"], p["n_mels"])
+        n = p.channels
+        with computed_buffers():
+            self.spec = LogMelSpectrogram(config.sample_rate, p.n_fft, p.hop_length, p.n_mels)
         self.input_bn = nn.BatchNorm2d(1)
         widths = [1, n, n, 2 * n, 2 * n, 2 * n, 2 * n, 4 * n]
         self.layers = nn.Sequential(*(ResBlockStride2(a, b) for a, b in zip(widths[:-1], widths[1:])))
         self.dense1 = nn.Linear(4 * n, 4 * n)
         self.bn = nn.BatchNorm1d(4 * n)
-        self.dropout = nn.Dropout(p["dropout"])
+        self.dropout = nn.Dropout(p.dropout)
         self.dense2 = nn.Linear(4 * n, config.n_tags)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import LogMelSpectrogram
+from . import computed_buffers
 from .config import ModelConfig
+from .params import PRESETS as _PRESETS
+from .params import TransformerParams
 
-PRESETS = {
-    "teacher": dict(conv_channels=128, dim=256, depth=4, heads=8),
-    # The paper's 0.5 M-parameter distillation student; the authors' release used 128 conv channels.
-    "small": dict(conv_channels=64, dim=64, depth=4, heads=8),
-    # A wider knowledge-expansion student (paper Table 5 explores widths up to 1024).
-    "large": dict(conv_channels=128, dim=512, depth=4, heads=8),
-    # For CPU experiments and tests: a few hundred thousand parameters.
-    "tiny": dict(conv_channels=16, dim=64, depth=2, heads=4),
-}
-DEFAULTS = dict(max_len=512, dropout=0.1, n_mels=128, n_fft=1024, hop_length=512)
+# Compatibility views of the typed presets (mttag.models.params): plain dicts of every parameter.
+PRESETS = {name: params.to_dict() for name, params in _PRESETS["transformer"].items()}
+DEFAULTS = TransformerParams().to_dict()
 
 
 class ResBlock2d(nn.Module):
@@ -100,18 +96,17 @@ class MusicTaggingTransformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        p = {**DEFAULTS, **config.params}
+        p: TransformerParams = config.arch_params  # typed and range-checked
         self.config = config
-        self.max_len = p["max_len"]
-        dim = p["dim"]
-        if dim % p["heads"]:
-            raise ValueError(f"attention width {dim} is not divisible by {p['heads']} heads")
-        self.spec = LogMelSpectrogram(config.sample_rate, p["n_fft"], p["hop_length"], p["n_mels"])
-        self.frontend = ConvFrontEnd(p["n_mels"], p["conv_channels"], dim)
+        self.max_len = p.max_len
+        dim = p.dim
+        with computed_buffers():
+            self.spec = LogMelSpectrogram(config.sample_rate, p.n_fft, p.hop_length, p.n_mels)
+        self.frontend = ConvFrontEnd(p.n_mels, p.conv_channels, dim)
         self.cls_token = nn.Parameter(torch.randn(dim))
         self.pos_embedding = nn.Parameter(torch.randn(1, self.max_len + 1, dim))
-        self.dropout = nn.Dropout(p["dropout"])
-        self.blocks = nn.ModuleList(Block(dim, p["heads"], p["dropout"]) for _ in range(p["depth"]))
+        self.dropout = nn.Dropout(p.dropout)
+        self.blocks = nn.ModuleList(Block(dim, p.heads, p.dropout) for _ in range(p.depth))
         self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, config.n_tags)
 
