@@ -50,6 +50,12 @@ class TagResult:
     error: str | None = None
     probabilities: np.ndarray | None = field(default=None, repr=False)
     model: str | None = None  # the model's name, as the user gave it
+    # with Tagger(keep_windows=True): each window's start and end (s) and probabilities
+    window_times: list[tuple[float, float]] | None = field(default=None, repr=False)
+    window_probabilities: np.ndarray | None = field(default=None, repr=False)  # n_windows × n_tags
+    # with Tagger(embeddings=True): the mean of the window embeddings, and each window's
+    embedding: np.ndarray | None = field(default=None, repr=False)
+    window_embeddings: np.ndarray | None = field(default=None, repr=False)  # n_windows × dim
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,9 @@ class _Track:
     submitted: int = 0  # windows handed to the batcher
     complete: bool = False  # no more windows will come
     peak_silent: bool = True
+    starts: list[float] = field(default_factory=list)  # planned window starts (s)
+    window_probs: list[np.ndarray] = field(default_factory=list)  # kept only when asked for
+    window_embs: list[np.ndarray] = field(default_factory=list)
 
 
 class Tagger:
@@ -111,6 +120,8 @@ class Tagger:
         windows: int | None = DEFAULT_WINDOWS,
         workers: int | None = None,
         model_name: str | None = None,
+        keep_windows: bool = False,
+        embeddings: bool = False,
     ):
         self.device = select_device(device) if isinstance(device, str) else device
         self.model_name = model_name or model_label(model)
@@ -119,6 +130,10 @@ class Tagger:
         self.batch_size = max(1, batch_size or default_batch_size(self.device))
         self.windows = windows
         self.workers = workers or min(4, os.cpu_count() or 1)
+        self.keep_windows = keep_windows
+        self.embeddings = embeddings
+        if embeddings and not hasattr(model, "forward_with_embedding"):
+            raise ValueError(f"{type(model).__name__} has no forward_with_embedding(): it gives no embeddings")
 
     # -- decoding -------------------------------------------------------
     def _load(self, path: str):
@@ -127,6 +142,14 @@ class Tagger:
         if len(window_starts(info.duration, window, self.windows)) * window <= _MAX_PREFETCHED_SECONDS:
             return info, list(gen)
         return info, gen
+
+    @torch.inference_mode()
+    def _predict_with_embeddings(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+        use_amp = self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits, embedding = self.model.forward_with_embedding(x)
+        return torch.sigmoid(logits.float()).cpu().numpy(), embedding.float().cpu().numpy()
 
     # -- model ----------------------------------------------------------
     @torch.inference_mode()
@@ -149,10 +172,18 @@ class Tagger:
         def run_batch() -> None:
             if not pending:
                 return
-            probs = self._predict([w for _, w in pending])
-            for (track, _), p in zip(pending, probs):
+            batch = [w for _, w in pending]
+            if self.embeddings:
+                probs, embs = self._predict_with_embeddings(batch)
+            else:
+                probs, embs = self._predict(batch), [None] * len(batch)
+            for (track, _), p, e in zip(pending, probs, embs):
                 track.prob_sum = p.astype(np.float64) if track.prob_sum is None else track.prob_sum + p
                 track.done += 1
+                if self.keep_windows:
+                    track.window_probs.append(p)
+                if e is not None:
+                    track.window_embs.append(e)
             pending.clear()
 
         def finished() -> Iterator[TagResult]:
@@ -192,6 +223,7 @@ class Tagger:
                 try:
                     info, windows = fut.result()
                     track.duration = info.duration
+                    track.starts = window_starts(info.duration, self.config.crop_seconds, self.windows)
                     for window in windows:  # a generator for streamed tracks: decoding errors surface here
                         add(track, window)
                 except AudioError as exc:
@@ -223,8 +255,18 @@ class Tagger:
             # broken weights (or an overflow in reduced precision): no score is better than NaN
             return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken",
                              model=self.model_name)
-        return TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
-                         model=self.model_name)
+        result = TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
+                           model=self.model_name)
+        if self.keep_windows:
+            window = self.config.crop_seconds
+            # a truncated file yields fewer windows than planned: the first ones, in order
+            result.window_times = [(s, min(s + window, t.duration)) for s in t.starts[: t.done]]
+            result.window_probabilities = np.stack(t.window_probs)
+        if self.embeddings:
+            result.window_embeddings = np.stack(t.window_embs).astype(np.float32)
+            # the mean over windows, like the probabilities: a track's overall character
+            result.embedding = result.window_embeddings.mean(axis=0)
+        return result
 
 
 def tag(

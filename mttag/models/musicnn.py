@@ -236,7 +236,13 @@ class Musicnn(nn.Module):
         return self.head(self.dropout(self.embeddings(logmel)["penultimate"]))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(waveform)[0]
+
+    def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``B×n_tags`` and the embedding ``B×200`` they are read from: musicnn's
+        ``penultimate`` layer, the features its authors publish for similarity and transfer."""
         # float32 throughout, even under the tagger's bf16 autocast on CUDA: the port
         # is meant to reproduce the original's numbers, and the network is small
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            return self.patch_logits_from_logmel(self.logmel(waveform.float()))
+            embedding = self.embeddings(self.logmel(waveform.float()))["penultimate"]
+            return self.head(self.dropout(embedding)), embedding

@@ -51,8 +51,13 @@ class ShortChunkResNet(nn.Module):
         self.dense2 = nn.Linear(4 * n, config.n_tags)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(waveform)[0]
+
+    def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``B×n_tags`` and the embedding ``B×4n`` they are read from (the
+        penultimate dense layer, after its ReLU)."""
         x = self.layers(self.input_bn(self.spec(waveform).unsqueeze(1)))
         # 128 mel bands halve seven times to one; max over whatever remains of frequency too
         x = x.amax(dim=(2, 3))
-        x = self.dropout(F.relu(self.bn(self.dense1(x))))
-        return self.dense2(x)
+        embedding = F.relu(self.bn(self.dense1(x)))
+        return self.dense2(self.dropout(embedding)), embedding

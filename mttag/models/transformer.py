@@ -118,6 +118,11 @@ class MusicTaggingTransformer(nn.Module):
         return (4 * self.max_len + 3) * hop - 1
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(waveform)[0]
+
+    def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``B×n_tags`` and the embedding ``B×dim`` they are read from: the
+        normalised [CLS] token, the Transformer's summary of the window."""
         x = self.spec(waveform).unsqueeze(1)
         x = self.frontend(x)
         b, n, _ = x.shape
@@ -132,4 +137,5 @@ class MusicTaggingTransformer(nn.Module):
         x = self.dropout(x + self.pos_embedding[:, : n + 1])
         for block in self.blocks:
             x = block(x)
-        return self.head(self.head_norm(x[:, 0]))
+        embedding = self.head_norm(x[:, 0])
+        return self.head(embedding), embedding
