@@ -26,11 +26,13 @@ from .tagging import TagResult
 
 FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 # Spreadsheet layouts of csv/tsv: one row per track (tags and scores as ;-lists), one row per
-# track and tag ("long", tidy: sort and filter by tag), one column per vocabulary tag ("wide").
-LAYOUTS = ("track", "long", "wide")
+# track and tag ("long", tidy: sort and filter by tag), one column per vocabulary tag ("wide"),
+# one row per window and tag ("timeline": where in the track each tag is).
+LAYOUTS = ("track", "long", "wide", "timeline")
 CSV_FIELDS = ["path", "model", "duration", "tags", "scores", "error"]
 LONG_FIELDS = ["path", "model", "duration", "rank", "tag", "score", "error"]
 WIDE_FIELDS = ["path", "model", "duration", "error"]  # then one column per tag
+TIMELINE_FIELDS = ["path", "model", "start", "end", "tag", "score", "error"]  # one row per window and tag
 _OLD_CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]  # mttag 0.1.0, still resumable
 # First line of a table written to a file, so a later run knows the file is mttag's own.
 TABLE_HEADER = "# mttag tag results"
@@ -122,6 +124,8 @@ def csv_layout(header: list[str]) -> str | None:
         return "track"
     if header == LONG_FIELDS:
         return "long"
+    if header == TIMELINE_FIELDS:
+        return "timeline"
     if header[: len(WIDE_FIELDS)] == WIDE_FIELDS and len(header) > len(WIDE_FIELDS):
         return "wide"
     return None
@@ -178,6 +182,17 @@ def _load_rows(text: str, delimiter: str) -> list[dict[str, Any]]:
         # the last track may be incomplete, so it is tagged again.
         if records and "error" not in records[-1]:
             records.pop()
+    elif layout == "timeline":
+        # only which tracks are done matters for --resume: a timeline file is not read back as tags
+        for row in rows:
+            if records and records[-1]["path"] == row["path"]:
+                continue
+            record = base(row)
+            if "error" not in record:
+                record["tags"] = []
+            records.append(record)
+        if records and "error" not in records[-1]:
+            records.pop()  # the last track's windows may be cut short: tagged again
     elif layout == "wide":
         names = header[len(WIDE_FIELDS):]
         for row in rows:
@@ -222,7 +237,7 @@ class ResultWriter:
                 self.columns = [display_tag(t) for t in vocabulary]
                 fields = WIDE_FIELDS + self.columns
             else:
-                fields = LONG_FIELDS if layout == "long" else CSV_FIELDS
+                fields = {"long": LONG_FIELDS, "timeline": TIMELINE_FIELDS}.get(layout, CSV_FIELDS)
             self._csv = csv.writer(stream, delimiter=_delimiter(fmt), lineterminator="\n")
             self._csv.writerow(fields)
         elif fmt == "json":
@@ -257,6 +272,11 @@ class ResultWriter:
             if error or not tags:
                 return [[path, model, duration, "", "", "", error]]
             return [[path, model, duration, rank, t, f"{s:.4f}", ""] for rank, (t, s) in enumerate(tags, 1)]
+        if self.layout == "timeline":
+            if error or not record.get("timeline"):
+                return [[path, model, "", "", "", "", error or "no timeline (run with --timeline)"]]
+            return [[path, model, w["start"], w["end"], display_tag(t["tag"]), f"{t['score']:.4f}", ""]
+                    for w in record["timeline"] for t in w["tags"]]
         if self.layout == "wide":
             scores = dict(tags)
             return [[path, model, duration, error] + [f"{scores[c]:.4f}" if c in scores else "" for c in self.columns]]
@@ -275,6 +295,9 @@ class ResultWriter:
             minutes, seconds = divmod(int(round(record.get("duration") or 0)), 60)
             tags = "  ".join(f"{printable(display_tag(t['tag']))} {t['score']:.2f}" for t in record["tags"])
             line = f"{record['path']}  [{minutes}:{seconds:02d}]\n  {tags or '(no tag above threshold)'}\n"
+            for w in record.get("timeline") or []:
+                window_tags = "  ".join(f"{printable(display_tag(t['tag']))} {t['score']:.2f}" for t in w["tags"])
+                line += f"    {_clock(w['start'])}-{_clock(w['end'])}  {window_tags}\n"
         if self.console is not None:
             from rich.markup import escape
 
@@ -288,6 +311,11 @@ class ResultWriter:
         if self.fmt == "json":
             self.stream.write("\n]\n")
         self._flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def format_for(path: Path) -> str | None:
@@ -400,8 +428,7 @@ class OutputFile:
             raise self._error(f"a {implied} file would hold a table; use -f {implied} (or no -f)")
         if self.resume and self.fmt == "table":
             raise OutputError("--resume needs --format csv, tsv, json or jsonl")
-        self.layout = self.layout or "track"
-        return self.fmt
+        return self.fmt  # self.layout: the file's or the one asked for; None: the caller's default
 
     def _binary(self) -> bool:
         try:

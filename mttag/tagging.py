@@ -56,6 +56,9 @@ class TagResult:
     # with Tagger(embeddings=True): the mean of the window embeddings, and each window's
     embedding: np.ndarray | None = field(default=None, repr=False)
     window_embeddings: np.ndarray | None = field(default=None, repr=False)  # n_windows × dim
+    # with keep_windows: each window's (start, end, tags chosen like ``tags``)
+    timeline: list[tuple[float, float, list[tuple[str, float]]]] | None = field(default=None, repr=False)
+    tag_names: list[str] | None = field(default=None, repr=False)  # the model's vocabulary, for probabilities
 
     @property
     def ok(self) -> bool:
@@ -67,11 +70,17 @@ class TagResult:
             head["model"] = self.model
         if self.error is not None:
             return {**head, "error": self.error}
-        return {
+        out = {
             **head,
             "duration": round(self.duration, 3) if self.duration is not None else None,
             "tags": [{"tag": t, "score": round(s, 4)} for t, s in self.tags],
         }
+        if self.timeline is not None:
+            out["timeline"] = [
+                {"start": round(a, 3), "end": round(b, 3), "tags": [{"tag": t, "score": round(s, 4)} for t, s in tags]}
+                for a, b, tags in self.timeline
+            ]
+        return out
 
 
 def model_label(model: nn.Module) -> str:
@@ -256,12 +265,14 @@ class Tagger:
             return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken",
                              model=self.model_name)
         result = TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
-                           model=self.model_name)
+                           model=self.model_name, tag_names=list(names))
         if self.keep_windows:
             window = self.config.crop_seconds
             # a truncated file yields fewer windows than planned: the first ones, in order
             result.window_times = [(s, min(s + window, t.duration)) for s in t.starts[: t.done]]
             result.window_probabilities = np.stack(t.window_probs)
+            result.timeline = [(a, b, select_tags(p, names, top, threshold))
+                               for (a, b), p in zip(result.window_times, result.window_probabilities)]
         if self.embeddings:
             result.window_embeddings = np.stack(t.window_embs).astype(np.float32)
             # the mean over windows, like the probabilities: a track's overall character

@@ -36,6 +36,7 @@ class Layout(str, Enum):
     track = "track"
     long = "long"
     wide = "wide"
+    timeline = "timeline"
 
 
 def _parse_windows(value: str) -> int | None:
@@ -57,14 +58,16 @@ def tag(
     top: Optional[int] = typer.Option(5, "--top", "-k", min=1, help="Keep the K most probable tags."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Keep only tags with probability >= P."),
     fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .tsv, .json, .jsonl), else a table."),
-    layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag) or wide (one column per tag of the model)."),
+    layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag), wide (one column per tag of the model) or timeline (one per window and tag, as --timeline gives)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv/json/jsonl)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 4 on CPU, 16 on GPU/MPS."),
-    windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Evenly spaced windows averaged per track, or 'all'."),
+    windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Evenly spaced windows averaged per track, or 'all'. Default: {DEFAULT_WINDOWS}; all with --timeline or --plot."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
+    timeline: bool = typer.Option(False, "--timeline", help="Also give each window's tags with its start and end time (csv/tsv: one row per window and tag)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Tag audio files with genre, mood, instrument and era tags.
@@ -72,6 +75,8 @@ def tag(
     Exit codes: 0 every file tagged; 1 some files failed (each gets an error record) or none found; 2 usage error;
     130 interrupted (Ctrl+C or SIGTERM; the results so far are kept, --resume goes on).
     """
+    if windows is None:  # a timeline follows the whole track, window after window
+        windows = "all" if timeline or plot is not None else str(DEFAULT_WINDOWS)
     n_windows = _parse_windows(windows)
     if resume and output is None:
         fail("--resume needs --output FILE")
@@ -90,14 +95,21 @@ def tag(
                             layout=layout.value if layout else None)
         try:
             fmt = Format(target.check(files))
-            layout = Layout(target.layout)
+            layout = Layout(target.layout) if target.layout else None
             target.lock()  # before reading it for --resume: nobody else may change it now
         except OutputError as exc:
             fail(str(exc))
 
     from ..pretrained import load_model
 
+    if timeline and fmt in (Format.csv, Format.tsv):
+        if layout not in (None, Layout.timeline):
+            _release(target)
+            fail(f"--timeline writes csv/tsv in the timeline layout, but --layout (or the --resume file) says {layout.value}")
+        layout = Layout.timeline
     layout = layout or Layout.track
+    if layout is Layout.timeline:
+        timeline = True  # resuming a timeline file
     if layout is not Layout.track and fmt not in (Format.csv, Format.tsv):
         _release(target)
         fail(f"--layout {layout.value} is for csv and tsv output, not {fmt.value}")
@@ -107,6 +119,16 @@ def tag(
         _release(target)
         fail(str(exc))
     model_name = model or model_label(net)
+    plot_path = None
+    if plot is not None:
+        from ..plot import PlotUnavailable, _pyplot
+
+        try:
+            _pyplot()
+        except PlotUnavailable as exc:
+            _release(target)
+            fail(str(exc))
+        plot_path = _plot_target(plot, files)
 
     if not files and not unlistable:
         _release(target)
@@ -146,7 +168,8 @@ def tag(
 
     failed = 0
     start = time.perf_counter()
-    tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows, model_name=model_name)
+    tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows, model_name=model_name,
+                    keep_windows=timeline or plot is not None)
     top_k = None if all_tags or layout is Layout.wide else top  # wide: a column for every tag
     # A table on the terminal goes through the progress bar's own console, so each result
     # is printed above the bar instead of on top of it; otherwise the bar is on stderr.
@@ -167,7 +190,18 @@ def tag(
 
     def report(result: TagResult) -> None:
         nonlocal failed
+        if not timeline:
+            result.timeline = None  # computed for --plot only
         writer.write(result)
+        if plot_path is not None and result.ok:
+            from ..plot import plot_taggram
+
+            png = plot_path(result.path)
+            try:
+                plot_taggram(result, png)
+            except (OSError, ValueError) as exc:
+                console.print(f"[yellow]warning:[/] {escape(printable(png))}: cannot write the plot ({escape(printable(exc))})",
+                              highlight=False, soft_wrap=True)
         chatter = decoder.pop(result.path)
         if not result.ok:
             failed += 1
@@ -226,6 +260,28 @@ def tag(
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+def _plot_target(plot: Path, files: list[Path]):
+    """Where each track's taggram goes: ``--plot x.png`` for a single track, else one
+    ``NAME.png`` per track in the folder ``--plot`` names (tracks with the same name in
+    different folders get the folder's name too)."""
+    if plot.suffix.lower() == ".png":
+        if len(files) != 1:
+            fail(f"--plot {printable(plot)}: a .png file takes one track, not {len(files)}; give a folder instead")
+        return lambda path: plot
+    if plot.exists() and not plot.is_dir():
+        fail(f"--plot {printable(plot)}: not a folder")
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.name] = counts.get(f.name, 0) + 1
+
+    def target(path: str) -> Path:
+        p = Path(path)
+        name = p.name if counts.get(p.name, 0) <= 1 else f"{p.parent.name} - {p.name}"
+        return plot / f"{name}.png"
+
+    return target
 
 
 def _release(target: OutputFile | None) -> None:
