@@ -361,6 +361,105 @@ def _istft(spec: torch.Tensor, window: torch.Tensor, hop: int, length: int) -> t
     return out / env.clamp_min(1e-8)
 
 
+def _wsola_positions(x: torch.Tensor, factor: torch.Tensor, segment: int, search: int, overlap: int,
+                     n_segments: int) -> torch.Tensor:
+    """Where each of ``n_segments`` output segments is read from in ``x`` (B×N', zero-padded
+    far enough): SoX ``tempo``'s search, batched over examples (each its own ``factor``).
+
+    Segment k nominally starts at round(factor·k·(segment − overlap)); the actual start is
+    the offset in [0, search) whose first ``overlap`` samples differ least (sum of squares)
+    from the natural continuation of segment k−1, so waveforms join in phase and no
+    attack is smeared. Only this choice is sequential; it costs one small correlation
+    per segment (one batched multiply-and-sum).
+    """
+    b = x.shape[0]
+    dev = x.device
+    hop_in = factor.to(torch.float64) * (segment - overlap)  # (B,)
+    positions = torch.empty(b, n_segments, dtype=torch.long, device=dev)
+    positions[:, 0] = search // 2  # SoX: the first segment is taken from the middle of the search range
+    span = torch.arange(search + overlap - 1, device=dev)
+    tail_idx = torch.arange(overlap, device=dev)
+    sq = F.pad(torch.cumsum(x * x, dim=1), (1, 0))  # running energy: Σa² of any window in O(1)
+    for k in range(1, n_segments):
+        nominal = torch.floor(hop_in * k + 0.5).long()  # (B,)
+        tail = x.gather(1, (positions[:, k - 1:k] + segment - overlap) + tail_idx)  # B×O: continuation of k−1
+        window = x.gather(1, nominal[:, None] + span)  # B×(R+O−1): every candidate's head
+        # Σ(a−b)² = Σa² − 2Σab + Σb²; Σb² is the same for every candidate
+        cross = (window.unfold(1, overlap, 1) * tail[:, None, :]).sum(dim=2)  # B×R
+        starts = nominal[:, None] + torch.arange(search, device=dev)
+        energy = sq.gather(1, starts + overlap) - sq.gather(1, starts)
+        positions[:, k] = nominal + torch.argmin(energy - 2 * cross, dim=1)
+    return positions
+
+
+def _wsola(x: torch.Tensor, factor: torch.Tensor, out_len: int, sample_rate: int) -> torch.Tensor:
+    """SoX ``tempo`` (music settings: 82 ms segments, 14.68 ms search, 12 ms overlap, full
+    search): B×N → B×``out_len`` at ``factor`` × the speed, pitch kept, each example its own factor."""
+    segment = int(sample_rate * 0.082 + 0.5)
+    search = int(sample_rate * 0.01468 + 0.5)
+    overlap = max(int(sample_rate * 0.012 + 4.5) & ~7, 16)  # SoX rounds the overlap to a multiple of 8
+    hop_out = segment - overlap
+    n_segments = -(-out_len // hop_out) + 1
+    need = int(math.ceil(float(factor.max()) * n_segments * hop_out)) + segment + search + overlap
+    # SoX pre-loads half a search range of silence, so that the first segment (taken from the
+    # middle of the range) starts at the first sample; past the end: silence, as SoX flushes
+    xp = F.pad(x, (search // 2, max(0, need - x.shape[1])))
+    pos = _wsola_positions(xp, factor, segment, search, overlap, n_segments)
+    dev = x.device
+    # each segment emits hop_out samples: a cross-fade from the previous segment's
+    # continuation into its own first `overlap` samples, then its middle
+    seg = xp.gather(1, (pos[:, :, None] + torch.arange(segment - overlap, device=dev)).flatten(1))
+    seg = seg.view(x.shape[0], n_segments, hop_out)
+    cont = xp.gather(1, (pos[:, :-1, None] + hop_out + torch.arange(overlap, device=dev)).flatten(1))
+    cont = cont.view(x.shape[0], n_segments - 1, overlap)
+    fade_in = torch.arange(overlap, device=dev, dtype=x.dtype) / overlap  # SoX's linear fade
+    head = seg[:, 1:, :overlap] * fade_in + cont * (1 - fade_in)
+    seg = torch.cat([seg[:, :1], torch.cat([head, seg[:, 1:, overlap:]], dim=2)], dim=1)
+    return seg.flatten(1)[:, :out_len]
+
+
+_SINC_ZEROS = 16  # zero crossings of the interpolation kernel on each side
+_KAISER_BETA = 8.6  # ~-90 dB side lobes
+_PHASES = 1024  # fractional positions tabulated: a 1/1024-sample grid, far below audibility
+_CHUNK = 8192  # output samples per step of the resampler
+
+
+def _resample_to(y: torch.Tensor, ratio: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` samples of each example read at ``ratio`` × the input rate (output sample j is
+    y(j·ratio)), band-limited like SoX ``rate``: a Kaiser-windowed sinc whose cut-off is the
+    lower of the two Nyquist frequencies, so shifting up never aliases. Each example has
+    its own ratio. The kernel is tabulated per example at ``_PHASES`` fractional
+    positions, so each tap costs two gathers and a multiply-add per output sample."""
+    b = y.shape[0]
+    dev, dt = y.device, y.dtype
+    ratio = ratio.to(torch.float64).to(dev)[:, None]  # (B,1)
+    cutoff = torch.clamp(1 / ratio, max=1.0)  # (B,1): relative to the input's Nyquist
+    half = int(math.ceil(_SINC_ZEROS / float(cutoff.min())))  # taps each side, for the lowest cut-off
+    taps = torch.arange(-half + 1, half + 1, device=dev, dtype=torch.float64)  # (T,)
+    phase = torch.arange(_PHASES, device=dev, dtype=torch.float64) / _PHASES  # (P,)
+    d = taps[None, None, :] - phase[None, :, None]  # (1,P,T): distance from the wanted position
+    span = (_SINC_ZEROS / cutoff)[:, :, None]  # (B,1,1) kernel half-width in input samples
+    window = torch.special.i0(_KAISER_BETA * torch.sqrt(torch.clamp(1 - (d / span) ** 2, min=0.0)))
+    table = cutoff[:, :, None] * torch.sinc(cutoff[:, :, None] * d) * window * (d.abs() < span)
+    table = (table / table.sum(dim=2, keepdim=True)).to(dt)  # unity gain at DC for every phase: (B,P,T)
+    t = torch.arange(n, device=dev, dtype=torch.float64)[None] * ratio  # (B,n) input positions
+    base = torch.floor(t).long()
+    idx = torch.clamp(torch.round((t - base) * _PHASES).long(), max=_PHASES - 1)
+    # rounding a fraction up to 1.0 would read the next sample's phase 0: same point, fine to clamp
+    yp = F.pad(y, (half, half + 1))
+    frames = yp.unfold(1, taps.numel(), 1)  # (B, L, T) view: the T samples around each input position
+    table = table.reshape(b * _PHASES, -1)  # one kernel row per (example, phase)
+    rows = idx + (torch.arange(b, device=dev) * _PHASES)[:, None]
+    batch = torch.arange(b, device=dev)[:, None]
+    out = torch.empty(b, n, dtype=dt, device=dev)
+    for lo in range(0, n, _CHUNK):  # bounded memory: B × chunk × T at a time
+        hi = min(n, lo + _CHUNK)
+        # tap j of output sample i is input sample base[i] - half + 1 + j, i.e. frames[base + 1][j]
+        windows = frames[batch, base[:, lo:hi] + 1]  # (B, chunk, T) rows, copied contiguously
+        out[:, lo:hi] = (windows * table[rows[:, lo:hi]]).sum(dim=2)
+    return out
+
+
 class PitchShift(Augmentation):
     """Pitch shift by ``semitones`` ~ U[-7, +7] in whole cents, length kept.
 
@@ -376,14 +475,19 @@ class PitchShift(Augmentation):
     """
 
     name = "pitch_shift"
+    METHODS = ("sox", "vocoder")
 
     def __init__(self, sample_rate: int = 22050, p: float = 0.4, min_semitones: float = -7.0,
-                 max_semitones: float = 7.0, n_fft: int = 2048, hop_length: int | None = None):
+                 max_semitones: float = 7.0, n_fft: int = 2048, hop_length: int | None = None,
+                 method: str = "sox"):
         super().__init__(p)
-        self.sample_rate = sample_rate  # kept for symmetry; the method is rate-free
+        if method not in self.METHODS:
+            raise ValueError(f"PitchShift: method must be one of {', '.join(self.METHODS)}, got {method!r}")
+        self.sample_rate = sample_rate
         self.min_cents, self.max_cents = round(min_semitones * 100), round(max_semitones * 100)
         self.n_fft = n_fft
         self.hop_length = hop_length or n_fft // 4
+        self.method = method
 
     def sample(self, batch_size, generator):
         cents = torch.randint(self.min_cents, self.max_cents + 1, (batch_size,), generator=generator)
@@ -391,6 +495,22 @@ class PitchShift(Augmentation):
 
     def apply(self, x: torch.Tensor, semitones) -> torch.Tensor:
         _check(x)
+        if self.method == "sox":
+            return self._apply_sox(x, semitones)
+        return self._apply_vocoder(x, semitones)
+
+    def _apply_sox(self, x: torch.Tensor, semitones) -> torch.Tensor:
+        """SoX ``pitch`` as the authors ran it: ``tempo`` by 1/ratio (WSOLA: the clip gets
+        ratio × longer, pitch kept, every attack copied from the original waveform), then
+        ``rate``: resampled back to the original length, which moves the pitch by ratio."""
+        b, n = x.shape
+        wd = _work_dtype(x)
+        ratio = torch.pow(2.0, _per_example(semitones, x, torch.float64)[:, 0] / 12)  # (B,)
+        stretched_len = int(math.ceil(float(ratio.max()) * n)) + 1
+        stretched = _wsola(x.to(wd), 1 / ratio, stretched_len, self.sample_rate)
+        return _resample_to(stretched, ratio, n).to(x.dtype)
+
+    def _apply_vocoder(self, x: torch.Tensor, semitones) -> torch.Tensor:
         b, n = x.shape
         wd = _work_dtype(x)
         dev = x.device
