@@ -10,6 +10,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -154,3 +155,30 @@ def test_decoder_chatter_becomes_one_warning_per_file(tmp_path, tiny_model_dir):
     assert sum("warning:" in line and "damaged.mp3" in line for line in lines) == 1, loud.stderr
     quiet = subprocess.run(cmd + ["-q"], capture_output=True, text=True, env=env, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_tag_write_puts_tags_in_the_files_and_undo_restores_them(tmp_path, tiny_model_dir):
+    import hashlib
+
+    import mutagen
+    import soundfile as sf
+
+    lib = tmp_path / "lib"
+    write_audio(lib / "a.flac", synth(3.0, 22050, 1, "music", seed=1), 22050)
+    write_audio(lib / "b.wav", synth(3.0, 22050, 1, "music", seed=2), 22050)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in lib.iterdir()}
+    samples = {p.name: sf.read(p)[0] for p in lib.iterdir()}
+    log = tmp_path / "undo.jsonl"
+    result = tag(lib, "--model", tiny_model_dir, "-o", tmp_path / "r.jsonl", "--write", "--undo-log", log, "--top", "3")
+    assert result.exit_code == 0, result.stderr
+    assert "2 written" in result.stderr and "mttag write --undo" in result.stderr
+    records = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "r.jsonl").read_text().splitlines())}
+    flac = mutagen.File(lib / "a.flac")
+    expected = "; ".join(f"{t['tag']} {t['score']:.2f}" for t in records["a.flac"]["tags"])
+    assert flac["MTTAG"] == [expected]
+    assert "MTTAG" in str(mutagen.File(lib / "b.wav").tags)
+    for p in lib.iterdir():  # the audio itself is untouched
+        np.testing.assert_array_equal(sf.read(p)[0], samples[p.name])
+    undo = runner.invoke(app, ["write", "--undo", str(log)], catch_exceptions=False)
+    assert undo.exit_code == 0, undo.stderr
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in lib.iterdir()} == before

@@ -15,12 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..audio import DecoderMessages, UnlistableFolder, iter_audio_files
-from ..device import select_device
 from ..display import printable
-from ..modelfile import ModelLoadError
-from ..output import OutputError, OutputFile, ResultWriter, display_tag, path_key, read_done, wide_columns
-from ..tagging import DEFAULT_WINDOWS, Tagger, TagResult, model_label
+from ..errors import DEFAULT_WINDOWS, ModelLoadError
 from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail
 
 
@@ -66,6 +62,8 @@ def tag(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 4 on CPU, 16 on GPU/MPS."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Evenly spaced windows averaged per track, or 'all'. Default: {DEFAULT_WINDOWS}; all with --timeline or --plot."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
+    write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
+    undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="With --write: where to record the previous values (default: mttag-undo-TIME.jsonl beside --output, else here)."),
     timeline: bool = typer.Option(False, "--timeline", help="Also give each window's tags with its start and end time (csv/tsv: one row per window and tag)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -75,6 +73,12 @@ def tag(
     Exit codes: 0 every file tagged; 1 some files failed (each gets an error record) or none found; 2 usage error;
     130 interrupted (Ctrl+C or SIGTERM; the results so far are kept, --resume goes on).
     """
+    # heavy modules (numpy, torch) load here, not when `mttag --help` imports this file
+    from ..audio import DecoderMessages, UnlistableFolder, iter_audio_files
+    from ..device import select_device
+    from ..output import OutputError, OutputFile, ResultWriter, display_tag, path_key, read_done, wide_columns
+    from ..tagging import Tagger, TagResult, model_label
+
     if windows is None:  # a timeline follows the whole track, window after window
         windows = "all" if timeline or plot is not None else str(DEFAULT_WINDOWS)
     n_windows = _parse_windows(windows)
@@ -119,6 +123,14 @@ def tag(
         _release(target)
         fail(str(exc))
     model_name = model or model_label(net)
+    tag_writer = None
+    if write:
+        tag_writer = _FileTagWriter(undo_log, output, top=None if all_tags else top, threshold=threshold)
+        try:
+            tag_writer.open()
+        except ValueError as exc:
+            _release(target)
+            fail(str(exc))
     plot_path = None
     if plot is not None:
         from ..plot import PlotUnavailable, _pyplot
@@ -193,6 +205,11 @@ def tag(
         if not timeline:
             result.timeline = None  # computed for --plot only
         writer.write(result)
+        if tag_writer is not None and result.ok:
+            outcome = tag_writer.write(result)
+            if outcome.status == "error" and not quiet:
+                console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: tags not written into the file "
+                              f"({escape(printable(outcome.error))})", highlight=False, soft_wrap=True)
         if plot_path is not None and result.ok:
             from ..plot import plot_taggram
 
@@ -246,6 +263,8 @@ def tag(
                 target.close()
             except OSError as exc:
                 write_error = write_error or exc
+        if tag_writer is not None:
+            tag_writer.close()
     if write_error is not None:
         where = printable(output) if output is not None else "standard output"
         fail(f"writing {where} failed ({write_error.strerror or write_error}); "
@@ -257,9 +276,60 @@ def tag(
         if output is not None:
             msg += f"; results in {printable(output)}"
         console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
+        if tag_writer is not None:
+            console.print(escape(tag_writer.summary()), highlight=False, soft_wrap=True)
     if interrupted:
         raise typer.Exit(130)
     raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+
+
+class _FileTagWriter:
+    """``--write``: each tagged track's tags go into its file through mttag.filetags
+    (copy, verify, atomic rename), the previous values into an undo log first."""
+
+    def __init__(self, undo_log: Path | None, output: Path | None, top: int | None, threshold: float | None):
+        import time as _time
+
+        stamp = _time.strftime("%Y%m%d-%H%M%S")
+        base = output.parent if output is not None else Path(".")
+        self.log_path = undo_log or base / f"mttag-undo-{stamp}.jsonl"
+        self.top, self.threshold = top, threshold
+        self.counts: dict[str, int] = {}
+        self._lock = self._log = None
+
+    def open(self) -> None:
+        from .. import filetags
+        from ..fileio import ExclusiveLock, LockedError
+
+        self.options = filetags.WriteOptions(top=self.top, threshold=self.threshold)
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = ExclusiveLock(self.log_path.parent / f".{self.log_path.name}.lock",
+                                       f"another mttag run using {printable(self.log_path)}", remove=True)
+            self._lock.__enter__()
+            self._log = filetags.UndoLog(self.log_path, {"fields": list(self.options.fields), "mode": self.options.mode})
+        except (LockedError, filetags.WriteError, OSError) as exc:
+            self.close()
+            raise ValueError(f"--undo-log {printable(self.log_path)}: {exc}") from None
+
+    def write(self, result):
+        from ..filetags import write_tags
+
+        outcome = write_tags(result.path, result.tags, self.options, self._log)
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        return outcome
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items())) or "nothing written"
+        return f"tags in files: {parts}; undo with: mttag write --undo {printable(self.log_path)}"
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
 
 def _plot_target(plot: Path, files: list[Path]):
@@ -284,7 +354,7 @@ def _plot_target(plot: Path, files: list[Path]):
     return target
 
 
-def _release(target: OutputFile | None) -> None:
+def _release(target) -> None:
     if target is not None:
         target.close(discard=True)
 
