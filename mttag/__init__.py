@@ -1,9 +1,45 @@
-"""mttag: automatic music tagging with the Music Tagging Transformer."""
+"""mttag: automatic music tagging with the Music Tagging Transformer.
+
+The public API is imported on first use (PEP 562), so that ``import mttag`` and the
+command line's ``--help``, ``--version`` and ``mttag models`` never wait for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .modelfile import ModelLoadError, save_model  # noqa: E402
-from .pretrained import load_model  # noqa: E402
-from .tagging import TagResult, Tagger, tag  # noqa: E402
+# public name -> module that defines it
+_LAZY = {
+    "load_model": "mttag.pretrained",
+    "save_model": "mttag.modelfile",
+    "tag": "mttag.tagging",
+    "Tagger": "mttag.tagging",
+    "TagResult": "mttag.tagging",
+    "ModelLoadError": "mttag.errors",
+    "embed": "mttag.embedding",
+}
 
-__all__ = ["__version__", "load_model", "save_model", "tag", "Tagger", "TagResult", "ModelLoadError"]
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager view of the same names
+    from .embedding import embed
+    from .errors import ModelLoadError
+    from .modelfile import save_model
+    from .pretrained import load_model
+    from .tagging import Tagger, TagResult, tag
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mttag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .modelfile import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
+from .errors import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
 
 SOURCE_NAME = "source.json"
 LICENSE_NAME = "LICENSE"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
+from .errors import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
 
 # What the Hub accepts as a model id: namespace/name, letters, digits, '-', '_', '.'.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9_.\-]{1,96}$")
@@ -71,11 +71,6 @@ def is_offline() -> bool:
 
 
 # -- names ---------------------------------------------------------------------------------
-def is_repo_id(text: str) -> bool:
-    """``owner/name``, optionally followed by ``@revision``."""
-    return parse_repo_ref(text) is not None
-
-
 def parse_repo_ref(text: str) -> tuple[str, str | None] | None:
     """Split ``owner/name@revision`` into ``(repo_id, revision)``; None if it is not a Hub id."""
     repo_id, sep, revision = str(text).partition("@")

@@ -14,17 +14,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError  # noqa: F401 (re-exported)
 from . import __version__
 from .fileio import atomic_write
 from .models import ModelConfig, build_model, count_parameters
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
 
-
-class ModelLoadError(Exception):
-    """A model directory that cannot be loaded; the message says why in one line."""
 
 
 def model_card(config: ModelConfig, n_params: int, metrics: dict[str, Any] | None = None, body: str = "") -> str:

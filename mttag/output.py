@@ -17,12 +17,14 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .audio import AUDIO_EXTENSIONS
 from .display import printable
 from .fileio import ExclusiveLock, LockedError
-from .tagging import TagResult
+
+if TYPE_CHECKING:  # the writers need no torch: `mttag --help` must not import it
+    from .tagging import TagResult
 
 FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 # Spreadsheet layouts of csv/tsv: one row per track (tags and scores as ;-lists), one row per

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .modelfile import ModelLoadError, load_local_model
+from .errors import ModelLoadError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -133,6 +133,8 @@ def load_model(
 ) -> "nn.Module":
     """Load a model by local path, registered name or Hub repo id (``None``: the default model),
     in eval mode on ``device``. ``mttag.load_model("won2021-student")`` downloads it once."""
+    from .modelfile import load_local_model  # torch: only when a model is loaded
+
     directory = resolve_model(name, token=token, cache_dir=cache_dir, progress=progress)
     try:
         return load_local_model(directory, device=device)

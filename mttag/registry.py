@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .modelfile import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
+from .errors import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
 
 REGISTRY_PATH = Path(__file__).parent / "data" / "registry.json"
 ENV_REGISTRY = "MTTAG_REGISTRY"

@@ -23,7 +23,7 @@ from torch import nn
 from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
 from .device import select_device
 
-DEFAULT_WINDOWS = 8
+from .errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.tagging.DEFAULT_WINDOWS)
 # A track whose windows hold at most this much audio (a 5-minute song with
 # --windows all) is decoded whole in a worker thread, ahead of the model (~28 MB
 # per track at 22,050 Hz); longer ones are streamed a window at a time, so memory

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..convert import ConversionError, convert_checkpoint
-from ..vocab import resolve_tags
 from ._common import app, console, fail
 
 
@@ -22,6 +20,9 @@ def convert(
 
     The authors' two published checkpoints need no manual conversion: [bold]--model won2021-teacher[/] and [bold]--model won2021-student[/] download, verify and convert them once (see `mttag models`).
     """
+    from ..convert import ConversionError, convert_checkpoint  # torch: only when converting
+    from ..vocab import resolve_tags
+
     try:
         tag_list = resolve_tags(tags)
         out = convert_checkpoint(checkpoint, out_dir, tag_list, heads=heads)

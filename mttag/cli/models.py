@@ -80,7 +80,7 @@ def _status(status: str) -> str:
 
 
 def _download_models(names: list[str], quiet: bool) -> None:
-    from ..modelfile import ModelLoadError
+    from ..errors import ModelLoadError
     from ..pretrained import resolve_model
 
     for name in names:
@@ -112,7 +112,7 @@ def models(
     (set yours with MTTAG_MODEL). Add or override entries with MTTAG_REGISTRY=FILE or
     ~/.config/mttag/registry.json (see docs/models.md).
     """
-    from ..modelfile import ModelLoadError
+    from ..errors import ModelLoadError
     from ..registry import default_model_name, default_model_origin, list_models
 
     if download:
