@@ -9,6 +9,7 @@ track is complete.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +51,11 @@ class TagResult:
     error: str | None = None
     probabilities: np.ndarray | None = field(default=None, repr=False)
     model: str | None = None  # the model's name, as the user gave it
+    # where the time went: seconds decoding (+ resampling) this track's windows, and its
+    # share of the model's batches (a batch's time split evenly over its windows)
+    decode_seconds: float | None = field(default=None, repr=False)
+    model_seconds: float | None = field(default=None, repr=False)
+    n_windows: int = field(default=0, repr=False)  # windows through the model
     # with Tagger(keep_windows=True): each window's start and end (s) and probabilities
     window_times: list[tuple[float, float]] | None = field(default=None, repr=False)
     window_probabilities: np.ndarray | None = field(default=None, repr=False)  # n_windows × n_tags
@@ -113,6 +119,8 @@ class _Track:
     submitted: int = 0  # windows handed to the batcher
     complete: bool = False  # no more windows will come
     peak_silent: bool = True
+    decode_seconds: float = 0.0
+    model_seconds: float = 0.0
     starts: list[float] = field(default_factory=list)  # planned window starts (s)
     window_probs: list[np.ndarray] = field(default_factory=list)  # kept only when asked for
     window_embs: list[np.ndarray] = field(default_factory=list)
@@ -146,11 +154,15 @@ class Tagger:
 
     # -- decoding -------------------------------------------------------
     def _load(self, path: str):
+        """``(info, windows, decode seconds)``: the windows as a list when the track is
+        short enough to decode ahead, else a generator (decoded as the model takes them)."""
+        start = time.perf_counter()
         window = self.config.crop_seconds
         info, gen = iter_windows(path, self.config.sample_rate, window, self.windows)
         if len(window_starts(info.duration, window, self.windows)) * window <= _MAX_PREFETCHED_SECONDS:
-            return info, list(gen)
-        return info, gen
+            windows = list(gen)
+            return info, windows, time.perf_counter() - start
+        return info, gen, time.perf_counter() - start
 
     @torch.inference_mode()
     def _predict_with_embeddings(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -182,11 +194,14 @@ class Tagger:
             if not pending:
                 return
             batch = [w for _, w in pending]
+            start = time.perf_counter()
             if self.embeddings:
                 probs, embs = self._predict_with_embeddings(batch)
             else:
                 probs, embs = self._predict(batch), [None] * len(batch)
+            share = (time.perf_counter() - start) / len(batch)
             for (track, _), p, e in zip(pending, probs, embs):
+                track.model_seconds += share
                 track.prob_sum = p.astype(np.float64) if track.prob_sum is None else track.prob_sum + p
                 track.done += 1
                 if self.keep_windows:
@@ -230,10 +245,16 @@ class Tagger:
                 track, fut = futures.popleft()
                 refill()
                 try:
-                    info, windows = fut.result()
+                    info, windows, track.decode_seconds = fut.result()
                     track.duration = info.duration
                     track.starts = window_starts(info.duration, self.config.crop_seconds, self.windows)
-                    for window in windows:  # a generator for streamed tracks: decoding errors surface here
+                    windows = iter(windows)
+                    while True:  # a generator for streamed tracks: decoding (and its errors) happens here
+                        start = time.perf_counter()
+                        window = next(windows, None)
+                        track.decode_seconds += time.perf_counter() - start
+                        if window is None:
+                            break
                         add(track, window)
                 except AudioError as exc:
                     track.error = exc.reason
@@ -258,14 +279,16 @@ class Tagger:
         if t.error is None and t.peak_silent:
             t.error = "silent (no signal above -90 dBFS)"
         if t.error is not None:
-            return TagResult(t.path, t.duration, error=t.error, model=self.model_name)
+            return TagResult(t.path, t.duration, error=t.error, model=self.model_name,
+                             decode_seconds=t.decode_seconds)
         probs = (t.prob_sum / t.done).astype(np.float32)
         if not np.isfinite(probs).all():
             # broken weights (or an overflow in reduced precision): no score is better than NaN
             return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken",
                              model=self.model_name)
         result = TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
-                           model=self.model_name, tag_names=list(names))
+                           model=self.model_name, tag_names=list(names), decode_seconds=t.decode_seconds,
+                           model_seconds=t.model_seconds, n_windows=t.done)
         if self.keep_windows:
             window = self.config.crop_seconds
             # a truncated file yields fewer windows than planned: the first ones, in order

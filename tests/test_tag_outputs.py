@@ -182,3 +182,13 @@ def test_tag_write_puts_tags_in_the_files_and_undo_restores_them(tmp_path, tiny_
     undo = runner.invoke(app, ["write", "--undo", str(log)], catch_exceptions=False)
     assert undo.exit_code == 0, undo.stderr
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in lib.iterdir()} == before
+
+
+def test_verbose_gives_windows_and_timing_per_track(songs, tiny_model_dir):
+    result = tag(songs, "--model", tiny_model_dir, "-f", "jsonl", "-v")
+    lines = [line for line in result.stderr.splitlines() if "decode" in line]
+    assert len(lines) == 4  # every track, the failed one too
+    good = [line for line in lines if "song.wav" in line]
+    assert len(good) == 3 and all("2 windows" in line and "model" in line for line in good)
+    quiet = tag(songs, "--model", tiny_model_dir, "-f", "jsonl", "-v", "-q")
+    assert "decode" not in quiet.stderr

@@ -66,7 +66,8 @@ def tag(
     undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="With --write: where to record the previous values (default: mttag-undo-TIME.jsonl beside --output, else here)."),
     timeline: bool = typer.Option(False, "--timeline", help="Also give each window's tags with its start and end time (csv/tsv: one row per window and tag)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings or summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per track: windows, decoding time and model time (on stderr)."),
 ) -> None:
     """Tag audio files with genre, mood, instrument and era tags.
 
@@ -220,6 +221,11 @@ def tag(
                 console.print(f"[yellow]warning:[/] {escape(printable(png))}: cannot write the plot ({escape(printable(exc))})",
                               highlight=False, soft_wrap=True)
         chatter = decoder.pop(result.path)
+        if verbose and not quiet:
+            timing = f"decode {result.decode_seconds or 0:.2f} s"
+            if result.ok:
+                timing = f"{result.n_windows} windows, {timing}, model {result.model_seconds or 0:.2f} s"
+            console.print(f"[dim]{escape(printable(result.path))}: {timing}[/]", highlight=False, soft_wrap=True)
         if not result.ok:
             failed += 1
             if not quiet and not to_console:
