@@ -448,6 +448,21 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 22050, offset: float 
     return x
 
 
+def even_starts(total: float, window: float, count: int) -> list[float]:
+    """``count`` window starts spread evenly from the first possible start (0) to the last
+    (``total - window``: the last window ends with the track); one window sits in the
+    middle, and a track shorter than a window has every window at 0.
+
+    The one planner behind every "n evenly spaced windows" in mttag: tagging
+    (:func:`window_starts`), validation crops of a prepared dataset and the teacher's
+    windows over a longer crop. Units are the caller's (seconds or samples); callers
+    in samples round the starts."""
+    last = max(0.0, total - window)
+    if count == 1:
+        return [last / 2]
+    return [last * i / (count - 1) for i in range(count)]
+
+
 def window_starts(duration: float, window: float, n_windows: int | None) -> list[float]:
     """Start times (s) of the windows a track is cut into.
 
@@ -457,14 +472,26 @@ def window_starts(duration: float, window: float, n_windows: int | None) -> list
     """
     if duration <= window:
         return [0.0]
-    last = duration - window
+    # windows needed to cover the track without gaps (the epsilon absorbs float error in 30.0/10.0)
+    covering = math.ceil(duration / window - 1e-9)
     if n_windows is None:
-        count = math.ceil(duration / window - 1e-9)
-        return [min(i * window, last) for i in range(count)]
-    count = max(1, min(n_windows, math.ceil(duration / window - 1e-9)))
-    if count == 1:
-        return [last / 2]
-    return [last * i / (count - 1) for i in range(count)]
+        return [min(i * window, duration - window) for i in range(covering)]
+    return even_starts(duration, window, max(1, min(n_windows, covering)))
+
+
+def check_duration(info: AudioInfo) -> None:
+    """Refuse a track shorter than :data:`MIN_DURATION` (``too short (0.30 s; ...)``)."""
+    if info.duration < MIN_DURATION:
+        raise AudioError(info.path, f"too short ({info.duration:.2f} s; at least {MIN_DURATION:g} s needed)")
+
+
+def check_decoded(info: AudioInfo, samples: int, sample_rate: int) -> None:
+    """Refuse a decode that gave (almost) nothing although the header promised audio:
+    a truncated download, or damage from the start. Half of :data:`MIN_DURATION` is
+    the least that counts as audio, so a file that decodes for a few frames is refused
+    rather than looped into a whole window of near-silence."""
+    if samples < MIN_DURATION * sample_rate * 0.5:
+        raise AudioError(info.path, f"truncated: header says {info.duration:.1f} s but no audio could be read")
 
 
 def fit_length(x: np.ndarray, n: int) -> np.ndarray:
@@ -487,8 +514,7 @@ def iter_windows(path: str | os.PathLike, sample_rate: int, window_seconds: floa
     (``window_seconds`` at ``sample_rate``), read one at a time so memory stays
     bounded by one window whatever the track length."""
     info = probe(path)
-    if info.duration < MIN_DURATION:
-        raise AudioError(path, f"too short ({info.duration:.2f} s; at least {MIN_DURATION:g} s needed)")
+    check_duration(info)
     n = int(round(window_seconds * sample_rate))
     starts = window_starts(info.duration, window_seconds, n_windows)
 
@@ -496,15 +522,13 @@ def iter_windows(path: str | os.PathLike, sample_rate: int, window_seconds: floa
         for start in starts:
             try:
                 x = read_segment(info, start, window_seconds, sample_rate)
+                check_decoded(info, x.size, sample_rate)
             except AudioError:
+                # The header promised more than the file holds (a truncated download) or
+                # the audio is damaged from here on: the track is tagged from the windows
+                # that could be read; only a first window that fails is an error.
                 if start == starts[0]:
                     raise
-                x = np.zeros(0, np.float32)  # damaged from here on: treated like a truncation
-            if x.size < MIN_DURATION * sample_rate * 0.5:
-                # The header promised more than the file holds (a truncated download):
-                # the track is tagged from the windows that could be read.
-                if start == starts[0]:
-                    raise AudioError(path, f"truncated: header says {info.duration:.1f} s but no audio could be read")
                 return
             yield fit_length(x, n)
 

@@ -422,6 +422,7 @@ _SINC_ZEROS = 16  # zero crossings of the interpolation kernel on each side
 _KAISER_BETA = 8.6  # ~-90 dB side lobes
 _PHASES = 1024  # fractional positions tabulated: a 1/1024-sample grid, far below audibility
 _CHUNK = 8192  # output samples per step of the resampler
+_STRETCH_MARGIN = 64  # stretched samples kept past the end: more than the widest kernel reaches (24)
 
 
 def _resample_to(y: torch.Tensor, ratio: torch.Tensor, n: int) -> torch.Tensor:
@@ -506,9 +507,12 @@ class PitchShift(Augmentation):
         b, n = x.shape
         wd = _work_dtype(x)
         ratio = torch.pow(2.0, _per_example(semitones, x, torch.float64)[:, 0] / 12)  # (B,)
-        stretched_len = int(math.ceil(float(ratio.max()) * n)) + 1
-        stretched = _wsola(x.to(wd), 1 / ratio, stretched_len, self.sample_rate)
-        return _resample_to(stretched, ratio, n).to(x.dtype)
+        # Each example's stretch is cut at its own length (+ room for the resampling kernel),
+        # so its output does not depend on which other examples share the batch.
+        valid = torch.ceil(ratio * n).long() + _STRETCH_MARGIN  # (B,)
+        stretched = _wsola(x.to(wd), 1 / ratio, int(valid.max()), self.sample_rate)
+        keep = torch.arange(stretched.shape[1], device=x.device)[None] < valid.to(x.device)[:, None]
+        return _resample_to(stretched * keep, ratio, n).to(x.dtype)
 
     def _apply_vocoder(self, x: torch.Tensor, semitones) -> torch.Tensor:
         b, n = x.shape

@@ -61,7 +61,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from array import array
@@ -71,8 +70,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import MIN_DURATION, AudioError, iter_audio_files, probe, read_segment
+from .audio import AudioError, check_decoded, check_duration, even_starts, iter_audio_files, probe, read_segment
 from .fileio import ExclusiveLock, atomic_write
+from .metadata import clean_tags
 
 FORMAT = "mttag-prepared"
 FORMAT_VERSION = 1
@@ -96,7 +96,6 @@ _JREC = np.dtype([("key", "<u8"), ("status", "<i4"), ("shard", "<i4"), ("offset"
 _INDEX = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("length", "<i8"), ("split", "i1"),
                    ("group", "<i4"), ("root", "<i2"), ("path_start", "<i8"), ("path_len", "<i4"),
                    ("row", "<i8")])
-_SPACE = re.compile(r"\s+")
 
 
 def parse_split(name: str | None) -> int | None:
@@ -305,13 +304,8 @@ class PreparedDataset:
         return self.read(i, start, length)
 
     def evenly_spaced_crops(self, i: int, length: int, n: int) -> np.ndarray:
-        total = self.num_samples(i)
-        last = max(0, total - int(length))
-        if n == 1:
-            starts = [last // 2]
-        else:
-            starts = np.round(np.linspace(0, last, int(n))).astype(np.int64)
-        return np.stack([self.read(i, int(s), length) for s in starts])
+        starts = even_starts(self.num_samples(i), int(length), int(n))
+        return np.stack([self.read(i, round(s), length) for s in starts])
 
     def _path_blob(self) -> bytes:
         if self._paths is None:
@@ -344,19 +338,6 @@ class PreparedDataset:
 # ---------------------------------------------------------------------------------------------
 # Source readers
 # ---------------------------------------------------------------------------------------------
-
-
-def _clean_tags(tags: Iterable[str], normalize: bool) -> list[str]:
-    from .metadata import normalize_tag
-
-    out: list[str] = []
-    seen: set[str] = set()
-    for tag in tags:
-        tag = normalize_tag(tag) if normalize else _SPACE.sub(" ", str(tag)).strip()
-        if tag and tag not in seen:
-            seen.add(tag)
-            out.append(tag)
-    return out
 
 
 def _folder_group(path: str) -> str | None:
@@ -502,7 +483,7 @@ def _read_annotations(csv_path, root, encoding, path_col, tags_col, sep, artist_
                 continue
             path = row[ip].strip()
             cell = row[it] if it < len(row) else ""
-            tags = _clean_tags(cell.split(sep) if sep else [cell], normalize) if cell.strip() else []
+            tags = clean_tags(cell.split(sep) if sep else [cell], normalize) if cell.strip() else []
             artist = row[ia].strip() if ia is not None and ia < len(row) else ""
             group = normalize_artist(artist) if artist else None
             split = row[isplit].strip() if isplit is not None and isplit < len(row) else ""
@@ -657,12 +638,8 @@ class _Catalog:
             self.has_tags.append(0)
         else:
             self.has_tags.append(1)
-            seen = set()
-            for tag in spec.tags:
-                tag = _SPACE.sub(" ", str(tag)).strip()
-                if tag and tag not in seen:
-                    seen.add(tag)
-                    self.tag_ids.append(self.tag_names.setdefault(tag, len(self.tag_names)))
+            for tag in clean_tags(spec.tags, normalize=False):  # sources may hand over raw lists
+                self.tag_ids.append(self.tag_names.setdefault(tag, len(self.tag_names)))
         self.tag_end.append(len(self.tag_ids))
 
     def path(self, i: int) -> str:
@@ -759,16 +736,13 @@ def _to_int16(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _decode_track(key: int, file: str, sample_rate: int, max_seconds: float | None, spill_dir: str):
     info = probe(file)
-    if info.duration < MIN_DURATION:
-        raise AudioError(file, f"too short ({info.duration:.2f} s; at least {MIN_DURATION:g} s needed)")
+    check_duration(info)
     start, total, limited = 0.0, info.duration, False
     if max_seconds and info.duration > max_seconds:
         start, total, limited = (info.duration - max_seconds) / 2, float(max_seconds), True
-    min_samples = MIN_DURATION * sample_rate * 0.5
     if total <= SEGMENT_SECONDS + 1:
         x = read_segment(info, start, total if limited else None, sample_rate)
-        if x.size < min_samples:
-            raise AudioError(file, f"truncated: header says {info.duration:.1f} s but almost no audio could be decoded")
+        check_decoded(info, x.size, sample_rate)
         y, clipped = _to_int16(x)
         return y, len(y), clipped
     spill = os.path.join(spill_dir, f"{key:016x}.i16")
@@ -787,8 +761,7 @@ def _decode_track(key: int, file: str, sample_rate: int, max_seconds: float | No
                 if last:
                     break
                 t += SEGMENT_SECONDS
-        if n < min_samples:
-            raise AudioError(file, f"truncated: header says {info.duration:.1f} s but almost no audio could be decoded")
+        check_decoded(info, n, sample_rate)
     except BaseException:
         if os.path.exists(spill):
             os.remove(spill)
@@ -800,9 +773,6 @@ def _decode_job(job: tuple) -> tuple:
     """Worker entry point: ``(row, key, file, sample_rate, max_seconds, spill_dir)`` →
     ``(row, key, ok, payload, samples, clipped, reason)``; never raises for a bad file."""
     row, key, file, sample_rate, max_seconds, spill_dir = job
-    crash_marker = os.environ.get("MTTAG_PREPARE_CRASH_TEST")  # test hook: simulate a decoder crash
-    if crash_marker and crash_marker in file:
-        os._exit(70)
     try:
         payload, n, clipped = _decode_track(key, file, sample_rate, max_seconds, spill_dir)
         return row, key, True, payload, n, clipped, ""

@@ -68,19 +68,24 @@ def normalize_artist(value: str) -> str:
     return normalize_tag(value)
 
 
+def clean_tags(tags: Iterable[str], normalize: bool = True) -> list[str]:
+    """Tags cleaned one by one, empties and repeats dropped, first occurrence kept in
+    place. ``normalize``: :func:`normalize_tag` (NFC, lower case, single spaces);
+    otherwise whitespace is only collapsed, for vocabularies where case matters."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for tag in tags:
+        tag = normalize_tag(tag) if normalize else _SPACE.sub(" ", str(tag)).strip()
+        if tag and tag not in seen:
+            seen.add(tag)
+            out.append(tag)
+    return out
+
+
 def split_values(values: Iterable[str], separators: Sequence[str] = DEFAULT_SEPARATORS) -> list[str]:
     """Split each value on every separator, normalise, drop empties and duplicates."""
     pattern = "|".join(re.escape(s) for s in separators if s)
-    out: list[str] = []
-    seen: set[str] = set()
-    for value in values:
-        parts = re.split(pattern, str(value)) if pattern else [str(value)]
-        for part in parts:
-            tag = normalize_tag(part)
-            if tag and tag not in seen:
-                seen.add(tag)
-                out.append(tag)
-    return out
+    return clean_tags(part for value in values for part in (re.split(pattern, str(value)) if pattern else [str(value)]))
 
 
 def _text(value) -> list[str]:

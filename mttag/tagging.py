@@ -59,7 +59,8 @@ class TagResult:
     # with Tagger(keep_windows=True): each window's start and end (s) and probabilities
     window_times: list[tuple[float, float]] | None = field(default=None, repr=False)
     window_probabilities: np.ndarray | None = field(default=None, repr=False)  # n_windows × n_tags
-    # with Tagger(embeddings=True): the mean of the window embeddings, and each window's
+    # with Tagger(embeddings=True): the plain mean of the window embeddings (an index stores
+    # mttag.embedding.pool(window_embeddings): the unit mean of unit windows), and each window's
     embedding: np.ndarray | None = field(default=None, repr=False)
     window_embeddings: np.ndarray | None = field(default=None, repr=False)  # n_windows × dim
     # with keep_windows: each window's (start, end, tags chosen like ``tags``)

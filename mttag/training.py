@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .audio import even_starts
 from .dataset import PreparedDataset
 from .device import select_device
 from .fileio import ExclusiveLock, LockedError, atomic_write
@@ -58,7 +58,7 @@ class TrainConfig:
     lr: float = 1e-4
     max_epochs: int = 200
     patience: int = 20
-    steps_per_epoch: int | None = None  # None: one pass over the labelled training tracks
+    steps_per_epoch: int | None = None  # None: one pass over the tracks `epoch_over` names
     eval_chunks: int = 8
     augment: bool = True
     augment_probabilities: dict[str, float] = field(default_factory=dict)
@@ -70,6 +70,10 @@ class TrainConfig:
     teacher: str | None = None
     unlabeled_fraction: float = 0.5  # share of each batch that is unlabelled
     pseudo_weight: float = 1.0
+    # What one epoch passes over when a teacher labels unlabelled tracks beside labelled ones:
+    # "unlabeled", as the authors' noisy student code does (the labelled loader cycles), or
+    # "labeled" (mttag 0.1: the student then sees far fewer pseudo-labelled crops per epoch).
+    epoch_over: str = "unlabeled"
     student_config: dict[str, Any] | None = None  # a full ModelConfig dict (--student CONFIG.json)
 
 
@@ -167,8 +171,8 @@ def teacher_probabilities(teacher: nn.Module, wave: torch.Tensor, sample_rate: i
     if n <= win:
         reps = math.ceil(win / n)
         return torch.sigmoid(teacher(wave.repeat(1, reps)[:, :win]).float())
-    k = math.ceil(n / win)
-    starts = torch.linspace(0, n - win, k).round().long().tolist()
+    k = math.ceil(n / win)  # as few windows as cover the crop
+    starts = [round(s) for s in even_starts(n, win, k)]
     chunks = torch.stack([wave[:, s : s + win] for s in starts], 1)  # B×k×win
     probs = torch.sigmoid(teacher(chunks.flatten(0, 1)).float())
     return probs.view(wave.shape[0], k, -1).mean(1)
@@ -211,8 +215,12 @@ def bce(probs: np.ndarray, targets: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- checkpoints
 def _rng_state(augment=None) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": json.dumps([v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()[1:]]),
-            "python": json.dumps(random.getstate()),
+    """The random state a resumed run needs to go on exactly: torch's (crop positions,
+    dropout, the DataLoader workers' seeds), CUDA's, and the augmentation chain's own
+    generator. Nothing in a run draws from numpy's or Python's global generators (the
+    samplers use generators seeded by (seed, epoch)), so those are neither seeded nor
+    saved; checkpoints that still hold them resume all the same."""
+    return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "augment": augment.generator.get_state() if augment is not None else None}
 
@@ -221,10 +229,6 @@ def _set_rng_state(state: dict[str, Any], augment=None) -> None:
     if augment is not None and state.get("augment") is not None:
         augment.generator.set_state(state["augment"])
     torch.set_rng_state(state["torch"])
-    keys, pos, has_gauss, gauss = json.loads(state["numpy"])
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    py = json.loads(state["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -407,8 +411,6 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
         raise TrainingError(f"the dataset is stored at {data.sample_rate} Hz but the model takes {sample_rate} Hz")
 
     torch.manual_seed(config.seed + rank)
-    np.random.seed((config.seed + rank) % 2**32)
-    random.seed(config.seed + rank)
     model = build_model(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
@@ -449,9 +451,13 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
         return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=config.workers, drop_last=True,
                           pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
 
-    # an epoch is one pass over the labelled tracks (or, distilling only, over the unlabelled ones)
-    per_step = (n_lab or n_unl) * world
-    epoch_tracks = len(train_idx) if n_lab else sum(len(i) for _, i in unl_sources)
+    # An epoch is one pass over the labelled tracks; with a teacher (knowledge expansion,
+    # or distillation with or without labels) by default one pass over the unlabelled ones.
+    if config.epoch_over not in ("unlabeled", "labeled"):
+        raise TrainingError(f"epoch_over must be 'unlabeled' or 'labeled', not {config.epoch_over!r}")
+    over_unlabeled = n_unl > 0 and (not n_lab or config.epoch_over == "unlabeled")
+    per_step = (n_unl if over_unlabeled else n_lab) * world
+    epoch_tracks = sum(len(i) for _, i in unl_sources) if over_unlabeled else len(train_idx)
     steps = config.steps_per_epoch or max(1, math.ceil(epoch_tracks / per_step))
     loaders = []  # (loader, takes every k-th step) — unlabelled sources alternate step by step
     if n_lab:
@@ -564,7 +570,7 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
             sums["pseudo"] += pseudo.item() if unl_iters else 0.0
             seen += x.shape[0] * world
             if on_step is not None and rank == 0:
-                on_step({"epoch": epoch + 1, "step": step + 1, "steps": steps, "loss": loss.item(),
+                on_step({"epoch": epoch + 1, "epochs": config.max_epochs, "step": step + 1, "steps": steps, "loss": loss.item(),
                          "samples_per_s": seen / (time.perf_counter() - t0)})
         train_seconds = time.perf_counter() - t0
 

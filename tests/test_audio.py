@@ -22,6 +22,8 @@ from mttag.audio import (
     load_audio,
     probe,
     read_segment,
+    check_decoded,
+    even_starts,
     window_starts,
 )
 
@@ -235,6 +237,22 @@ def test_window_starts_bounded_count_is_evenly_spaced():
             assert s == sorted(s)
 
 
+def test_even_starts_is_the_one_evenly_spaced_plan():
+    """Tagging windows, validation crops and the teacher's windows all come from even_starts."""
+    assert even_starts(100.0, 10.0, 4) == [0.0, 30.0, 60.0, 90.0]  # first at 0, last ends with the track
+    assert even_starts(100.0, 10.0, 1) == [45.0]  # one window: the middle
+    assert even_starts(5.0, 10.0, 3) == [0.0, 0.0, 0.0]  # shorter than a window: every window at 0
+    assert even_starts(20800, 8000, 3) == [0.0, 6400.0, 12800.0]  # in samples as well as seconds
+    assert window_starts(240.0, 10.0, 8) == even_starts(240.0, 10.0, 8)
+
+
+def test_too_little_audio_is_one_check_and_one_message(tmp_path, make_audio):
+    info = probe(make_audio(tmp_path / "a.wav", seconds=4.0))
+    check_decoded(info, int(MIN_DURATION * SR * 0.5), SR)  # half the minimum duration is enough
+    with pytest.raises(AudioError, match=r"truncated: header says 4\.0 s but no audio could be read"):
+        check_decoded(info, int(MIN_DURATION * SR * 0.5) - 1, SR)
+
+
 def test_iter_windows_yields_fixed_length_windows(tmp_path, make_audio):
     path = make_audio(tmp_path / "a.flac", seconds=7.0)
     info, gen = iter_windows(path, SR, 2.0, None)
@@ -411,7 +429,8 @@ def test_silent_file_decodes_to_silence(tmp_path, make_audio):
     (see test_tag_cli.py)."""
     path = make_audio(tmp_path / "silence.flac", kind="silence")
     _, gen = iter_windows(path, SR, 1.0, None)
-    assert all(is_silent(w) for w in gen)
+    windows = list(gen)
+    assert len(windows) == 2 and all(is_silent(w) for w in windows)
 
 
 def test_nan_and_inf_samples_become_zero(tmp_path):
@@ -425,7 +444,9 @@ def test_nan_and_inf_samples_become_zero(tmp_path):
     assert np.all(x[1000:3000] == 0) and x[50000] == 0 and x[60000] == 0
     np.testing.assert_array_equal(x[10000:40000], data[10000:40000])
     _, gen = iter_windows(path, SR, 1.0, None)
-    assert all(np.isfinite(w).all() for w in gen)
+    windows = list(gen)
+    assert len(windows) == 2 and all(np.isfinite(w).all() for w in windows)
+    assert not is_silent(windows[0]) and not is_silent(windows[1])
 
 
 def _cut(path: Path, fraction: float) -> Path:

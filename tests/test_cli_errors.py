@@ -114,6 +114,66 @@ def test_help_version_and_no_arguments_still_work():
     assert result.exit_code == 2 and "Usage" in result.output and "error:" not in result.output
 
 
+def _help(args):
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_help_tells_the_truth():
+    """What to type, and only that: no `<bool>` after a flag, no Python `list[...]` types,
+    distill's optional DATASET before its required OUT_DIR, every train/distill option explained."""
+    for command in ([], ["tag"], ["prepare"], ["train"], ["distill"], ["embed"], ["evaluate"]):
+        text = _help(command)
+        assert "<bool>" not in text and "list[" not in text, (command, text)
+    assert "distill [OPTIONS] [DATASET] {OUT_DIR}" in _help(["distill"])
+    for command in ("train", "distill"):
+        rows = [line for line in _help([command]).splitlines() if line.lstrip("│ *").startswith("--")]
+        assert len(rows) >= 20
+        for row in rows:  # each option row carries a help text (the long ones end before the border)
+            assert len(row.rstrip("│ ").split("  ")[-1].strip()) > 3, row
+    assert "Print nothing but errors" in _help(["train"]) and "Print nothing but errors" in _help(["distill"])
+
+
+def test_distill_paths():
+    line = one_error_line(runner.invoke(app, ["distill", "--teacher", "m"]))
+    assert line == "error: missing argument 'OUT_DIR'; see 'mttag distill --help'"
+    line = one_error_line(runner.invoke(app, ["distill", "a", "b", "c", "--teacher", "m"]))
+    assert "unexpected extra argument" in line
+
+
+def test_shell_completion_is_offered():
+    assert "--install-completion" in _help([]) and "--show-completion" in _help([])
+    env = {**os.environ, "_MTTAG_COMPLETE": "complete_bash", "COMP_WORDS": "mttag dis", "COMP_CWORD": "1"}
+    proc = subprocess.run([sys.executable, "-c", "from mttag.cli import app; app(prog_name='mttag')"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["distill"], proc
+
+
+def test_demo_command_and_example_write_the_same_tracks(tmp_path, monkeypatch):
+    import runpy
+
+    import mttag.demo
+
+    # the real tracks are 25-40 s; 2 s each make the same files in a fraction of the time
+    monkeypatch.setattr(mttag.demo, "TRACKS", tuple((name, 2, *rest) for name, _, *rest in mttag.demo.TRACKS))
+    result = runner.invoke(app, ["demo", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    names = ("slow minor piano.flac", "upbeat major band.mp3", "mid tempo groove.ogg", "quiet chords.wav")
+    assert result.stdout.splitlines() == [str(tmp_path / "a" / n) for n in names]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(names)
+    info = sf.info(str(tmp_path / "a" / "quiet chords.wav"))
+    assert (info.samplerate, info.channels) == (44100, 2) and info.duration == pytest.approx(2.0)
+    # the example script is a thin wrapper over the same generator: identical audio
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "make_demo_audio.py")
+    if os.path.exists(example):  # (an installed wheel has no examples/)
+        monkeypatch.setattr(sys, "argv", [example, str(tmp_path / "b")])
+        runpy.run_path(example, run_name="__main__")
+        assert (tmp_path / "b" / "quiet chords.wav").read_bytes() == (tmp_path / "a" / "quiet chords.wav").read_bytes()
+    (tmp_path / "file").write_text("x")
+    assert one_error_line(runner.invoke(app, ["demo", str(tmp_path / "file")])).endswith("exists and is not a directory")
+
+
 def test_bad_preset_and_missing_devices(dataset, tmp_path, monkeypatch):
     from mttag.models import presets
 

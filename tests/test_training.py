@@ -49,9 +49,15 @@ def dataset(tmp_path_factory):
     return out
 
 
+# The tiny preset with half its convolution channels and width: its front end is most of
+# the cost of a step on CPU, and the three-tag task is learnt as well at half the size.
+SMALL = {"conv_channels": 8, "dim": 32}
+
+
 def _config(**kw):
-    base = dict(arch="transformer", preset="tiny", crop_seconds=1.0, batch_size=8, lr=3e-3, max_epochs=6,
-                patience=10, steps_per_epoch=8, eval_chunks=2, augment=False, workers=0, seed=0, device="cpu")
+    base = dict(arch="transformer", preset="tiny", model_params=SMALL, crop_seconds=1.0, batch_size=8, lr=3e-3,
+                max_epochs=6, patience=10, steps_per_epoch=8, eval_chunks=2, augment=False, workers=0, seed=0,
+                device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -74,9 +80,11 @@ def test_supervised_training_learns(teacher_dir, dataset):
 
 
 def test_resume_matches_uninterrupted(dataset, tmp_path):
-    cfg = _config(max_epochs=3, augment=True)
+    # every epoch draws new crops, dropout masks and augmentations: two steps an epoch
+    # are as many random draws to restore as eight
+    cfg = _config(max_epochs=3, steps_per_epoch=2, augment=True)
     full = train(dataset, tmp_path / "full", cfg)
-    train(dataset, tmp_path / "part", _config(max_epochs=2, augment=True))
+    train(dataset, tmp_path / "part", _config(max_epochs=2, steps_per_epoch=2, augment=True))
     (tmp_path / "part" / "finished.json").unlink()  # as if killed after epoch 2
     resumed = train(dataset, tmp_path / "part", cfg, resume=True)
     a, b = load_model(full).state_dict(), load_model(resumed).state_dict()
@@ -195,8 +203,21 @@ def test_teacher_with_other_rate_and_window():
     cfg.arch = "resnet"
     cfg.params = {"channels": 4}
     teacher = build_model(cfg).eval()
-    psi = teacher_probabilities(teacher, torch.randn(3, int(1.3 * SR)), SR)
-    assert psi.shape == (3, 3) and torch.all((psi >= 0) & (psi <= 1))
+    with torch.no_grad():  # a random network scores every window alike; sharpen its output layer
+        [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(300)
+    n = int(1.3 * SR)
+    wave = torch.randn(3, n) * torch.linspace(0.001, 1, n) ** 3  # quiet at the start, loud at the end
+    psi = teacher_probabilities(teacher, wave, SR)
+    # 28,665 samples at 22.05 kHz are 20,800 at 16 kHz: three 8,000-sample windows at 0, 6,400
+    # and 12,800 (first at the start, last at the end), each scored alone, then averaged
+    import julius
+
+    at_16k = julius.resample_frac(wave, 441, 320)
+    assert at_16k.shape[-1] == 20800
+    with torch.no_grad():
+        each = [torch.sigmoid(teacher(at_16k[:, s : s + 8000])) for s in (0, 6400, 12800)]
+    torch.testing.assert_close(psi, torch.stack(each).mean(0), rtol=0, atol=1e-5)
+    assert (each[0] - each[2]).abs().max() > 1e-2  # the windows differ, so only their mean matches
 
 
 def test_evaluate_cli_json(teacher_dir, dataset):
@@ -204,7 +225,10 @@ def test_evaluate_cli_json(teacher_dir, dataset):
     res = CliRunner().invoke(app, ["evaluate", str(model_dir), str(dataset), "--split", "test", "--format", "json", "--chunks", "2", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert 0 <= out["roc_auc"] <= 1 and 0 <= out["pr_auc"] <= 1 and set(out["per_tag"]) == set(TAGS)
+    ref = evaluate(load_model(model_dir), dataset, "test", chunks=2, device="cpu")
+    assert out["roc_auc"] == pytest.approx(ref["roc_auc"]) and out["pr_auc"] == pytest.approx(ref["pr_auc"])
+    assert out["roc_auc"] > 0.85 and set(out["per_tag"]) == set(TAGS)
+    assert out["per_tag"]["low"]["positives"] == int(PreparedDataset(dataset).labels[PreparedDataset(dataset).split("test"), 0].sum())
 
 
 def test_ddp_two_cpu_processes(dataset, tmp_path):
@@ -283,3 +307,73 @@ def test_augment_probabilities_option(dataset, tmp_path):
     bad_args = [str(tmp_path / "r2") if a == str(tmp_path / "r") else a for a in args[:-4]]
     bad = CliRunner().invoke(app, bad_args + ["--augment-p", "echo=1"])
     assert bad.exit_code == 2 and "expected NAME=P" in bad.output and not (tmp_path / "r2").exists()
+
+
+def test_progress_shows_epoch_of_total_and_run_time_left(dataset, tmp_path, monkeypatch):
+    """On a terminal: a "starting" line at once, then "epoch k/N" and the run's time left;
+    redirected: one unwrapped line per epoch with k/N."""
+    import io
+
+    from rich.console import Console
+
+    import mttag.cli.train as cli_train
+
+    args = ["train", str(dataset), str(tmp_path / "a"), "--preset", "tiny", "--crop-seconds", "1", "--max-epochs", "2",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--eval-chunks", "1", "--workers", "0", "--device", "cpu",
+            "--no-augment"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "run ≤ 0:" in lines[0] and "left" not in lines[1]  # nothing left after the last epoch
+    assert all("valid" in line and "samples/s" in line for line in lines)  # never wrapped onto a second line
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_train, "console", Console(file=screen, force_terminal=True, width=200))
+    args[2] = str(tmp_path / "b")
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    shown = screen.getvalue()
+    assert "starting: loading the data and the model" in shown
+    assert "epoch 1/2" in shown and "epoch 2/2" in shown and "run ≤ 0:00:" in shown
+
+
+def test_run_clock_counts_the_epochs_left():
+    from mttag.cli.train import RunClock, clock_text
+
+    t = [0.0]
+    clock = RunClock(now=lambda: t[0])
+    step = dict(epoch=1, epochs=10, steps=5)
+    assert clock.step({**step, "step": 1}) is None  # no pace yet
+    t[0] = 2.0
+    assert clock.step({**step, "step": 2}) == pytest.approx(2 * 3 + 9 * 2 * 5)  # 2 s a step
+    assert clock.epoch_done(12.0, 1, 10) == pytest.approx(9 * 12)  # measured epochs, validation included
+    t[0] = 20.0
+    clock.step({**step, "epoch": 2, "step": 1})
+    t[0] = 21.0
+    assert clock.step({**step, "epoch": 2, "step": 2}) == pytest.approx(1 * 3 + 8 * 12)
+    assert clock_text(3723.4) == "1:02:03" and clock_text(None) == "-:--:--"
+
+
+class _FirstStep(Exception):
+    pass
+
+
+@pytest.mark.parametrize("epoch_over, expected", [("unlabeled", 30), ("labeled", 7)])
+def test_knowledge_expansion_epoch_is_a_pass_over_the_unlabelled_tracks(dataset, teacher_dir, tmp_path,
+                                                                         epoch_over, expected):
+    """The authors' noisy student epoch runs over the unlabelled loader (60 tracks, 2 per step:
+    30 steps) while the labelled one cycles; 'labeled' keeps one pass over the 40 labelled
+    tracks (6 per step: 7 steps)."""
+    model_dir, _ = teacher_dir
+    seen = {}
+
+    def first_step(report):
+        seen.update(report)
+        raise _FirstStep
+
+    cfg = _config(max_epochs=1, steps_per_epoch=None, teacher=str(model_dir), unlabeled_fraction=0.25,
+                  epoch_over=epoch_over)
+    with pytest.raises(_FirstStep):
+        train(dataset, tmp_path / epoch_over, cfg, on_step=first_step)
+    assert seen["steps"] == expected

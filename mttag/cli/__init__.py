@@ -13,13 +13,10 @@ import typer
 from .. import __version__
 from ._common import app, console  # noqa: F401
 
-COMMAND_MODULES = ["tag", "models", "convert", "prepare", "train", "evaluate", "distill", "push", "write"]
+COMMAND_MODULES = ["tag", "models", "convert", "prepare", "train", "evaluate", "distill", "push", "write", "embed", "similar",
+                   "demo"]
 for _name in COMMAND_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as exc:  # a command whose module does not exist yet is simply absent
-        if exc.name != f"{__name__}.{_name}":
-            raise
+    importlib.import_module(f"{__name__}.{_name}")
 
 
 def _version(value: bool) -> None:

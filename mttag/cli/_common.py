@@ -12,6 +12,7 @@ import importlib
 import signal
 import sys
 import threading
+import typing
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -84,11 +85,50 @@ def _print_usage_error(exc: Exception, command: str | None) -> int:
     return EXIT_USAGE
 
 
+def tidy_placeholders(command: Any, ctx: Any) -> None:
+    """Value placeholders in ``--help`` that say what to type. Recent Typer shows each
+    parameter's Python type: ``<bool>`` after a flag, which takes no value, and
+    ``<list[Path]>`` after a repeatable option or a variadic argument, which take one
+    path per occurrence. Flags get no placeholder, lists their element's (``<path>``);
+    an option's own ``metavar`` is kept. Older Typer (click's TEXT, PATH) is left alone."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        _tidy_placeholder(param)
+
+
+def _tidy_placeholder(param: Any) -> None:
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None:
+        return
+    if getattr(param, "is_flag", False):
+        if param.metavar is None:
+            param.metavar = ""
+    elif desc.is_list and not desc.is_choice:
+        (element,) = typing.get_args(desc.annotation) or (str,)
+        shown = f"<{param._bare_type(element).lower()}>"
+        if param.param_type_name == "option":
+            if param.metavar is None:
+                param.metavar = shown
+        else:  # an argument's metavar is its name; its type column comes from display_type
+            param.display_type = lambda ctx, shown=shown: shown
+
+
 class OneLineErrorGroup(TyperGroup):
     """The root command: Typer's parsing, but errors as one ``error:`` line instead of a
     usage block and a box. Hooked into ``main`` so ``mttag`` and ``CliRunner().invoke(app)``
     behave the same; ``typer.Exit(code)``, ``--help``, ``--version`` and Ctrl+C (130) keep
     their exit codes."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            tidy_placeholders(command, ctx)
+        return command
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)  # `mttag --help` itself: --help and --version
+        for param in [*self.params, option]:
+            _tidy_placeholder(param)
+        return option
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -113,7 +153,7 @@ class OneLineErrorGroup(TyperGroup):
 
 app = typer.Typer(
     cls=OneLineErrorGroup,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     no_args_is_help=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -125,6 +165,12 @@ def fail(message: object, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` on one line and exit."""
     console.print(f"[bold red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def usage_error(message: str) -> NoReturn:
+    """A usage error found by the command itself, printed like Typer's own:
+    ``error: <message>; see 'mttag <command> --help'``, exit 2."""
+    raise _USAGE_ERRORS[0](message)
 
 
 def warn(message: object, target: Console | None = None) -> None:
@@ -170,6 +216,3 @@ def augment_probabilities(items: list[str] | None) -> dict[str, float]:
         out[name] = p
     return out
 
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

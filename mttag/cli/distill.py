@@ -8,8 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from ._common import app, augment_probabilities, fail
-from .train import check_device, run_rounds
+from typer.core import TyperCommand
+
+from ._common import app, fail, usage_error
+from .train import _epoch_over, check_device, make_config, option, run_rounds
 
 
 def student_settings(student: str) -> tuple[str, dict | None]:
@@ -30,43 +32,54 @@ def student_settings(student: str) -> tuple[str, dict | None]:
     return student, None
 
 
-@app.command()
+class DistillCommand(TyperCommand):
+    """Usage ``mttag distill [OPTIONS] [DATASET] {OUT_DIR}``. Click fills positional
+    arguments left to right, so the optional DATASET, which comes first, cannot be
+    declared optional with a required OUT_DIR after it: both are declared optional and
+    the command sorts them out, and this line says what is really required."""
+
+    def collect_usage_pieces(self, ctx):
+        return [self.options_metavar, "[DATASET]", "{OUT_DIR}"]
+
+
+@app.command(cls=DistillCommand)
 def distill(
-    paths: List[Path] = typer.Argument(..., metavar="[DATASET] OUT_DIR", help="A prepared dataset (optional: without one, only --unlabeled audio and the teacher's labels are used) and the run directory."),
+    first: Optional[Path] = typer.Argument(None, metavar="DATASET", show_default=False, help="A dataset made by `mttag prepare`. Optional: without one, the student learns from --unlabeled audio and the teacher's labels only."),
+    second: Optional[Path] = typer.Argument(None, metavar="OUT_DIR", show_default=False, help="Required. Run directory: checkpoint, metrics.jsonl and the student in OUT_DIR/model."),
     teacher: str = typer.Option(..., "--teacher", help="Trained model: directory, registered name (e.g. msd-musicnn) or Hub id."),
     student: str = typer.Option("small", "--student", help="small, teacher, large, tiny, or a CONFIG.json for a custom student."),
-    unlabeled: Optional[List[Path]] = typer.Option(None, "--unlabeled", help="Extra unlabelled audio: folders or a prepared dataset."),
-    rounds: int = typer.Option(1, "--rounds", min=1, help="Iterate: each student becomes the next teacher."),
-    augment: bool = typer.Option(True, "--augment/--no-augment"),
-    augment_p: Optional[List[str]] = typer.Option(None, "--augment-p", metavar="NAME=P", help="Change one augmentation's probability (repeatable): polarity, noise, gain, filter, delay, pitch_shift, reverb; e.g. --augment-p reverb=0 when reverb is one of your tags."),
-    crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds"),
-    batch_size: int = typer.Option(32, "--batch-size", min=2),
-    lr: float = typer.Option(1e-4, "--lr"),
-    max_epochs: int = typer.Option(200, "--max-epochs", min=1),
-    patience: int = typer.Option(20, "--patience", min=1),
-    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1),
-    eval_chunks: int = typer.Option(8, "--eval-chunks", min=1),
-    unlabeled_fraction: float = typer.Option(0.5, "--unlabeled-fraction", min=0.05, max=0.95),
-    pseudo_weight: float = typer.Option(1.0, "--pseudo-weight", min=0.0),
-    device: str = typer.Option("auto", "--device"),
-    workers: int = typer.Option(2, "--workers", min=0),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    unlabeled: Optional[List[Path]] = option("unlabeled"),
+    rounds: int = option("rounds"),
+    augment: bool = option("augment"),
+    augment_p: Optional[List[str]] = option("augment_p"),
+    crop_seconds: Optional[float] = option("crop_seconds"),
+    batch_size: int = option("batch_size"),
+    lr: float = option("lr"),
+    max_epochs: int = option("max_epochs"),
+    patience: int = option("patience"),
+    steps_per_epoch: Optional[int] = option("steps_per_epoch"),
+    eval_chunks: int = option("eval_chunks"),
+    epoch_over: str = option("epoch_over"),
+    unlabeled_fraction: float = option("unlabeled_fraction"),
+    pseudo_weight: float = option("pseudo_weight"),
+    device: str = option("device"),
+    workers: int = option("workers"),
+    seed: int = option("seed"),
+    resume: bool = option("resume"),
+    quiet: bool = option("quiet"),
 ) -> None:
     """Knowledge distillation: a student learns from labelled data plus the teacher's soft labels on augmented unlabelled audio."""
-    from ..training import TrainConfig
-
-    if len(paths) > 2:
-        fail("expected [DATASET] OUT_DIR")
-    dataset, out_dir = (paths[0], paths[1]) if len(paths) == 2 else (None, paths[0])
+    if first is None:
+        usage_error("missing argument 'OUT_DIR'")
+    # DATASET is optional but comes first: with one path given, it is OUT_DIR
+    dataset, out_dir = (first, second) if second is not None else (None, first)
     if dataset is None and not unlabeled:
         fail("without a DATASET, give --unlabeled DIR: the student needs audio to learn from")
     preset, student_cfg = student_settings(student)
     check_device(device)
-    cfg = TrainConfig(arch=(student_cfg or {}).get("arch", "transformer"), preset=preset, student_config=student_cfg,
-                      crop_seconds=crop_seconds, batch_size=batch_size, lr=lr, max_epochs=max_epochs, patience=patience,
-                      steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, augment=augment, augment_probabilities=augment_probabilities(augment_p), device=device,
-                      workers=workers, seed=seed, teacher=teacher, unlabeled_fraction=unlabeled_fraction,
-                      pseudo_weight=pseudo_weight)
+    cfg = make_config(teacher, augment_p, arch=(student_cfg or {}).get("arch", "transformer"), preset=preset,
+                      student_config=student_cfg, augment=augment, crop_seconds=crop_seconds, batch_size=batch_size,
+                      lr=lr, max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch, epoch_over=_epoch_over(epoch_over),
+                      eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight,
+                      device=device, workers=workers, seed=seed)
     run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)

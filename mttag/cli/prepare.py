@@ -6,26 +6,17 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..dataset import (
-    SPLITS,
-    PrepareInterrupted,
-    PrepareProgress,
-    TrackSpec,
-    annotation_encoding,
-    prepare_dataset,
-    tracks_from_annotations,
-    tracks_from_cals,
-    tracks_from_folder,
-    tracks_from_metadata,
-)
 from ..fileio import LockedError
+
+if TYPE_CHECKING:
+    from ..dataset import PrepareProgress, TrackSpec
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -52,6 +43,8 @@ def _parse_ratios(value: str) -> tuple[float, float, float]:
 def _sources(annotations, audio_root, path_column, tags_column, separator, artist_column, split_column,
              keep_case, split, splits_dir, fields, libraries, unlabeled, encoding,
              on_error) -> tuple[Iterator[TrackSpec], list[str] | None]:
+    from ..dataset import annotation_encoding, tracks_from_annotations, tracks_from_cals, tracks_from_folder, tracks_from_metadata
+
     labelled = [name for name, given in (("--annotations", annotations), ("--split cals", split),
                                          ("--tags-from-metadata", fields)) if given]
     if len(labelled) > 1:
@@ -148,6 +141,8 @@ def prepare(
     a folder could not be listed (named in a warning); 2 usage error; 130 interrupted (Ctrl+C
     or SIGTERM; run the same command again to resume).
     """
+    from ..dataset import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
+
     ratio_values = _parse_ratios(ratios)
     unlisted: list = []  # folders under the sources that could not be listed
 
@@ -218,6 +213,8 @@ def prepare(
 
 def _print_summary(s: dict, out_dir: Path, elapsed: float) -> None:
     """The summary on stdout; warnings about it on stderr."""
+    from ..dataset import SPLITS
+
     out = Console(highlight=False)
     run = s.get("last_run", {})
     out.print(f"[bold]{one_line(out_dir)}[/]: {s['num_tracks']} tracks, {s['hours']:.2f} h of audio, "

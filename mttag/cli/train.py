@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -18,9 +19,49 @@ class Arch(str, Enum):
     resnet = "resnet"
 
 
+class RunClock:
+    """Time left in the whole run, were it to go to ``--max-epochs`` (early stopping can
+    only end it sooner, hence the "≤" shown with it). Measured, not guessed: the pace of
+    this epoch's steps until one epoch has finished, then the mean length of the
+    finished epochs, validation included."""
+
+    def __init__(self, now=time.monotonic) -> None:
+        self.now = now
+        self.epoch_seconds: list[float] = []
+        self.mark: tuple[float, int] | None = None  # (time, step) of the first step seen this epoch
+
+    def step(self, s: dict) -> float | None:
+        t = self.now()
+        if self.mark is None or s["step"] <= self.mark[1]:
+            self.mark = (t, s["step"])  # a new epoch (or the first step of this process)
+        steps_timed = s["step"] - self.mark[1]
+        per_step = (t - self.mark[0]) / steps_timed if steps_timed else None
+        if self.epoch_seconds:
+            epoch = sum(self.epoch_seconds) / len(self.epoch_seconds)
+            this_epoch = per_step * (s["steps"] - s["step"]) if per_step else epoch * (1 - s["step"] / s["steps"])
+        elif per_step:
+            epoch = per_step * s["steps"]
+            this_epoch = per_step * (s["steps"] - s["step"])
+        else:
+            return None
+        return this_epoch + (s["epochs"] - s["epoch"]) * epoch
+
+    def epoch_done(self, seconds: float, epoch: int, epochs: int) -> float:
+        self.epoch_seconds.append(seconds)
+        self.mark = None
+        return (epochs - epoch) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+
+
+def clock_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
     """Shared by ``train`` and ``distill``: open data, run, print progress and a summary."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
     from ..dataset import PreparedDataset, PrepareInterrupted
     from ..modelfile import ModelLoadError
@@ -31,34 +72,43 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
         unlabeled = _open_unlabeled(unlabeled_paths, out_dir, cfg.workers, quiet) if unlabeled_paths else None
     except (KeyboardInterrupt, PrepareInterrupted):
         console.print("[yellow]interrupted[/] while decoding the unlabelled audio: run the same command again "
-                      "to go on", highlight=False)
+                      "to go on", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED)
     except (OSError, ValueError) as exc:
         fail(str(exc))
-    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} samples/s"),
-                        TimeRemainingColumn(), console=console, transient=True,
-                        disable=quiet or not console.is_terminal)
+    # On a terminal: a bar for this epoch (steps, loss, speed, time left in it) under
+    # "epoch k/N" and the time left in the whole run. Redirected or --quiet: no bar,
+    # only the one-line epoch summaries, never wrapped, so logs grep cleanly.
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[status]}"),
+                        TimeRemainingColumn(), TextColumn("run ≤ {task.fields[run_left]}"),
+                        console=console, transient=True, disable=quiet or not console.is_terminal)
+    clock = RunClock()
     task = None
 
     def on_step(s):
-        nonlocal task
-        if task is None:
-            task = progress.add_task("train", total=s["steps"], epoch=s["epoch"], loss=s["loss"], rate=0.0)
-        progress.update(task, completed=s["step"], total=s["steps"], epoch=s["epoch"], loss=s["loss"], rate=s["samples_per_s"])
+        status = f"loss {s['loss']:.4f}  {s['samples_per_s']:.1f} samples/s"
+        progress.update(task, description=f"epoch {s['epoch']}/{s['epochs']}", completed=s["step"],
+                        total=s["steps"], status=status, run_left=clock_text(clock.step(s)))
 
     def on_epoch(r):
+        left = clock.epoch_done(r.seconds, r.epoch, cfg.max_epochs)
         if quiet:
             return
         auc = f"  ROC-AUC {r.roc_auc:.4f}  PR-AUC {r.pr_auc:.4f}" if r.roc_auc is not None else ""
         pseudo = f"  pseudo {r.train_pseudo_loss:.4f}" if r.train_pseudo_loss is not None else ""
         sup = f"  train {r.train_loss:.4f}" if r.train_loss is not None else ""
-        console.print(f"epoch {r.epoch}:{sup}{pseudo}  valid {r.valid_loss:.4f}{auc}  "
-                      f"{r.samples_per_s:.1f} samples/s  {r.seconds:.0f} s" + ("  [green]best[/]" if r.best else ""),
-                      highlight=False)
+        rest = f"  run ≤ {clock_text(left)} left" if r.epoch < cfg.max_epochs else ""
+        console.print(f"epoch {r.epoch}/{cfg.max_epochs}:{sup}{pseudo}  valid {r.valid_loss:.4f}{auc}  "
+                      f"{r.samples_per_s:.1f} samples/s  {r.seconds:.0f} s" + ("  [green]best[/]" if r.best else "")
+                      + rest, highlight=False, soft_wrap=True)
 
     try:
         with progress:
+            # shown at once: loading a teacher, building the model and starting the data
+            # workers take a while before the first step
+            task = progress.add_task("starting: loading the data and the model", total=None, status="",
+                                     run_left=clock_text(None))
             best = train(data, out_dir, cfg, resume=resume, unlabeled=unlabeled, on_step=on_step, on_epoch=on_epoch)
     except (TrainingError, ModelLoadError, ValueError) as exc:
         fail(str(exc), 1)
@@ -151,46 +201,89 @@ def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
     return PreparedDataset(store)
 
 
+# The options `train` and `distill` share, each defined once (flags, default, limits, help).
+# Typer reads an option from a parameter's default value, so each command calls `option(name)`.
+_SHARED_OPTIONS: dict[str, tuple[Any, tuple[str, ...], dict[str, Any]]] = {
+    "unlabeled": (None, ("--unlabeled",), dict(metavar="DIR", help="Extra unlabelled audio (repeatable): a folder of audio or a prepared dataset; needs --teacher.")),
+    "rounds": (1, ("--rounds",), dict(min=1, help="Iterate: each round's student is the next round's teacher (OUT_DIR/round1, ...); needs --teacher.")),
+    "augment": (True, ("--augment/--no-augment",), dict(help="The paper's data augmentation, on the training device.")),
+    "augment_p": (None, ("--augment-p",), dict(metavar="NAME=P", help="Change one augmentation's probability (repeatable): polarity, noise, gain, filter, delay, pitch_shift, reverb; e.g. --augment-p reverb=0 when reverb is one of your tags.")),
+    "crop_seconds": (None, ("--crop-seconds",), dict(help="Training crop length (default: 10 for the Transformer, 3.69 for the ResNet).")),
+    "batch_size": (32, ("--batch-size",), dict(min=2, help="Crops per step (labelled and unlabelled together).")),
+    "lr": (1e-4, ("--lr",), dict(help="Adam learning rate.")),
+    "max_epochs": (200, ("--max-epochs",), dict(min=1, help="Stop after this many epochs at the latest.")),
+    "patience": (20, ("--patience",), dict(min=1, help="Stop after this many epochs without a better validation loss.")),
+    "steps_per_epoch": (None, ("--steps-per-epoch",), dict(min=1, help="Default: one pass over the training tracks.")),
+    "eval_chunks": (8, ("--eval-chunks",), dict(min=1, help="Evenly spaced crops per validation track, predictions averaged.")),
+    "epoch_over": ("unlabeled", ("--epoch-over",), dict(help="With a teacher: one epoch is a pass over the 'unlabeled' tracks (the authors' definition; the labelled ones cycle) or over the 'labeled' ones.")),
+    "unlabeled_fraction": (0.5, ("--unlabeled-fraction",), dict(min=0.05, max=0.95, help="Share of each batch taken from the unlabelled tracks (with a teacher).")),
+    "pseudo_weight": (1.0, ("--pseudo-weight",), dict(min=0.0, help="Weight of the loss on the teacher's labels.")),
+    "device": ("auto", ("--device",), dict(help="auto, cpu, cuda, cuda:N or mps.")),
+    "workers": (2, ("--workers",), dict(min=0, help="Data loading processes.")),
+    "seed": (0, ("--seed",), dict(help="Seed of model initialisation, crops and augmentation.")),
+    "resume": (False, ("--resume",), dict(help="Continue the run in OUT_DIR from its last checkpoint.")),
+    "quiet": (False, ("--quiet", "-q"), dict(help="Print nothing but errors: no progress, no epoch lines.")),
+}
+
+
+def _epoch_over(value: str) -> str:
+    if value not in ("unlabeled", "labeled"):
+        fail(f"--epoch-over {value}: expected 'unlabeled' or 'labeled'")
+    return value
+
+
+def option(name: str) -> Any:
+    default, flags, settings = _SHARED_OPTIONS[name]
+    return typer.Option(default, *flags, **settings)
+
+
+def make_config(teacher: str | None, augment_p: list[str] | None, **settings: Any):
+    """The run's TrainConfig from the shared options (and --arch/--preset/student config)."""
+    from ..training import TrainConfig
+
+    return TrainConfig(teacher=teacher, augment_probabilities=augment_probabilities(augment_p), **settings)
+
+
 @app.command()
 def train(
     dataset: Path = typer.Argument(..., help="A dataset made by `mttag prepare`."),
     out_dir: Path = typer.Argument(..., help="Run directory: checkpoint, metrics.jsonl and the best model in OUT_DIR/model."),
     arch: Arch = typer.Option(Arch.transformer, "--arch", help="Model architecture."),
     preset: str = typer.Option("teacher", "--preset", help="teacher, small or tiny (a few 100 k parameters, for CPU)."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="The paper's data augmentation on the training device."),
-    augment_p: Optional[list[str]] = typer.Option(None, "--augment-p", metavar="NAME=P", help="Change one augmentation's probability (repeatable): polarity, noise, gain, filter, delay, pitch_shift, reverb; e.g. --augment-p reverb=0 when reverb is one of your tags."),
-    crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds", help="Training crop length (default 10 for the Transformer, 3.69 for the ResNet)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=2),
-    lr: float = typer.Option(1e-4, "--lr"),
-    max_epochs: int = typer.Option(200, "--max-epochs", min=1),
-    patience: int = typer.Option(20, "--patience", min=1, help="Stop after this many epochs without a better validation loss."),
-    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", min=1, help="Default: one pass over the training tracks."),
-    eval_chunks: int = typer.Option(8, "--eval-chunks", min=1, help="Evenly spaced crops per validation track."),
-    device: str = typer.Option("auto", "--device"),
-    workers: int = typer.Option(2, "--workers", min=0, help="Data loading processes."),
-    seed: int = typer.Option(0, "--seed"),
     split: Optional[str] = typer.Option(None, "--split", help="'cals': check the dataset was prepared from the CALS split."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Knowledge expansion: a trained model that labels the unlabelled tracks."),
-    unlabeled: Optional[list[Path]] = typer.Option(None, "--unlabeled", help="Extra unlabelled audio: folders or a prepared dataset (with --teacher)."),
-    unlabeled_fraction: float = typer.Option(0.5, "--unlabeled-fraction", min=0.05, max=0.95),
-    pseudo_weight: float = typer.Option(1.0, "--pseudo-weight", min=0.0),
-    rounds: int = typer.Option(1, "--rounds", min=1, help="With --teacher: iterate, each student becoming the next teacher."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR from its last checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    unlabeled: Optional[list[Path]] = option("unlabeled"),
+    rounds: int = option("rounds"),
+    augment: bool = option("augment"),
+    augment_p: Optional[list[str]] = option("augment_p"),
+    crop_seconds: Optional[float] = option("crop_seconds"),
+    batch_size: int = option("batch_size"),
+    lr: float = option("lr"),
+    max_epochs: int = option("max_epochs"),
+    patience: int = option("patience"),
+    steps_per_epoch: Optional[int] = option("steps_per_epoch"),
+    eval_chunks: int = option("eval_chunks"),
+    unlabeled_fraction: float = option("unlabeled_fraction"),
+    epoch_over: str = option("epoch_over"),
+    pseudo_weight: float = option("pseudo_weight"),
+    device: str = option("device"),
+    workers: int = option("workers"),
+    seed: int = option("seed"),
+    resume: bool = option("resume"),
+    quiet: bool = option("quiet"),
 ) -> None:
     """Train a tagging model on a prepared dataset (Adam, BCE, random crops, the paper's recipe)."""
-    from ..training import TrainConfig
-
     if split is not None:
         _check_split(dataset, split)
     check_preset(arch.value, preset)
     check_device(device)
     if unlabeled and not teacher:
         fail("--unlabeled needs --teacher (noisy student training)")
-    cfg = TrainConfig(arch=arch.value, preset=preset, crop_seconds=crop_seconds, batch_size=batch_size, lr=lr,
-                      max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch,
-                      eval_chunks=eval_chunks, augment=augment, augment_probabilities=augment_probabilities(augment_p), device=device, workers=workers, seed=seed,
-                      teacher=teacher, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight)
+    cfg = make_config(teacher, augment_p, arch=arch.value, preset=preset, augment=augment, crop_seconds=crop_seconds,
+                      batch_size=batch_size, lr=lr, max_epochs=max_epochs, patience=patience,
+                      steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction,
+                      epoch_over=_epoch_over(epoch_over), pseudo_weight=pseudo_weight, device=device, workers=workers,
+                      seed=seed)
     if rounds > 1 and not teacher:
         fail("--rounds needs --teacher")
     run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)

@@ -1,0 +1,708 @@
+"""Track embeddings and similarity search: the library behind ``mttag embed`` and ``mttag similar``.
+
+Every model gives one embedding per window through ``forward_with_embedding`` (musicnn's
+200-d penultimate layer, the Transformer's normalised [CLS] token, the ResNet's penultimate
+dense layer); :class:`Embedder` pools them into one unit vector per track (:func:`pool`).
+
+An **index** is a folder (conventionally ``NAME.mttag``)::
+
+    index.json     manifest: format, model (name, revision, arch, ...), dim, tags, pooling, windows
+    vectors.f32    N x dim float32, C order, one unit-length (L2) row per track
+    scores.f16     N x n_tags float16: each track's window-averaged tag probabilities
+    tracks.jsonl   one line per row: {"row", "path", "duration", "windows"}
+    .lock          held by the one process writing the index
+
+Rows are appended: the vector and the scores first, then the ``tracks.jsonl`` line, which
+is what commits a track. A reader counts a row only when all three are complete, so a run
+killed at any point leaves a valid index holding every finished track; the next writer
+cuts the unfinished tail away (:func:`_committed`). The manifest is written once, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .display import printable
+from .fileio import ExclusiveLock, LockedError, atomic_write
+from .output import display_tag, path_from_text, path_key
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .tagging import TagResult
+
+FORMAT = "mttag-embedding-index"
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+VECTORS = "vectors.f32"
+SCORES = "scores.f16"
+TRACKS = "tracks.jsonl"
+LOCK = ".lock"
+OWN_FILES = (MANIFEST, VECTORS, SCORES, TRACKS, LOCK)
+POOLING = "mean of the L2-normalised window embeddings, L2-normalised"
+# Finished tracks reach the operating system at once (a killed process loses nothing);
+# fsync, which protects against a power cut, at most this often: it costs milliseconds.
+SYNC_SECONDS = 2.0
+# Rows per matrix-vector product in a search: 65,536 x 256 float32 = 64 MB at most in flight.
+SEARCH_CHUNK = 65536
+
+
+class EmbeddingIndexError(Exception):
+    """An index cannot be used; the message says which and why, in one line."""
+
+
+# -- the model's identity --------------------------------------------------------------------
+
+
+def model_revision(model: "nn.Module") -> str:
+    """``sha256:<hex>`` of what decides a model's embeddings: its config (less the provenance,
+    which names but does not change it) and every tensor of its state dict (names, dtypes,
+    shapes, bytes). The same weights give the same revision however they were loaded (a
+    directory, the Hub, a module built in Python) and on whichever device; the spectrogram
+    front ends are computed buffers outside the state dict, so float rounding across
+    machines cannot change it."""
+    import torch
+
+    h = hashlib.sha256()
+    config = model.config.to_dict()
+    config.pop("provenance", None)
+    h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"\n{name}:{t.dtype}:{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def short_revision(revision: str) -> str:
+    return revision.split(":", 1)[-1][:12]
+
+
+def _probe_dim(model: "nn.Module") -> int:
+    """The embedding size, from one window of zeros (cheaper than knowing every architecture)."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        _, emb = model.forward_with_embedding(torch.zeros(1, model.config.crop_samples, device=device))
+    return int(emb.shape[-1])
+
+
+# -- pooling -----------------------------------------------------------------------------------
+
+
+def pool(window_embeddings: np.ndarray) -> np.ndarray:
+    """One unit vector for a track: the mean of its L2-normalised window embeddings, normalised.
+
+    Normalising each window first makes every window count the same in the track's
+    direction (cosine search compares directions only): otherwise a window whose activations
+    happen to be large (a loud chorus, musicnn's unbounded penultimate layer) pulls the track
+    towards itself. Raises ``ValueError`` for non-finite or all-zero embeddings."""
+    w = np.asarray(window_embeddings, dtype=np.float64)
+    if w.ndim != 2 or len(w) == 0:
+        raise ValueError("no window embeddings")
+    if not np.isfinite(w).all():
+        raise ValueError("the model gave non-finite embeddings (NaN/inf); its weights may be broken")
+    norms = np.linalg.norm(w, axis=1)
+    live = norms > 0
+    if not live.any():
+        raise ValueError("the model gave an all-zero embedding for every window")
+    mean = (w[live] / norms[live, None]).mean(axis=0)
+    n = np.linalg.norm(mean)
+    if not n > 1e-12:
+        raise ValueError("the window embeddings cancel out (their mean is zero)")
+    return (mean / n).astype(np.float32)
+
+
+def normalise_rows(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float32)
+    n = np.linalg.norm(w, axis=-1, keepdims=True)
+    return w / np.where(n > 0, n, 1)
+
+
+# -- embedding files -------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingResult:
+    """One track: ``vector`` (unit length, float32) and its tag ``probabilities``, or ``error``."""
+
+    path: str
+    duration: float | None = None
+    vector: np.ndarray | None = field(default=None, repr=False)
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # vocabulary order
+    tags: list[tuple[str, float]] = field(default_factory=list)  # the top 5, best first
+    error: str | None = None
+    model: str | None = None
+    windows: int = 0  # windows pooled
+    # with per_window=True: each window's unit embedding (n x dim) and its start and end (s)
+    window_vectors: np.ndarray | None = field(default=None, repr=False)
+    window_times: list[tuple[float, float]] | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Embedder:
+    """Embeds files with one model: a :class:`mttag.tagging.Tagger` (batched, prefetched
+    decoding, bounded memory) asked for embeddings, plus pooling. Works with every model
+    that has ``forward_with_embedding`` (musicnn, Transformer, ResNet) — no per-model code."""
+
+    def __init__(self, model: "nn.Module", device: "str | torch.device" = "auto", windows: int | None = 8,
+                 batch_size: int | None = None, model_name: str | None = None, per_window: bool = False):
+        from .tagging import Tagger
+
+        if not hasattr(model, "forward_with_embedding"):
+            raise ValueError(f"{type(model).__name__} models give no embeddings (no forward_with_embedding)")
+        self.tagger = Tagger(model, device, batch_size=batch_size, windows=windows, model_name=model_name,
+                             keep_windows=per_window, embeddings=True)
+        self.model = self.tagger.model
+        self.model_name = self.tagger.model_name
+        self.windows = windows
+        self.per_window = per_window
+        self._identity: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What an index records about the model, and refuses to mix: name, revision, dim, ..."""
+        if self._identity is None:
+            config = self.model.config
+            self._identity = {
+                "name": self.model_name, "revision": model_revision(self.model), "arch": config.arch,
+                "preset": config.preset, "sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
+                "dim": _probe_dim(self.model),
+            }
+        return self._identity
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.model.config.tags)
+
+    def embed_files(self, paths: Iterable[str | os.PathLike]) -> Iterator[EmbeddingResult]:
+        """One :class:`EmbeddingResult` per file, in order, as each completes."""
+        for r in self.tagger.tag_files(paths, top=5):
+            yield self._result(r)
+
+    def _result(self, r: "TagResult") -> EmbeddingResult:
+        if not r.ok:
+            return EmbeddingResult(r.path, r.duration, error=r.error, model=r.model)
+        try:
+            vector = pool(r.window_embeddings)
+        except ValueError as exc:
+            return EmbeddingResult(r.path, r.duration, error=str(exc), model=r.model)
+        out = EmbeddingResult(r.path, r.duration, vector, r.probabilities, r.tags, model=r.model,
+                              windows=len(r.window_embeddings))
+        if self.per_window:
+            out.window_vectors = normalise_rows(r.window_embeddings)
+            out.window_times = r.window_times
+        return out
+
+
+def embed(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    model: "str | os.PathLike | nn.Module | None" = None,
+    windows: int | None = 8,
+    batch_size: int | None = None,
+    device: str = "auto",
+    per_window: bool = False,
+) -> Iterator[EmbeddingResult]:
+    """Embed audio files and folders (searched recursively): one :class:`EmbeddingResult` per file.
+
+    ``result.vector`` is the track's unit-length embedding (see :func:`pool`); with
+    ``per_window=True`` also ``result.window_vectors`` (one unit row per window) and
+    ``result.window_times``. ``model``, ``windows``, ``batch_size``, ``device``: as
+    :func:`mttag.tag`. Cosine similarity of two tracks is ``a.vector @ b.vector``.
+    """
+    from torch import nn
+
+    from .audio import UnlistableFolder, iter_audio_files
+    from .device import select_device
+    from .pretrained import load_model
+    from .tagging import model_label
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    dev = select_device(device)
+    net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
+    name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
+    unlistable: list[UnlistableFolder] = []
+    files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
+    for problem in unlistable:
+        yield EmbeddingResult(problem.path, error=f"cannot list this folder ({problem.reason})",
+                              model=name or model_label(net))
+    embedder = Embedder(net, dev, windows=windows, batch_size=batch_size, model_name=name, per_window=per_window)
+    yield from embedder.embed_files(files)
+
+
+# -- the index on disk -----------------------------------------------------------------------
+
+
+def _error(path: Path, reason: str) -> EmbeddingIndexError:
+    return EmbeddingIndexError(f"{printable(path)}: {reason}")
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of the index at ``path``, checked; None when there is no index there yet."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _error(path, f"{MANIFEST} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise _error(path, f"{MANIFEST} is not an mttag embedding index manifest")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise _error(path, f"index format version {version} is newer than this mttag understands "
+                           f"({FORMAT_VERSION}); upgrade with: pip install -U mttag")
+    model, dim, tags = data.get("model"), data.get("dim"), data.get("tags")
+    if (not isinstance(model, dict) or not isinstance(model.get("revision"), str)
+            or not isinstance(dim, int) or not 1 <= dim <= 65536
+            or not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags)):
+        raise _error(path, f"{MANIFEST} is damaged (model, dim or tags missing or invalid)")
+    return data
+
+
+def _parse_track(line: bytes, row: int) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if (not isinstance(record, dict) or record.get("row") != row or not isinstance(record.get("path"), str)
+            or not isinstance(record.get("duration"), (int, float))):
+        return None
+    return record
+
+
+def _committed(path: Path, dim: int, n_tags: int) -> tuple[list[str], np.ndarray, int]:
+    """The committed tracks of an index: their paths, their durations, and the byte length
+    of their ``tracks.jsonl`` lines. Streams the file: only the paths and durations are kept
+    (a million tracks: ~150 MB, against ~650 MB as parsed records).
+
+    Only the last line may be unfinished or damaged (the run was killed while writing it); a
+    damaged line before it is refused rather than silently cutting the index short there."""
+    try:
+        vector_rows = (path / VECTORS).stat().st_size // (4 * dim)
+        score_rows = (path / SCORES).stat().st_size // (2 * n_tags)
+        f = open(path / TRACKS, "rb")
+    except FileNotFoundError as exc:
+        raise _error(path, f"{Path(exc.filename).name} is missing; the index is incomplete") from None
+    except OSError as exc:
+        raise _error(path, f"cannot read it ({exc.strerror or exc})") from None
+    # a power cut can keep a line whose vector never reached the disk: rows past the data are dropped
+    limit = min(vector_rows, score_rows)
+    paths: list[str] = []
+    durations = array("d")
+    end = 0
+    damaged: int | None = None
+    with f:
+        for number, line in enumerate(f, 1):
+            if damaged is not None:
+                raise _error(path, f"{TRACKS} line {damaged} is damaged; the index cannot be trusted past it")
+            if not line.endswith(b"\n") or len(paths) >= limit:
+                break  # the unfinished last line, or rows whose data is missing
+            record = _parse_track(line, len(paths))
+            if record is None:
+                damaged = number  # fine if it is the last line: a write the run did not finish
+                continue
+            paths.append(record["path"])
+            durations.append(float(record["duration"]))
+            end += len(line)
+    return paths, np.frombuffer(durations, dtype=np.float64) if paths else np.zeros(0), end
+
+
+def _write_json_synced(data: dict[str, Any]):
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    return write
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class IndexWriter:
+    """Appends tracks to an index, creating it if needed. Use as a context manager.
+
+    ``resume``: add to an existing index (its tracks are in :attr:`done`); the model must be
+    the one the index was made with. Without it an index that holds tracks is refused, unless
+    ``force``, which starts it over. A folder that is not an index (and not empty) is refused
+    even with ``force``: its files are never touched.
+    """
+
+    def __init__(self, path: str | os.PathLike, model: dict[str, Any], tags: Sequence[str],
+                 windows: int | None = 8, *, resume: bool = False, force: bool = False):
+        self.path = Path(path)
+        self.model = dict(model)
+        self.tags = list(tags)
+        self.windows = windows
+        self.resume = resume
+        self.force = force
+        self.dim = int(model["dim"])
+        self.count = 0
+        self.existing = 0  # rows the index held when opened
+        self.done: set[str] = set()
+        self._lock: ExclusiveLock | None = None
+        self._files: list = []
+        self._last_sync = time.monotonic()
+
+    def __enter__(self) -> "IndexWriter":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def open(self) -> "IndexWriter":
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise _error(path, "exists and is not a folder; an index is a folder (e.g. library.mttag)")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise _error(path, "a parent of it is not a folder") from None
+        except OSError as exc:
+            raise _error(path, f"cannot create it ({exc.strerror or exc})") from None
+        if not (path / MANIFEST).exists():
+            foreign = [p.name for p in path.iterdir() if p.name not in OWN_FILES]
+            if foreign:
+                raise _error(path, f"exists and is not an mttag index (it holds {printable(foreign[0])}, "
+                                   f"no {MANIFEST}); refusing to write into it")
+        self._lock = ExclusiveLock(path / LOCK, f"another mttag embed writing {printable(path)}")
+        try:
+            self._lock.__enter__()
+        except LockedError as exc:
+            self._lock = None
+            raise EmbeddingIndexError(str(exc)) from None
+        except OSError as exc:
+            self._lock = None
+            raise _error(path, f"cannot write there ({exc.strerror or exc})") from None
+        try:
+            self._open_locked()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_locked(self) -> None:
+        path = self.path
+        manifest = read_manifest(path)  # under the lock: nobody changes it now
+        if manifest is not None:
+            paths, _, end = _committed(path, manifest["dim"], len(manifest["tags"]))
+            if paths and not self.resume and not self.force:
+                raise _error(path, f"already holds {len(paths)} tracks; add --resume to add to it, "
+                                   f"or --force to start it over")
+            if self.resume:
+                self._check_model(manifest)
+            else:
+                manifest = None  # --force, or an empty index: written anew below
+        if manifest is None:
+            for name in (TRACKS, VECTORS, SCORES, MANIFEST):
+                (path / name).unlink(missing_ok=True)
+            for name in (VECTORS, SCORES, TRACKS):
+                (path / name).touch()
+            manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model, "dim": self.dim,
+                "dtype": "float32", "tags": self.tags, "pooling": POOLING, "windows": self.windows,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write(path / MANIFEST, _write_json_synced(manifest))
+            _fsync_dir(path)
+            paths, end = [], 0
+        # cut away a tail an interrupted run left unfinished: the next row goes right after the last whole one
+        n = len(paths)
+        for name, size in ((TRACKS, end), (VECTORS, n * 4 * self.dim), (SCORES, n * 2 * len(self.tags))):
+            if (path / name).stat().st_size != size:
+                os.truncate(path / name, size)
+        self.existing = self.count = n
+        self.done = set(paths)
+        self._vectors = open(path / VECTORS, "ab")
+        self._scores = open(path / SCORES, "ab")
+        self._tracks = open(path / TRACKS, "ab")
+        self._files = [self._vectors, self._scores, self._tracks]
+
+    def _check_model(self, manifest: dict[str, Any]) -> None:
+        theirs = manifest["model"]
+        if theirs.get("revision") != self.model["revision"] or manifest["dim"] != self.dim:
+            raise _error(self.path, f"holds embeddings of {printable(theirs.get('name'))} (revision "
+                                    f"{short_revision(theirs.get('revision', ''))}); this model is "
+                                    f"{printable(self.model['name'])} (revision {short_revision(self.model['revision'])}); "
+                                    f"embeddings of different models cannot be compared: use the index's "
+                                    f"model or another index")
+        if manifest["tags"] != self.tags:
+            raise _error(self.path, "holds another tag vocabulary than this model's")
+
+    def add(self, result: EmbeddingResult) -> bool:
+        """Append a successful result (False, nothing written, if its path is already in)."""
+        if not result.ok:
+            raise ValueError("only successful results go into an index")
+        return self.add_track(result.path, result.duration, result.vector, result.probabilities, result.windows)
+
+    def add_track(self, path: str, duration: float | None, vector: np.ndarray, probabilities: np.ndarray,
+                  windows: int = 0) -> bool:
+        key = path_key(path)
+        if key in self.done:
+            return False
+        self.add_rows([key], [duration or 0.0], vector[None, :], probabilities[None, :], [windows], keys=True)
+        return True
+
+    def add_rows(self, paths: Sequence[str], durations: Sequence[float], vectors: np.ndarray,
+                 probabilities: np.ndarray, windows: Sequence[int] | None = None, keys: bool = False) -> None:
+        """Append many rows at once (vectors are normalised here). ``keys``: the paths are
+        already :func:`mttag.output.path_key`s."""
+        vectors = normalise_rows(np.asarray(vectors, dtype=np.float32).reshape(len(paths), self.dim))
+        probabilities = np.asarray(probabilities, dtype=np.float32).reshape(len(paths), len(self.tags))
+        if not (np.isfinite(vectors).all() and np.isfinite(probabilities).all()):
+            raise ValueError("non-finite vectors or probabilities")
+        names = list(paths) if keys else [path_key(p) for p in paths]
+        lines = []
+        for i, key in enumerate(names):
+            record = {"row": self.count + i, "path": key, "duration": round(float(durations[i]), 3),
+                      "windows": int(windows[i]) if windows is not None else 0}
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        # the vector and the scores first; the line in tracks.jsonl commits the row
+        self._vectors.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        self._scores.write(np.ascontiguousarray(probabilities, dtype="<f2").tobytes())
+        self._vectors.flush()
+        self._scores.flush()
+        self._tracks.write("".join(lines).encode("utf-8"))
+        self._tracks.flush()
+        self.done.update(names)
+        self.count += len(paths)
+        if time.monotonic() - self._last_sync >= SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        """Everything written so far onto the disk (data files before the commit log)."""
+        for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """Sync and close the files, release the lock. Raises the first OSError, after cleaning up."""
+        error: OSError | None = None
+        try:
+            if self._files:
+                self.sync()
+        except OSError as exc:
+            error = exc
+        for f in self._files:
+            try:
+                f.close()
+            except OSError as exc:
+                error = error or exc
+        self._files = []
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+        if error is not None:
+            raise error
+
+
+@dataclass
+class Hit:
+    rank: int
+    row: int
+    path: str  # as the index holds it: absolute, with \xNN escapes for undecodable bytes
+    duration: float
+    score: float  # cosine similarity, -1 to 1
+
+    @property
+    def file(self) -> str:
+        """The path as a file name (undecodable bytes restored)."""
+        return path_from_text(self.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "path": self.path, "score": round(self.score, 4), "duration": self.duration}
+
+
+class EmbeddingIndex:
+    """An index opened for searching: the vectors are memory-mapped (not read into memory),
+    the track list is read once. Safe to open while a writer appends: it sees the tracks
+    committed when it was opened."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise _error(self.path, "no such index (an index is a folder made by mttag embed)"
+                         if not self.path.exists() else "is not an index folder")
+        manifest = read_manifest(self.path)
+        if manifest is None:
+            raise _error(self.path, f"is not an mttag index (no {MANIFEST})")
+        self.manifest = manifest
+        self.model: dict[str, Any] = manifest["model"]
+        self.tags: list[str] = manifest["tags"]
+        self.dim: int = manifest["dim"]
+        self.paths, self.durations, _ = _committed(self.path, self.dim, len(self.tags))
+        n = len(self.paths)
+        self._rows: dict[str, int] | None = None
+        if n:
+            self.vectors = np.memmap(self.path / VECTORS, dtype="<f4", mode="r", shape=(n, self.dim))
+            self.scores = np.memmap(self.path / SCORES, dtype="<f2", mode="r", shape=(n, len(self.tags)))
+        else:
+            self.vectors = np.zeros((0, self.dim), dtype=np.float32)
+            self.scores = np.zeros((0, len(self.tags)), dtype=np.float16)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def row_of(self, path: str | os.PathLike) -> int | None:
+        """The row of a file (matched by absolute path, as ``mttag tag --resume`` matches), or None."""
+        if self._rows is None:
+            self._rows = {p: i for i, p in enumerate(self.paths)}
+        return self._rows.get(path_key(os.fspath(path)))
+
+    def tag_index(self, name: str) -> int:
+        """The column of a tag, matched as tables show tags (case and spacing ignored)."""
+        wanted = display_tag(name)
+        for i, t in enumerate(self.tags):
+            if display_tag(t) == wanted:
+                return i
+        raise KeyError(name)
+
+    def search(self, query: np.ndarray, top: int = 20, *, exclude: Iterable[int] = (),
+               tags: Sequence[tuple[int, float]] = (), min_duration: float | None = None,
+               max_duration: float | None = None, chunk: int = SEARCH_CHUNK) -> list[Hit]:
+        """The ``top`` tracks most similar to ``query`` (cosine), best first; ties by row.
+
+        ``tags``: (column, minimum probability) pairs a track must all meet; durations in
+        seconds. Exact search: one matrix-vector product per ``chunk`` rows of the
+        memory-mapped vectors, so memory stays bounded whatever the index size."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query has {q.shape[0]} dimensions, the index {self.dim}")
+        norm = float(np.linalg.norm(q))
+        if not math.isfinite(norm) or norm == 0:
+            raise ValueError("the query vector is zero or not finite")
+        q = q / norm
+        excluded = np.array(sorted(set(exclude)), dtype=np.int64)
+        top = max(1, int(top))
+        n = len(self)
+        cand_scores: list[np.ndarray] = []
+        cand_rows: list[np.ndarray] = []
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            s = self.vectors[a:b] @ q
+            keep = np.ones(b - a, dtype=bool)
+            for column, minimum in tags:
+                keep &= self.scores[a:b, column].astype(np.float32) >= minimum
+            if min_duration is not None:
+                keep &= self.durations[a:b] >= min_duration
+            if max_duration is not None:
+                keep &= self.durations[a:b] <= max_duration
+            ex = excluded[(excluded >= a) & (excluded < b)]
+            keep[ex - a] = False
+            rows = np.flatnonzero(keep)
+            if not len(rows):
+                continue
+            s = s[rows]
+            if len(rows) > top:
+                best = np.argpartition(-s, top - 1)[:top]
+                rows, s = rows[best], s[best]
+            cand_scores.append(s.astype(np.float32))
+            cand_rows.append(rows + a)
+        if not cand_rows:
+            return []
+        scores = np.concatenate(cand_scores)
+        rows = np.concatenate(cand_rows)
+        order = np.lexsort((rows, -scores))[:top]
+        return [Hit(rank, int(rows[i]), self.paths[rows[i]], float(self.durations[rows[i]]), float(scores[i]))
+                for rank, i in enumerate(order, 1)]
+
+
+# -- playlists -------------------------------------------------------------------------------
+
+_PLAYLIST_SUFFIXES = (".m3u8", ".m3u")
+
+
+def playlist_path(track: str, folder: str) -> str:
+    """``track`` (absolute) as a playlist in ``folder`` names it: relative to the folder when
+    they share a folder below the root (the playlist keeps working when the tree moves),
+    else absolute (another drive, or nothing in common but ``/``)."""
+    try:
+        common = os.path.commonpath([track, folder])
+    except ValueError:  # another drive on Windows
+        return track
+    if os.path.dirname(common) == common:  # only the root (or a drive) in common
+        return track
+    return os.path.relpath(track, folder)
+
+
+def write_playlist(path: str | os.PathLike, entries: Sequence[tuple[str, float]], force: bool = False) -> list[str]:
+    """Write an extended M3U playlist (UTF-8, ``#EXTM3U``, ``#EXTINF:<seconds>,<title>``) of
+    ``entries`` (file path, duration), in order, atomically. Returns warnings (one line each).
+
+    Refuses (``EmbeddingIndexError``) to replace a file that is not a playlist unless ``force``,
+    and anything with an audio extension always."""
+    from .audio import AUDIO_EXTENSIONS
+
+    path = Path(path)
+    if path.suffix.lower() in AUDIO_EXTENSIONS:
+        raise EmbeddingIndexError(f"--playlist {printable(path)}: names an audio file; use a .m3u8 file")
+    if path.is_dir():
+        raise EmbeddingIndexError(f"--playlist {printable(path)}: is a directory")
+    if path.exists() and not force:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            raise EmbeddingIndexError(f"--playlist {printable(path)}: cannot read it ({exc.strerror or exc})") from None
+        if head and not head.lstrip(b"\xef\xbb\xbf").startswith(b"#EXTM3U"):
+            raise EmbeddingIndexError(f"--playlist {printable(path)}: exists and is not an M3U playlist; "
+                                      f"refusing to overwrite it (add --force to replace it)")
+    folder = os.path.abspath(path.parent)
+    warnings: list[str] = []
+    lines = [b"#EXTM3U\n"]
+    for file, duration in entries:
+        if "\n" in file or "\r" in file:  # one entry per line: such a name cannot be listed
+            warnings.append(f"{printable(file)}: left out of the playlist (its name holds a line break)")
+            continue
+        entry = playlist_path(os.path.abspath(file), folder)
+        title = Path(file).stem
+        try:
+            text = f"#EXTINF:{int(round(duration))},{title}\n{entry}\n".encode("utf-8")
+        except UnicodeEncodeError:
+            # a name whose bytes are not UTF-8: its real bytes, so that players find the file
+            text = f"#EXTINF:{int(round(duration))},{title}\n{entry}\n".encode("utf-8", "surrogateescape")
+            warnings.append(f"{printable(file)}: its name is not UTF-8; listed with its own bytes")
+        lines.append(text)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+    except OSError as exc:
+        raise EmbeddingIndexError(f"--playlist {printable(path)}: cannot write it ({exc.strerror or exc})") from None
+    return warnings
