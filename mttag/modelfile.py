@@ -22,23 +22,31 @@ from .models import ModelConfig, build_model, count_parameters
 
 
 
+def _yaml_string(value: Any) -> str:
+    """A YAML scalar that reads back as exactly this string: a JSON string is valid YAML,
+    so names like ``run: v2``, ``#1 model`` or ``yes`` stay strings (unquoted, YAML would
+    fail, read null, or read True)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def model_card(config: ModelConfig, n_params: int, metrics: dict[str, Any] | None = None, body: str = "") -> str:
     """A Hugging Face style model card: YAML metadata, then a human summary."""
     prov = config.provenance
     license_ = prov.get("license", "mit")
     datasets = prov.get("datasets", [])
-    lines = ["---", "library_name: mttag", f"license: {license_}", "tags:", "- music-tagging",
-             "- audio-classification", "- audio", f"- {config.arch}"]
+    q = _yaml_string
+    lines = ["---", "library_name: mttag", f"license: {q(license_)}", "tags:", "- music-tagging",
+             "- audio-classification", "- audio", f"- {q(config.arch)}"]
     if datasets:
-        lines += ["datasets:"] + [f"- {d}" for d in datasets]
+        lines += ["datasets:"] + [f"- {q(d)}" for d in datasets]
     if metrics:
-        lines += ["model-index:", f"- name: {prov.get('name', config.arch)}", "  results:",
+        lines += ["model-index:", f"- name: {q(prov.get('name', config.arch))}", "  results:",
                   "  - task:", "      type: audio-classification", "      name: Music tagging",
-                  "    dataset:", f"      name: {prov.get('dataset_name', datasets[0] if datasets else 'custom')}",
-                  f"      type: {datasets[0] if datasets else 'custom'}", "    metrics:"]
+                  "    dataset:", f"      name: {q(prov.get('dataset_name', datasets[0] if datasets else 'custom'))}",
+                  f"      type: {q(datasets[0] if datasets else 'custom')}", "    metrics:"]
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
-                lines += [f"    - type: {key}", f"      value: {value:.4f}"]
+                lines += [f"    - type: {q(key)}", f"      value: {value:.4f}"]
     lines.append("---")
     title = prov.get("name", f"{config.arch} ({config.preset or 'custom'})")
     text = "\n".join(lines) + f"\n\n# {title}\n\n"

@@ -75,6 +75,19 @@ def write_audio(path: str | Path, data: np.ndarray, sr: int = 44100, subtype: st
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x less CPU (no
+    spinning OpenMP workers competing with the decode threads). Use it module-wide with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def isolated_user_config(tmp_path_factory, monkeypatch):
     """A developer's own ~/.config/mttag/registry.json, MTTAG_REGISTRY or MTTAG_MODEL must

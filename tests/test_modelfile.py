@@ -82,3 +82,21 @@ def test_saved_files_follow_umask(tmp_path):
         os.umask(old)
     for f in (tmp_path / "m").iterdir():
         assert f.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("name", ["run: v2", "#1 model", "yes", "null", "- dash", "ünï \"quoted\""])
+def test_model_card_metadata_reads_back_exactly(tmp_path, name):
+    import yaml
+
+    from mttag.models import build_model, make_config
+    from mttag.modelfile import save_model
+
+    model = build_model(make_config("transformer", ["a", "b"], "tiny"))
+    model.config.provenance.update(name=name, datasets=[name], dataset_name=name)
+    save_model(model, tmp_path / "m", metrics={"roc_auc": 0.9})
+    text = (tmp_path / "m" / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(text.split("---")[1])
+    entry = meta["model-index"][0]
+    assert entry["name"] == name and meta["datasets"] == [name]
+    assert entry["results"][0]["dataset"]["name"] == name
+    assert entry["results"][0]["metrics"][0] == {"type": "roc_auc", "value": 0.9}

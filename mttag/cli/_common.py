@@ -216,3 +216,15 @@ def augment_probabilities(items: list[str] | None) -> dict[str, float]:
         out[name] = p
     return out
 
+
+def parse_windows(value: str | None, option: str = "--windows") -> int | None:
+    """``--windows N|all`` → N, or None for every window (also when not given)."""
+    if value is None or value.lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        fail(f"{option} {value}: expected a positive number or 'all'")
+    return n

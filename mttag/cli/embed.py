@@ -15,19 +15,7 @@ from ..display import printable
 from ..embedding import EmbeddingIndexError, IndexWriter, read_manifest
 from ..errors import DEFAULT_WINDOWS, ModelLoadError
 from ..output import path_key
-from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, app, console, fail, sigterm_as_interrupt, warn
-
-
-def parse_windows(value: str | None, option: str = "--windows") -> int | None:
-    if value is None or value.lower() == "all":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        fail(f"{option} {value}: expected a positive number or 'all'")
-    return n
+from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, sigterm_as_interrupt, warn
 
 
 def model_reference(name: str | None, net) -> str:

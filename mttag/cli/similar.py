@@ -17,8 +17,7 @@ from ..display import printable
 from ..embedding import EmbeddingIndex, EmbeddingIndexError, Hit, short_revision, write_playlist
 from ..errors import ModelLoadError
 from ..output import display_tag, path_from_text, path_text
-from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, warn
-from .embed import parse_windows
+from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, warn
 
 
 class Format(str, Enum):

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS, ModelLoadError
-from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail
+from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows
 
 
 class Format(str, Enum):
@@ -33,18 +33,6 @@ class Layout(str, Enum):
     long = "long"
     wide = "wide"
     timeline = "timeline"
-
-
-def _parse_windows(value: str) -> int | None:
-    if value.lower() == "all":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        fail(f"--windows {value}: expected a positive number or 'all'")
-    return n
 
 
 @app.command()
@@ -82,7 +70,7 @@ def tag(
 
     if windows is None:  # a timeline follows the whole track, window after window
         windows = "all" if timeline or plot is not None else str(DEFAULT_WINDOWS)
-    n_windows = _parse_windows(windows)
+    n_windows = parse_windows(windows)
     if resume and output is None:
         fail("--resume needs --output FILE")
     if output is None and fmt is None:
