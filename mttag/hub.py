@@ -1,17 +1,21 @@
 """Models on the Hugging Face Hub (or any Hub-compatible ``HF_ENDPOINT``): download and publish.
 
-Downloads go through ``huggingface_hub`` into its standard cache (``HF_HOME``/``HF_HUB_CACHE``),
-file by file and pinned to the commit the revision pointed at when the repo was listed, so a
-model's files always come from one commit. Only ``config.json``, ``model.safetensors``,
-``README.md`` and files the config names (a ``"files"`` list) are fetched. A repo is listed
-before anything is downloaded, and one without safetensors weights is refused: nothing that
-comes from the network is ever unpickled.
+Downloads go through ``huggingface_hub``'s ``snapshot_download`` into its standard cache
+(``HF_HOME``/``HF_HUB_CACHE``), pinned to the commit the revision pointed at when the repo was
+listed, so a model's files always come from one commit. Only ``config.json``,
+``model.safetensors``, ``README.md`` and files the config names (a ``"files"`` list) are fetched
+(``allow_patterns``). A repo is listed before anything is downloaded, and one without
+safetensors weights is refused: nothing that comes from the network is ever unpickled. The
+commit the Hub names is checked (40 hex digits) before it becomes a cache path, and the
+branch/tag -> commit ``refs/`` file is written only then (the library would write it from a
+second, unchecked resolution).
 
 ``huggingface_hub`` checks that a downloaded file has the announced size; it does not hash the
 content. Every file handed to mttag is therefore hashed here and compared with what the Hub
 published for it (the sha256 of LFS files, the git blob id of the others), then the
-safetensors header is parsed and the config loaded. A file that fails is removed from the
-cache, so running the command again downloads it afresh.
+safetensors header is checked (:func:`mttag.modelfile.read_safetensors_header`) and the config
+loaded. A file that fails is removed from the cache, so running the command again downloads it
+afresh.
 
 Errors are :class:`~mttag.modelfile.ModelLoadError` with a one-line message saying what to do.
 """
@@ -254,31 +258,14 @@ def _evict(path: Path) -> None:
 
 
 def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a well-formed safetensors file (header and size), or None."""
+    """Why ``path`` is not a well-formed safetensors file (header and size), or None: the strict
+    header check of :func:`mttag.modelfile.read_safetensors_header`."""
+    from .modelfile import read_safetensors_header
+
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return "file is shorter than a safetensors header"
-            n = int.from_bytes(head, "little")
-            if n > size - 8 or n > 100_000_000:
-                return "header length points past the end of the file"
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"header is not valid ({exc.__class__.__name__})"
-    if not isinstance(header, dict):
-        return "header is not a JSON object"
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
-            return f"tensor {name!r} has no valid data offsets"
-        end = max(end, offsets[1])
-    if 8 + n + end != size:
-        return f"file holds {size - 8 - n} data bytes but the header describes {end}"
+        read_safetensors_header(path)
+    except (OSError, ValueError) as exc:
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
     return None
 
 
@@ -426,7 +413,7 @@ def download_model(
     With ``HF_HUB_OFFLINE=1``, or when the Hub cannot be reached, the cached snapshot is used.
     ``token`` defaults to ``HF_TOKEN`` / the token saved by ``hf auth login``.
     """
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, snapshot_download
 
     _check_repo_id(repo_id)
     _check_revision(revision, repo_id)
@@ -456,30 +443,41 @@ def download_model(
             "digits); nothing was downloaded, check HF_ENDPOINT"
         )
 
-    def fetch(name: str) -> Path:
+    def fetch(names: list[str]) -> Path:
+        # pinned to the commit checked above: no second resolution, so a hostile endpoint cannot
+        # name another commit (the library would use it as a cache path unchecked)
         try:
-            path = hf_hub_download(
-                repo_id, name, revision=commit, cache_dir=str(cache), token=token, endpoint=endpoint,
-                library_name="mttag", library_version=__version__,
-            )
+            # allow_patterns are fnmatch patterns: a name from the config is matched literally
+            patterns = [re.sub(r"([*?\[])", r"[\1]", n) for n in names]
+            return Path(snapshot_download(
+                repo_id, revision=commit, allow_patterns=patterns, cache_dir=str(cache), token=token,
+                endpoint=endpoint, library_name="mttag", library_version=__version__,
+            ))
         except Exception as exc:
-            raise _hub_error(exc, repo_id, revision, filename=name) from None
-        return Path(path)
+            raise _hub_error(exc, repo_id, revision, filename=_failed_file(exc, names, listing)) from None
 
-    snapshot = fetch(CONFIG_NAME).parent
+    snapshot = fetch([CONFIG_NAME])
     _check_hash(snapshot, CONFIG_NAME, label, listing)  # before parsing it
     extra = _config_files(snapshot / CONFIG_NAME, label)
     missing = [n for n in extra if n not in listing]
     if missing:
         raise ModelLoadError(f"{label}: {CONFIG_NAME} names {missing[0]!r}, which is not in the repo")
-    names = [CONFIG_NAME, WEIGHTS_NAME] + extra
-    for name in names[1:]:
-        fetch(name)
-    if CARD_NAME in listing:
-        fetch(CARD_NAME)
+    names = [CONFIG_NAME, WEIGHTS_NAME] + extra + ([CARD_NAME] if CARD_NAME in listing else [])
+    fetch(names)
     _write_ref(cache, repo_id, revision or "main", commit)
-    _verify(snapshot, names + ([CARD_NAME] if CARD_NAME in listing else []), label, listing)
+    _verify(snapshot, names, label, listing)
     return snapshot
+
+
+def _failed_file(exc: BaseException, names: list[str], listing: dict[str, Any]) -> str | None:
+    """Which of ``names`` a download error is about: the library names the file, or for LFS files
+    the end of its CDN URL (the sha256)."""
+    text = str(exc)
+    for name in sorted(names, key=len, reverse=True):
+        sha = getattr(getattr(listing.get(name), "lfs", None), "sha256", None)
+        if name in text or (sha and sha[-32:] in text):
+            return name
+    return None
 
 
 # -- publish -------------------------------------------------------------------------------

@@ -6,14 +6,13 @@ real code paths with no internet:
 
 read
     ``GET  /api/models/{repo}[/revision/{rev}]``      model info, ``?blobs=1`` adds file metadata
-    ``GET  /api/models/{repo}/tree/{rev}[/{path}]``   file listing
-    ``GET  /api/models/{repo}/refs``                  branches and tags
+    ``GET  /api/models/{repo}/tree/{rev}[/{path}]``   file listing (``snapshot_download``)
     ``HEAD|GET /{repo}/resolve/{rev}/{path}``         a file: regular files answer 200 with ``ETag``
                                                       (git blob sha1), ``X-Repo-Commit`` and
                                                       ``Content-Length``; LFS files answer 302 to a
                                                       "CDN" with ``X-Linked-Etag`` (sha256) and
                                                       ``X-Linked-Size``, like the real Hub
-    ``HEAD|GET /cdn/{sha256}``                         LFS content, served under the host name
+    ``GET /cdn/{sha256}``                              LFS content, served under the host name
                                                       ``localhost`` so the client treats it as
                                                       another origin (no auth header is sent)
 write
@@ -97,10 +96,9 @@ class Repo:
     gated: bool = False
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, revision: str) -> Commit | None:
-        sha = self.branches.get(revision) or self.tags.get(revision)
+        sha = self.branches.get(revision)
         if sha is None and revision in self.commits:
             sha = revision
         if sha is None and len(revision) >= 7:
@@ -203,15 +201,11 @@ class FakeHub:
 
     # -- internals -------------------------------------------------------------------------
     def _new_commit(self, repo: Repo, branch: str, blobs: dict[str, Blob], message: str,
-                    replace: bool = False, deleted: set[str] = frozenset()) -> Commit:
+                    replace: bool = False) -> Commit:
         parent_sha = repo.branches.get(branch) if not replace else None
         if parent_sha is None and branch != "main" and "main" in repo.branches and not replace:
             parent_sha = repo.branches["main"]
         files = dict(repo.commits[parent_sha].files) if parent_sha else {}
-        for path in deleted:
-            files.pop(path, None)
-            for key in [k for k in files if k.startswith(path.rstrip("/") + "/")]:
-                files.pop(key)
         files.update(blobs)
         self._counter += 1
         digest = hashlib.sha1(
@@ -312,8 +306,6 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._model_info(repo_id, rest[1], "blobs" in query)
                 if method == "GET" and rest[0] == "tree" and len(rest) >= 2:
                     return self._tree(repo_id, rest[1], "/".join(rest[2:]))
-                if method == "GET" and rest == ["refs"]:
-                    return self._refs(repo_id)
                 if method == "POST" and rest[0] == "preupload" and len(rest) == 2:
                     return self._preupload(repo_id, rest[1])
                 if method == "POST" and rest[0] == "commit" and len(rest) == 2:
@@ -324,12 +316,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._create_repo()
             if parts[:2] == ["api", "validate-yaml"] and method == "POST":
                 return self._validate_yaml()
-            if parts[:2] == ["api", "whoami-v2"] and method == "GET":
-                user = self._user()
-                return self._json(200, {"type": "user", "name": user}) if user else self._error(401, None, "Unauthorized")
             if parts[:2] == ["api", "agent-harnesses"]:
                 return self._json(200, {"standardEnvVars": [], "harnesses": {}})
-            if parts[:1] == ["cdn"] and len(parts) == 2 and method in ("GET", "HEAD"):
+            if parts[:1] == ["cdn"] and len(parts) == 2 and method == "GET":
                 return self._cdn(parts[1])
             if parts[:2] == ["lfs", "upload"] and method == "PUT":
                 return self._lfs_upload(parts[2])
@@ -343,7 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug in the fake server must show up, not hang the client
             self._error(500, None, f"fake hub error: {exc!r}")
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
+    do_GET = do_HEAD = do_POST = do_PUT = _dispatch
 
     # -- read endpoints --------------------------------------------------------------------
     def _read_commit(self, repo_id: str, revision: str):
@@ -386,16 +375,6 @@ class _Handler(BaseHTTPRequestHandler):
                 entry["lfs"] = {"oid": blob.sha256, "size": len(blob.content), "pointerSize": len(blob.pointer)}
             out.append(entry)
         self._json(200, out)
-
-    def _refs(self, repo_id: str) -> None:
-        repo = self._repo_for_read(repo_id)
-        if repo is None:
-            return
-        self._json(200, {
-            "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": s} for b, s in repo.branches.items()],
-            "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": s} for t, s in repo.tags.items()],
-            "converts": [],
-        })
 
     def _resolve(self, repo_id: str, revision: str, path: str) -> None:
         repo = self._repo_for_read(repo_id)
@@ -564,7 +543,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RepoNotFound", "Repository not found")
         if revision not in repo.branches:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        header, blobs, deleted = {}, {}, set()
+        header, blobs = {}, {}
         for line in body.splitlines():
             if not line.strip():
                 continue
@@ -579,14 +558,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if data is None:
                     return self._error(400, None, f"LFS object {value['oid']} was not uploaded")
                 blobs[value["path"]] = Blob(data, lfs=True)
-            elif key in ("deletedFile", "deletedFolder"):
-                deleted.add(value["path"])
             else:
                 return self._error(400, None, f"unknown commit operation {key}")
         with self.hub.lock:
             parent = header.get("parentCommit")
             if parent and parent != repo.branches[revision]:
                 return self._error(412, None, "A commit has happened since. Please refresh and try again.")
-            commit = self.hub._new_commit(repo, revision, blobs, header.get("summary", ""), deleted=deleted)
+            commit = self.hub._new_commit(repo, revision, blobs, header.get("summary", ""))
         self._json(200, {"commitUrl": f"{self.hub.url}/{repo_id}/commit/{commit.sha}", "commitOid": commit.sha,
                          "success": True, "pullRequestUrl": None})
