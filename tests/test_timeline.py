@@ -105,3 +105,11 @@ def test_plot_without_matplotlib_names_the_extra(songs, tiny_model_dir, tmp_path
     assert result.exit_code == 2
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "mttag[plot]" in err
+
+
+def test_a_refused_plot_leaves_no_lock_or_undo_log_behind(songs, tiny_model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out.jsonl"
+    result = tag(songs, "--model", tiny_model_dir, "-o", out, "--plot", tmp_path / "x.png", "--write")
+    assert result.exit_code == 2 and "one track" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no results, no undo log

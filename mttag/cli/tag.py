@@ -112,38 +112,38 @@ def tag(
         _release(target)
         fail(str(exc))
     model_name = model or model_label(net)
-    tag_writer = None
-    if write:
-        tag_writer = _FileTagWriter(undo_log, output, top=None if all_tags else top, threshold=threshold)
-        try:
-            tag_writer.open()
-        except ValueError as exc:
-            _release(target)
-            fail(str(exc))
     plot_path = None
     if plot is not None:
         from ..plot import PlotUnavailable, _pyplot
 
         try:
             _pyplot()
-        except PlotUnavailable as exc:
+            plot_path = _plot_target(plot, files)
+        except (PlotUnavailable, ValueError) as exc:
             _release(target)
             fail(str(exc))
-        plot_path = _plot_target(plot, files)
 
     if not files and not unlistable:
         _release(target)
         fail(f"no audio files found in {', '.join(printable(p) for p in paths)}", EXIT_SOME_FAILED)
+    tag_writer = None
+    if write:  # last: its undo log is created only for a run that goes ahead
+        tag_writer = _FileTagWriter(undo_log, output, top=None if all_tags else top, threshold=threshold)
+        try:
+            tag_writer.open()
+        except ValueError as exc:
+            _release(target, tag_writer)
+            fail(str(exc))
 
     kept: list[dict] = []
     if resume:
         try:
             kept, done = read_done(output, fmt.value)
         except (ValueError, OSError) as exc:
-            _release(target)
+            _release(target, tag_writer)
             fail(f"--resume {printable(output)}: {exc}")
         if layout is Layout.wide and output.exists() and wide_columns(output, fmt.value) != [display_tag(t) for t in net.config.tags]:
-            _release(target)
+            _release(target, tag_writer)
             fail(f"--resume {printable(output)}: its columns are another model's tags; resume with the same model")
         files = [f for f in files if path_key(str(f)) not in done]
         if not quiet:
@@ -161,10 +161,10 @@ def tag(
         if target is not None:
             target.commit()
     except OutputError as exc:
-        _release(target)
+        _release(target, tag_writer)
         fail(str(exc))
     except OSError as exc:
-        _release(target)
+        _release(target, tag_writer)
         fail(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})")
 
     failed = 0
@@ -332,10 +332,10 @@ def _plot_target(plot: Path, files: list[Path]):
     different folders get the folder's name too)."""
     if plot.suffix.lower() == ".png":
         if len(files) != 1:
-            fail(f"--plot {printable(plot)}: a .png file takes one track, not {len(files)}; give a folder instead")
+            raise ValueError(f"--plot {printable(plot)}: a .png file takes one track, not {len(files)}; give a folder instead")
         return lambda path: plot
     if plot.exists() and not plot.is_dir():
-        fail(f"--plot {printable(plot)}: not a folder")
+        raise ValueError(f"--plot {printable(plot)}: not a folder")
     counts: dict[str, int] = {}
     for f in files:
         counts[f.name] = counts.get(f.name, 0) + 1
@@ -348,9 +348,12 @@ def _plot_target(plot: Path, files: list[Path]):
     return target
 
 
-def _release(target) -> None:
+def _release(target, tag_writer=None) -> None:
+    """Before a refusal: the output's lock and temporary file, and --write's undo log, go."""
     if target is not None:
         target.close(discard=True)
+    if tag_writer is not None:
+        tag_writer.close()
 
 
 def _terminate(signum, frame) -> None:
