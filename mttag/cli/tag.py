@@ -82,199 +82,191 @@ def tag(
 
     unlistable: list[UnlistableFolder] = []
     files = list(iter_audio_files(paths, on_error=unlistable.append))
-    target = None
-    if output is not None:
-        target = OutputFile(output, fmt.value if fmt else None, resume=resume, force=force,
-                            layout=layout.value if layout else None)
+    # Every way out (a refusal, an error, the end of the run) releases the output's lock and
+    # temporary file and --write's undo log: refusals below just call fail().
+    target = tag_writer = None
+    try:
+        if output is not None:
+            target = OutputFile(output, fmt.value if fmt else None, resume=resume, force=force,
+                                layout=layout.value if layout else None)
+            try:
+                fmt = Format(target.check(files))
+                layout = Layout(target.layout) if target.layout else None
+                target.lock()  # before reading it for --resume: nobody else may change it now
+            except OutputError as exc:
+                fail(str(exc))
+
+        from ..pretrained import load_model
+
+        if timeline and fmt in (Format.csv, Format.tsv):
+            if layout not in (None, Layout.timeline):
+                fail(f"--timeline writes csv/tsv in the timeline layout, but --layout (or the --resume file) says {layout.value}")
+            layout = Layout.timeline
+        layout = layout or Layout.track
+        if layout is Layout.timeline:
+            timeline = True  # resuming a timeline file
+        if layout is not Layout.track and fmt not in (Format.csv, Format.tsv):
+            fail(f"--layout {layout.value} is for csv and tsv output, not {fmt.value}")
         try:
-            fmt = Format(target.check(files))
-            layout = Layout(target.layout) if target.layout else None
-            target.lock()  # before reading it for --resume: nobody else may change it now
+            net = load_model(model, device=str(dev), progress=False if quiet else None)
+        except ModelLoadError as exc:
+            fail(str(exc))
+        model_name = model or model_label(net)
+        plot_path = None
+        if plot is not None:
+            from ..plot import PlotUnavailable, _pyplot
+
+            try:
+                _pyplot()
+                plot_path = _plot_target(plot, files)
+            except (PlotUnavailable, ValueError) as exc:
+                fail(str(exc))
+
+        if not files and not unlistable:
+            fail(f"no audio files found in {', '.join(printable(p) for p in paths)}", EXIT_SOME_FAILED)
+        if write:  # last: its undo log is created only for a run that goes ahead
+            tag_writer = _FileTagWriter(undo_log, output, top=None if all_tags else top, threshold=threshold)
+            try:
+                tag_writer.open()
+            except ValueError as exc:
+                fail(str(exc))
+
+        kept: list[dict] = []
+        if resume:
+            try:
+                kept, done = read_done(output, fmt.value)
+            except (ValueError, OSError) as exc:
+                fail(f"--resume {printable(output)}: {exc}")
+            if layout is Layout.wide and output.exists() and wide_columns(output, fmt.value) != [display_tag(t) for t in net.config.tags]:
+                fail(f"--resume {printable(output)}: its columns are another model's tags; resume with the same model")
+            files = [f for f in files if path_key(str(f)) not in done]
+            if not quiet:
+                console.print(f"resuming: {len(done)} tracks already tagged in {escape(printable(output))}, "
+                              f"{len(files)} to go", highlight=False, soft_wrap=True)
+
+        to_console = output is None and fmt is Format.table
+        results_console = Console(highlight=False) if to_console else None
+        try:
+            stream = target.open() if target is not None else sys.stdout
+            writer = ResultWriter(stream, fmt.value, console=results_console,
+                                  table_header=target is not None, layout=layout.value, vocabulary=net.config.tags)
+            for record in kept:
+                writer.write_record(record)
+            if target is not None:
+                target.commit()
         except OutputError as exc:
             fail(str(exc))
-
-    from ..pretrained import load_model
-
-    if timeline and fmt in (Format.csv, Format.tsv):
-        if layout not in (None, Layout.timeline):
-            _release(target)
-            fail(f"--timeline writes csv/tsv in the timeline layout, but --layout (or the --resume file) says {layout.value}")
-        layout = Layout.timeline
-    layout = layout or Layout.track
-    if layout is Layout.timeline:
-        timeline = True  # resuming a timeline file
-    if layout is not Layout.track and fmt not in (Format.csv, Format.tsv):
-        _release(target)
-        fail(f"--layout {layout.value} is for csv and tsv output, not {fmt.value}")
-    try:
-        net = load_model(model, device=str(dev), progress=False if quiet else None)
-    except ModelLoadError as exc:
-        _release(target)
-        fail(str(exc))
-    model_name = model or model_label(net)
-    plot_path = None
-    if plot is not None:
-        from ..plot import PlotUnavailable, _pyplot
-
-        try:
-            _pyplot()
-            plot_path = _plot_target(plot, files)
-        except (PlotUnavailable, ValueError) as exc:
-            _release(target)
-            fail(str(exc))
-
-    if not files and not unlistable:
-        _release(target)
-        fail(f"no audio files found in {', '.join(printable(p) for p in paths)}", EXIT_SOME_FAILED)
-    tag_writer = None
-    if write:  # last: its undo log is created only for a run that goes ahead
-        tag_writer = _FileTagWriter(undo_log, output, top=None if all_tags else top, threshold=threshold)
-        try:
-            tag_writer.open()
-        except ValueError as exc:
-            _release(target, tag_writer)
-            fail(str(exc))
-
-    kept: list[dict] = []
-    if resume:
-        try:
-            kept, done = read_done(output, fmt.value)
-        except (ValueError, OSError) as exc:
-            _release(target, tag_writer)
-            fail(f"--resume {printable(output)}: {exc}")
-        if layout is Layout.wide and output.exists() and wide_columns(output, fmt.value) != [display_tag(t) for t in net.config.tags]:
-            _release(target, tag_writer)
-            fail(f"--resume {printable(output)}: its columns are another model's tags; resume with the same model")
-        files = [f for f in files if path_key(str(f)) not in done]
-        if not quiet:
-            console.print(f"resuming: {len(done)} tracks already tagged in {escape(printable(output))}, "
-                          f"{len(files)} to go", highlight=False, soft_wrap=True)
-
-    to_console = output is None and fmt is Format.table
-    results_console = Console(highlight=False) if to_console else None
-    try:
-        stream = target.open() if target is not None else sys.stdout
-        writer = ResultWriter(stream, fmt.value, console=results_console,
-                              table_header=target is not None, layout=layout.value, vocabulary=net.config.tags)
-        for record in kept:
-            writer.write_record(record)
-        if target is not None:
-            target.commit()
-    except OutputError as exc:
-        _release(target, tag_writer)
-        fail(str(exc))
-    except OSError as exc:
-        _release(target, tag_writer)
-        fail(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})")
-
-    failed = 0
-    start = time.perf_counter()
-    tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows, model_name=model_name,
-                    keep_windows=timeline or plot is not None)
-    top_k = None if all_tags or layout is Layout.wide else top  # wide: a column for every tag
-    # A table on the terminal goes through the progress bar's own console, so each result
-    # is printed above the bar instead of on top of it; otherwise the bar is on stderr.
-    bar_console = results_console if results_console is not None and results_console.is_terminal else console
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=bar_console,
-        disable=quiet or not bar_console.is_terminal,
-        transient=True,
-    )
-    if results_console is not None and bar_console is results_console:
-        writer.console = progress.console
-    decoder = DecoderMessages()
-
-    def report(result: TagResult) -> None:
-        nonlocal failed
-        if not timeline:
-            result.timeline = None  # computed for --plot only
-        writer.write(result)
-        if tag_writer is not None and result.ok:
-            outcome = tag_writer.write(result)
-            if outcome.status == "error" and not quiet:
-                console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: tags not written into the file "
-                              f"({escape(printable(outcome.error))})", highlight=False, soft_wrap=True)
-        if plot_path is not None and result.ok:
-            from ..plot import plot_taggram
-
-            png = plot_path(result.path)
-            try:
-                plot_taggram(result, png)
-            except (OSError, ValueError) as exc:
-                console.print(f"[yellow]warning:[/] {escape(printable(png))}: cannot write the plot ({escape(printable(exc))})",
-                              highlight=False, soft_wrap=True)
-        chatter = decoder.pop(result.path)
-        if verbose and not quiet:
-            timing = f"decode {result.decode_seconds or 0:.2f} s"
-            if result.ok:
-                timing = f"{result.n_windows} windows, {timing}, model {result.model_seconds or 0:.2f} s"
-            console.print(f"[dim]{escape(printable(result.path))}: {timing}[/]", highlight=False, soft_wrap=True)
-        if not result.ok:
-            failed += 1
-            if not quiet and not to_console:
-                console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: {escape(printable(result.error))}",
-                              highlight=False, soft_wrap=True)
-        elif chatter and not quiet:
-            # libmpg123's own lines, as one warning: the file decoded, but around damage
-            first = printable(chatter[0])
-            more = f" (+{len(chatter) - 1} more)" if len(chatter) > 1 else ""
-            console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: damaged mp3 data, tagged from "
-                          f"what decodes (decoder: {escape(first)}{more})", highlight=False, soft_wrap=True)
-
-    interrupted = False
-    write_error: OSError | None = None
-    # `kill`/a job scheduler's SIGTERM ends the run like Ctrl+C: the JSON array is
-    # closed and the summary printed, so the output stays valid and resumable.
-    previous = signal.signal(signal.SIGTERM, _terminate) if _in_main_thread() else None
-    try:
-        with decoder, progress:
-            # a folder that cannot be listed is a failure of its own, not a silent gap
-            for problem in unlistable:
-                report(TagResult(problem.path, error=f"cannot list this folder ({problem.reason})"))
-            task = progress.add_task("tagging", total=len(files), rate="")
-            for i, result in enumerate(tagger.tag_files(files, top=top_k, threshold=threshold), 1):
-                report(result)
-                elapsed = time.perf_counter() - start
-                progress.update(task, advance=1, rate=f"{i / elapsed:.2f} tracks/s")
-    except KeyboardInterrupt:
-        interrupted = True
-    except OSError as exc:  # the results file: disk full, file too large, I/O error
-        write_error = exc
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        try:
-            writer.close()
         except OSError as exc:
-            write_error = write_error or exc
-        if target is not None:
+            fail(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})")
+
+        failed = 0
+        start = time.perf_counter()
+        tagger = Tagger(net, dev, batch_size=batch_size, windows=n_windows, model_name=model_name,
+                        keep_windows=timeline or plot is not None)
+        top_k = None if all_tags or layout is Layout.wide else top  # wide: a column for every tag
+        # A table on the terminal goes through the progress bar's own console, so each result
+        # is printed above the bar instead of on top of it; otherwise the bar is on stderr.
+        bar_console = results_console if results_console is not None and results_console.is_terminal else console
+        progress = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=bar_console,
+            disable=quiet or not bar_console.is_terminal,
+            transient=True,
+        )
+        if results_console is not None and bar_console is results_console:
+            writer.console = progress.console
+        decoder = DecoderMessages()
+
+        def report(result: TagResult) -> None:
+            nonlocal failed
+            if not timeline:
+                result.timeline = None  # computed for --plot only
+            writer.write(result)
+            if tag_writer is not None and result.ok:
+                outcome = tag_writer.write(result)
+                if outcome.status == "error" and not quiet:
+                    console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: tags not written into the file "
+                                  f"({escape(printable(outcome.error))})", highlight=False, soft_wrap=True)
+            if plot_path is not None and result.ok:
+                from ..plot import plot_taggram
+
+                png = plot_path(result.path)
+                try:
+                    plot_taggram(result, png)
+                except (OSError, ValueError) as exc:
+                    console.print(f"[yellow]warning:[/] {escape(printable(png))}: cannot write the plot ({escape(printable(exc))})",
+                                  highlight=False, soft_wrap=True)
+            chatter = decoder.pop(result.path)
+            if verbose and not quiet:
+                timing = f"decode {result.decode_seconds or 0:.2f} s"
+                if result.ok:
+                    timing = f"{result.n_windows} windows, {timing}, model {result.model_seconds or 0:.2f} s"
+                console.print(f"[dim]{escape(printable(result.path))}: {timing}[/]", highlight=False, soft_wrap=True)
+            if not result.ok:
+                failed += 1
+                if not quiet and not to_console:
+                    console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: {escape(printable(result.error))}",
+                                  highlight=False, soft_wrap=True)
+            elif chatter and not quiet:
+                # libmpg123's own lines, as one warning: the file decoded, but around damage
+                first = printable(chatter[0])
+                more = f" (+{len(chatter) - 1} more)" if len(chatter) > 1 else ""
+                console.print(f"[yellow]warning:[/] {escape(printable(result.path))}: damaged mp3 data, tagged from "
+                              f"what decodes (decoder: {escape(first)}{more})", highlight=False, soft_wrap=True)
+
+        interrupted = False
+        write_error: OSError | None = None
+        # `kill`/a job scheduler's SIGTERM ends the run like Ctrl+C: the JSON array is
+        # closed and the summary printed, so the output stays valid and resumable.
+        previous = signal.signal(signal.SIGTERM, _terminate) if _in_main_thread() else None
+        try:
+            with decoder, progress:
+                # a folder that cannot be listed is a failure of its own, not a silent gap
+                for problem in unlistable:
+                    report(TagResult(problem.path, error=f"cannot list this folder ({problem.reason})"))
+                task = progress.add_task("tagging", total=len(files), rate="")
+                for i, result in enumerate(tagger.tag_files(files, top=top_k, threshold=threshold), 1):
+                    report(result)
+                    elapsed = time.perf_counter() - start
+                    progress.update(task, advance=1, rate=f"{i / elapsed:.2f} tracks/s")
+        except KeyboardInterrupt:
+            interrupted = True
+        except OSError as exc:  # the results file: disk full, file too large, I/O error
+            write_error = exc
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             try:
-                target.close()
+                writer.close()
             except OSError as exc:
                 write_error = write_error or exc
-        if tag_writer is not None:
-            tag_writer.close()
-    if write_error is not None:
-        where = printable(output) if output is not None else "standard output"
-        fail(f"writing {where} failed ({write_error.strerror or write_error}); "
-             f"the results written before are kept, --resume goes on from them", EXIT_SOME_FAILED)
-    elapsed = time.perf_counter() - start
-    done_now = writer.count - len(kept)
-    if not quiet:
-        msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type} with {model_name}"
-        if output is not None:
-            msg += f"; results in {printable(output)}"
-        console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
-        if tag_writer is not None:
-            console.print(escape(tag_writer.summary()), highlight=False, soft_wrap=True)
-    if interrupted:
-        raise typer.Exit(130)
-    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+            if target is not None:
+                try:
+                    target.close()
+                except OSError as exc:
+                    write_error = write_error or exc
+        if write_error is not None:
+            where = printable(output) if output is not None else "standard output"
+            fail(f"writing {where} failed ({write_error.strerror or write_error}); "
+                 f"the results written before are kept, --resume goes on from them", EXIT_SOME_FAILED)
+        elapsed = time.perf_counter() - start
+        done_now = writer.count - len(kept)
+        if not quiet:
+            msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type} with {model_name}"
+            if output is not None:
+                msg += f"; results in {printable(output)}"
+            console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
+            if tag_writer is not None:
+                console.print(escape(tag_writer.summary()), highlight=False, soft_wrap=True)
+        if interrupted:
+            raise typer.Exit(130)
+        raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+    finally:
+        _release(target, tag_writer)
 
 
 class _FileTagWriter:
@@ -348,8 +340,9 @@ def _plot_target(plot: Path, files: list[Path]):
     return target
 
 
-def _release(target, tag_writer=None) -> None:
-    """Before a refusal: the output's lock and temporary file, and --write's undo log, go."""
+def _release(target, tag_writer) -> None:
+    """The output's lock and temporary file, and --write's undo log, go (both idempotent);
+    write errors were reported where they happened, so a repeated one is not raised again."""
     if target is not None:
         target.close(discard=True)
     if tag_writer is not None:
