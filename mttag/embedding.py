@@ -226,20 +226,9 @@ def embed(
     ``result.window_times``. ``model``, ``windows``, ``batch_size``, ``device``: as
     :func:`mttag.tag`. Cosine similarity of two tracks is ``a.vector @ b.vector``.
     """
-    from torch import nn
+    from .tagging import model_label, prepare_run
 
-    from .audio import UnlistableFolder, iter_audio_files
-    from .device import select_device
-    from .pretrained import load_model
-    from .tagging import model_label
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    dev = select_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
-    name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
-    unlistable: list[UnlistableFolder] = []
-    files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
+    net, dev, name, files, unlistable = prepare_run(paths, model, device)
     for problem in unlistable:
         yield EmbeddingResult(problem.path, error=f"cannot list this folder ({problem.reason})",
                               model=name or model_label(net))

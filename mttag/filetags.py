@@ -31,6 +31,7 @@ Formats: MP3 (ID3v2.3 and 2.4; the file's version is kept), FLAC, Ogg Vorbis and
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import json
@@ -1115,6 +1116,20 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _replacing(tmp: str, real: str) -> Iterator[None]:
+    """Fill the temporary copy ``tmp`` inside the block; then it atomically replaces ``real``
+    and the folder is synced. On any failure or interruption in the block the copy is
+    removed and ``real`` is left exactly as it was."""
+    try:
+        yield
+        os.replace(tmp, real)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(real))
+
+
 def _finish_times(tmp: str, st: os.stat_result, keep_mtime: bool) -> None:
     if keep_mtime:
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -1165,7 +1180,7 @@ def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None) -
     others_before = handler.others(list(plan))
 
     tmp = _make_copy(real, st)
-    try:
+    with _replacing(tmp, real):
         copy = _open(tmp)
         for name, values in plan.items():
             copy.set(name, values)
@@ -1183,11 +1198,6 @@ def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None) -
             "delta": make_delta(real, tmp),
         }
         undo_log.write(record)  # on disk before the original is replaced
-        os.replace(tmp, real)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(real))
     return WriteOutcome(path, "written", changes, format=handler.format)
 
 
@@ -1242,7 +1252,7 @@ def _undo_one(path: str, record: Mapping[str, Any], dry_run: bool) -> WriteOutco
     if exact:
         folder = os.path.dirname(real) or "."
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(real)}.", suffix=TMP_SUFFIX)
-        try:
+        with _replacing(tmp, real):
             with os.fdopen(fd, "wb") as out:
                 _apply_delta(record["delta"], real, out)
             if file_sha256(tmp) != record["sha256_before"]:
@@ -1256,11 +1266,6 @@ def _undo_one(path: str, record: Mapping[str, Any], dry_run: bool) -> WriteOutco
             except OSError:
                 pass
             _fsync_file(tmp)
-            os.replace(tmp, real)
-        except BaseException:
-            _unlink(tmp)
-            raise
-        _fsync_dir(os.path.dirname(real))
         return WriteOutcome(path, "restored", changes, format=kind, note="byte for byte")
     # the file changed since (another tagger, a later run): put back only the fields that
     # still hold what mttag wrote
@@ -1271,7 +1276,7 @@ def _undo_one(path: str, record: Mapping[str, Any], dry_run: bool) -> WriteOutco
     if not restore:
         return WriteOutcome(path, "unchanged", format=kind, note="fields changed since mttag wrote them; left as they are")
     tmp = _make_copy(real, st)
-    try:
+    with _replacing(tmp, real):
         copy = _open(tmp)
         copy.restore(restore)
         copy.save()
@@ -1283,11 +1288,6 @@ def _undo_one(path: str, record: Mapping[str, Any], dry_run: bool) -> WriteOutco
         _verify_audio(handler.format, real, tmp, False)
         _finish_times(tmp, st, bool(record.get("keep_mtime")))
         _fsync_file(tmp)
-        os.replace(tmp, real)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(real))
     note = "fields only (the file changed since)"
     if skipped:
         note += f"; {', '.join(skipped)} changed since and left as is"

@@ -304,6 +304,22 @@ class Tagger:
         return result
 
 
+def prepare_run(paths, model, device: str):
+    """What ``mttag.tag()`` and ``mttag.embed()`` start from: the model (loaded unless given),
+    the device, the name results carry (``None``: the model's own), the audio files under
+    ``paths`` (``~`` expanded) and the folders that could not be listed."""
+    from .pretrained import load_model
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    dev = select_device(device)
+    net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
+    name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
+    unlistable: list[UnlistableFolder] = []
+    files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
+    return net, dev, name, files, unlistable
+
+
 def tag(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     model: str | os.PathLike | nn.Module | None = None,
@@ -320,15 +336,7 @@ def tag(
     (``None``: every window). ``batch_size``: windows per forward pass
     (``None``: 4 on CPU, 16 on an accelerator).
     """
-    from .pretrained import load_model
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    dev = select_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
-    name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
-    unlistable: list[UnlistableFolder] = []
-    files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
+    net, dev, name, files, unlistable = prepare_run(paths, model, device)
     for problem in unlistable:
         yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})", model=name or model_label(net))
     tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name)
