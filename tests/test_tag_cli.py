@@ -380,6 +380,8 @@ def test_output_is_written_as_each_track_finishes(library, tiny_model_dir, tmp_p
         (["--format", "xml"], "--format"),
         (["--device", "tpu"], "--device"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--force"], "--force"),
+        (["--undo-log", "{tmp}/undo.jsonl"], "--undo-log needs --write"),
         (["-o", "{tmp}"], "is a directory"),
     ],
 )

@@ -73,6 +73,10 @@ def tag(
     n_windows = parse_windows(windows)
     if resume and output is None:
         fail("--resume needs --output FILE")
+    if force and output is None:
+        fail("--force is about replacing an --output FILE; there is none")
+    if undo_log is not None and not write:
+        fail("--undo-log needs --write")
     if output is None and fmt is None:
         fmt = Format.table
     try:
