@@ -53,7 +53,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the repository's mttag, installed or not
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "rendered"))
-RENDER = HERE / "rendered" / "render.py"
+from _common import Bench, mttag, n_params  # noqa: E402
+
+B = Bench("scarce")
+log, run, render, prepare, evaluate = B.log, B.run, B.render, B.prepare, B.evaluate
 
 # The augmentation chain (polarity, noise, gain, filter, delay, pitch_shift, reverb) can
 # change these tags of the rendered benchmark: gain -> dynamics, delay/reverb -> reverb.
@@ -86,33 +89,8 @@ ROWS = [  # (name, label, kind)
 ROW_NAMES = list(dict.fromkeys(n for n, _, _ in ROWS))
 
 
-def log(msg: str) -> None:
-    print(f"[scarce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(cmd: list, logfile: Path) -> None:
-    cmd = [str(c) for c in cmd]
-    log(" ".join(cmd))
-    with open(logfile, "a") as f:
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        raise SystemExit(f"command failed ({r.returncode}): {' '.join(cmd)}\n{logfile.read_text()[-3000:]}")
-
-
-def mttag(*args) -> list:
-    return [sys.executable, "-m", "mttag", *map(str, args)]
-
-
 # ---------------------------------------------------------------------------
 # data
-
-
-def render(out: Path, n: int, seed: int, extra: list, jobs: int, logfile: Path) -> None:
-    if (out / "annotations.csv").is_file():
-        log(f"reusing {out}")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, RENDER, out, "--n", n, "--seed", seed, "--jobs", jobs, *extra], logfile)
 
 
 def assign(rendered: Path, a, seed: int) -> dict:
@@ -162,14 +140,6 @@ def write_annotations(split: dict, k: int, out_csv: Path) -> dict:
             counts["unlabeled"] += 1
     os.replace(tmp, out_csv)
     return counts
-
-
-def prepare(dataset: Path, annotations: Path, audio_root: Path, vocab: Path, workers: int, logfile: Path) -> None:
-    if (dataset / "done").is_file():
-        return
-    run(mttag("prepare", dataset, "--annotations", annotations, "--audio-root", audio_root,
-              "--vocab", vocab, "--min-count", 1, "--workers", workers, "--quiet"), logfile)
-    (dataset / "done").write_text("ok\n")
 
 
 # ---------------------------------------------------------------------------
@@ -241,20 +211,6 @@ def do_run(a, name: str, seed: int, datasets: dict, runs: Path, student: str) ->
     run(cmd, logfile)
     (out / "done").write_text(f"{time.time() - t0:.1f}\n")
     return out
-
-
-def evaluate(a, model: Path, dataset: Path, out_json: Path, logfile: Path) -> dict:
-    if not out_json.is_file():
-        cmd = [str(c) for c in mttag("evaluate", model, dataset, "--split", "test", "--format", "json",
-                                     "--eval-chunks", a.eval_chunks_test, "--device", a.device)]
-        log(" ".join(cmd))
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            with open(logfile, "a") as f:
-                f.write(r.stdout + r.stderr)
-            raise SystemExit(f"evaluate failed: {r.stderr[-2000:]}")
-        out_json.write_text(r.stdout)
-    return json.loads(out_json.read_text())
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -555,13 +511,7 @@ def main(argv=None) -> int:
                  "test": group_scores(evaluate(a, out / "model", datasets[1], out / "eval_test.json", logfile))}
             if heldout_ds is not None:
                 r["heldout"] = group_scores(evaluate(a, out / "model", heldout_ds, out / "eval_heldout.json", logfile))
-            try:
-                from mttag.modelfile import load_local_model
-                from mttag.models import count_parameters
-
-                r["params"] = count_parameters(load_local_model(out / "model"))
-            except Exception:
-                pass
+            r["params"] = n_params(out / "model")
             res[name][seed] = r
     md = tables(res, seeds, heldout_ds is not None)
     c = counts[max(POOLS)]

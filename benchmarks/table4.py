@@ -41,8 +41,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # _common, also when this module is imported from elsewhere
 sys.path.insert(0, str(HERE.parent))  # the repository's mttag, installed or not
-RENDER = HERE / "rendered" / "render.py"
+from _common import Bench, mttag, n_params  # noqa: E402
+
+B = Bench("table4")
+log, run, render, prepare, evaluate = B.log, B.run, B.render, B.prepare, B.evaluate
 
 CONFIGS = [  # (name, label in the table)
     ("resnet", "ResNet"),
@@ -59,35 +63,8 @@ TAG_SAFE_AUGMENT = ["--augment-p", "gain=0", "--augment-p", "delay=0", "--augmen
 TINY_STUDENT = {"arch": "transformer", "params": {"conv_channels": 8, "dim": 32, "depth": 2, "heads": 4}}
 
 
-def log(msg: str) -> None:
-    print(f"[table4 {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(cmd: list[str], logfile: Path | None = None) -> None:
-    log(" ".join(str(c) for c in cmd))
-    if logfile is None:
-        subprocess.run([str(c) for c in cmd], check=True)
-        return
-    with open(logfile, "a") as f:
-        r = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        tail = logfile.read_text()[-3000:]
-        raise SystemExit(f"command failed ({r.returncode}): {' '.join(map(str, cmd))}\n{tail}")
-
-
-def mttag(*args) -> list[str]:
-    return [sys.executable, "-m", "mttag", *map(str, args)]
-
-
 # ---------------------------------------------------------------------------
 # data
-
-
-def render(out: Path, n: int, seed: int, extra: list[str], jobs: int) -> None:
-    if (out / "annotations.csv").is_file():
-        log(f"reusing {out}")
-        return
-    run([sys.executable, RENDER, out, "--n", n, "--seed", seed, "--jobs", jobs, *extra])
 
 
 def make_annotations(rendered: Path, out_csv: Path, labelled_share: float, seed: int) -> dict:
@@ -111,14 +88,6 @@ def make_annotations(rendered: Path, out_csv: Path, labelled_share: float, seed:
     os.replace(tmp, out_csv)
     counts["ratio"] = round(counts["unlabeled"] / max(1, counts["train"]), 2)
     return counts
-
-
-def prepare(dataset: Path, annotations: Path, audio_root: Path, vocab: Path, workers: int, logfile: Path) -> None:
-    if (dataset / "done").is_file():
-        return
-    run(mttag("prepare", dataset, "--annotations", annotations, "--audio-root", audio_root,
-              "--vocab", vocab, "--min-count", 1, "--workers", workers, "--quiet"), logfile)
-    (dataset / "done").write_text("ok\n")
 
 
 # ---------------------------------------------------------------------------
@@ -169,29 +138,6 @@ def do_run(a, name: str, seed: int, dataset: Path, runs: Path, student_json: Pat
     run(cmd, logfile)
     (out / "done").write_text(f"{time.time() - t0:.0f}\n")
     return model
-
-
-def evaluate(a, model: Path, dataset: Path, out_json: Path, logfile: Path) -> dict:
-    if not out_json.is_file():
-        cmd = mttag("evaluate", model, dataset, "--split", "test", "--format", "json",
-                    "--eval-chunks", a.eval_chunks_test, "--device", a.device)
-        log(" ".join(map(str, cmd)))
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            with open(logfile, "a") as f:
-                f.write(r.stdout + r.stderr)
-            raise SystemExit(f"evaluate failed: {r.stderr[-2000:]}")
-        out_json.write_text(r.stdout)
-    return json.loads(out_json.read_text())
-
-
-def n_params(model: Path) -> int | None:
-    try:
-        from mttag.modelfile import load_local_model  # type: ignore
-        from mttag.models import count_parameters  # type: ignore
-        return count_parameters(load_local_model(model))
-    except Exception:
-        return None
 
 
 # ---------------------------------------------------------------------------

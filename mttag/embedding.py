@@ -385,7 +385,7 @@ class IndexWriter:
                                    f"no {MANIFEST}); refusing to write into it")
         self._lock = ExclusiveLock(path / LOCK, f"another mttag embed writing {printable(path)}")
         try:
-            self._lock.__enter__()
+            self._lock.acquire()
         except LockedError as exc:
             self._lock = None
             raise EmbeddingIndexError(str(exc)) from None
@@ -509,7 +509,7 @@ class IndexWriter:
                 error = error or exc
         self._files = []
         if self._lock is not None:
-            self._lock.__exit__(None, None, None)
+            self._lock.release()
             self._lock = None
         if error is not None:
             raise error

@@ -46,8 +46,18 @@ class ExclusiveLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "ExclusiveLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+    def acquire(self) -> "ExclusiveLock":
+        """Take the lock, or raise :class:`LockedError` naming the process that holds it.
+
+        For a lock held beyond one ``with`` block; :meth:`release` gives it back."""
         while True:
-            fd = self._acquire()
+            fd = self._open_locked()
             # A holder that removes the file on release may have done so between our open
             # and our lock: then we hold a lock on a file nobody else will ever see. Retry.
             try:
@@ -65,7 +75,7 @@ class ExclusiveLock:
             pass  # the lock matters, the note is a courtesy
         return self
 
-    def _acquire(self) -> int:
+    def _open_locked(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
@@ -87,15 +97,15 @@ class ExclusiveLock:
             raise LockedError(f"{self.what} is already running{detail}; wait for it to finish or stop it") from None
         return fd
 
-    def __exit__(self, *exc) -> bool:
+    def release(self) -> None:
+        """Give the lock back (a no-op when it is not held, so safe to call twice)."""
         if self.fd is not None:
             try:
                 if self.remove:
-                    self.path.unlink(missing_ok=True)  # while still held: see __enter__
+                    self.path.unlink(missing_ok=True)  # while still held: see acquire()
                 else:
                     os.ftruncate(self.fd, 0)
             except OSError:
                 pass
             os.close(self.fd)
             self.fd = None
-        return False

@@ -452,7 +452,7 @@ class OutputFile:
             lock_path = parent / f".{self.target.name}.lock"
             self._lock = ExclusiveLock(lock_path, f"another mttag tag writing {printable(self.path)}", remove=True)
             try:
-                self._lock.__enter__()
+                self._lock.acquire()
             except LockedError as exc:
                 self._lock = None
                 raise OutputError(str(exc)) from None
@@ -492,7 +492,7 @@ class OutputFile:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
         if self._lock is not None:
-            self._lock.__exit__(None, None, None)
+            self._lock.release()
             self._lock = None
 
     def close(self, discard: bool = False) -> None:

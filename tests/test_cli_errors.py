@@ -211,6 +211,24 @@ def test_a_lock_is_exclusive_within_one_process_too(tmp_path):
         pass
 
 
+def test_acquire_and_release_without_a_with_block(tmp_path):
+    path = tmp_path / ".lock"
+    first = ExclusiveLock(path, "the first", remove=True)
+    first.release()  # never acquired: nothing to do
+    assert first.acquire() is first
+    assert f"pid {os.getpid()}:" in path.read_text()  # the holder's note
+    second = ExclusiveLock(path, "the second")
+    with pytest.raises(LockedError, match=f"the second is already running \\(pid {os.getpid()}"):
+        second.acquire()
+    assert second.fd is None
+    first.release()
+    assert not path.exists()  # remove=True
+    first.release()  # twice is fine
+    assert second.acquire() is second  # free again
+    second.release()
+    assert path.read_text() == ""  # kept, the note cleared
+
+
 def test_second_run_into_the_same_dir_is_refused(dataset, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

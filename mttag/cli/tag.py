@@ -296,7 +296,7 @@ class _FileTagWriter:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = ExclusiveLock(self.log_path.parent / f".{self.log_path.name}.lock",
                                        f"another mttag run using {printable(self.log_path)}", remove=True)
-            self._lock.__enter__()
+            self._lock.acquire()
             self._log = filetags.UndoLog(self.log_path, {"fields": list(self.options.fields), "mode": self.options.mode})
         except (LockedError, filetags.WriteError, OSError) as exc:
             self.close()
@@ -318,7 +318,7 @@ class _FileTagWriter:
             self._log.close()
             self._log = None
         if self._lock is not None:
-            self._lock.__exit__(None, None, None)
+            self._lock.release()
             self._lock = None
 
 

@@ -141,7 +141,7 @@ def write(
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             lock = ExclusiveLock(log_path.parent / f".{log_path.name}.lock", f"another mttag write using {printable(log_path)}", remove=True)
-            lock.__enter__()
+            lock.acquire()
             log = filetags.UndoLog(log_path, {"results": str(results.resolve()), "fields": list(options.fields),
                                               "mode": options.mode})
         except LockedError as exc:
@@ -208,7 +208,7 @@ def _AUDIO_SUFFIXES() -> set[str]:
 
 def _release(lock) -> None:
     if lock is not None:
-        lock.__exit__(None, None, None)
+        lock.release()
 
 
 def _read_results(results: Path) -> list[tuple[str, dict]]:
