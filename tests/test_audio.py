@@ -281,13 +281,14 @@ def test_fit_length_and_is_silent():
     assert not is_silent(np.full(10, 1e-3))
 
 
-# -- bounded memory: a window is read on its own ---------------------------------------
+# -- bounded memory: windows are read in bounded stretches ---------------------------
 
 
-def test_reading_windows_reads_only_each_window(tmp_path, monkeypatch):
-    """A 3-minute flac with every window: each read asks libsndfile for at most one
-    block, each window reads little more than itself, and the whole track is read
-    about once in total (not once per window, not all at once)."""
+def test_reading_windows_reads_bounded_stretches(tmp_path, monkeypatch):
+    """A 3-minute flac with every window: consecutive windows are decoded in stretches of
+    at most ``_RUN_SECONDS`` (one seek and one resampler start-up per stretch), each read
+    asks libsndfile for at most one block, and the whole track is read about once in total
+    (not once per window, not all at once)."""
     path = tmp_path / "three minutes.flac"
     with sf.SoundFile(path, "w", 44100, 2) as f:
         for i in range(18):
@@ -314,17 +315,38 @@ def test_reading_windows_reads_only_each_window(tmp_path, monkeypatch):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
-    window_frames = 10 * 44100
-    assert n == 18 and len(segments) == 18
+    run_frames = int(audio._RUN_SECONDS * 44100)
+    assert n == 18 and len(segments) == 180 // int(audio._RUN_SECONDS)
     assert all(0 < r <= audio._BLOCK_FRAMES for r in reads)  # never -1 (= the whole file)
-    assert max(segments) <= window_frames + 2 * int(audio._MARGIN_SECONDS * 44100) + 2
-    assert sum(segments) < 1.05 * info.frames
+    assert max(segments) <= run_frames + 2 * int(audio._MARGIN_SECONDS * 44100) + 2
+    assert sum(segments) < 1.02 * info.frames
     # whole track as float32 mono at 44.1 kHz would be ~32 MB
-    assert peak < 12e6, f"peak traced allocation {peak / 1e6:.1f} MB"
+    assert peak < 16e6, f"peak traced allocation {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("name", ["a.flac", "a.ogg", "a.wav"])
+def test_windows_cut_from_a_stretch_equal_windows_read_alone(tmp_path, make_audio, monkeypatch, name):
+    path = make_audio(tmp_path / name, seconds=23.0)
+    _, gen = iter_windows(path, SR, 2.0, None)
+    together = list(gen)
+    monkeypatch.setattr(audio, "_RUN_SECONDS", 0.0)  # every window its own read
+    _, gen = iter_windows(path, SR, 2.0, None)
+    alone = list(gen)
+    assert len(together) == len(alone) == 12
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_runs_group_close_windows_only():
+    assert audio._runs([0, 3, 6], 3.0, 30.0, 1.0) == [[0, 3, 6]]
+    assert audio._runs([0, 3, 6, 10], 3.0, 30.0, 1.0) == [[0, 3, 6, 10]]  # 1 s gap: still one run
+    assert audio._runs([0, 10, 20], 3.0, 30.0, 1.0) == [[0], [10], [20]]  # sparse plan: one read each
+    assert audio._runs([0, 3, 6, 9], 3.0, 9.0, 1.0) == [[0, 3, 6], [9]]  # a run spans at most 9 s
+    assert audio._runs([0, 2.5, 3.0], 3.0, 30.0, 1.0) == [[0, 2.5, 3.0]]  # overlapping last window
 
 
 @needs_ffmpeg
-def test_ffmpeg_windows_decode_only_the_window(tmp_path, make_audio, monkeypatch):
+def test_ffmpeg_windows_decode_one_stretch_or_only_the_window(tmp_path, make_audio, monkeypatch):
     path = make_audio(tmp_path / "a.m4a", seconds=9.0)
     commands: list[list[str]] = []
     original = audio.subprocess.Popen
@@ -336,9 +358,15 @@ def test_ffmpeg_windows_decode_only_the_window(tmp_path, make_audio, monkeypatch
     monkeypatch.setattr(audio.subprocess, "Popen", recording_popen)
     _, gen = iter_windows(path, SR, 2.0, None)
     assert len(list(gen)) == 5
-    commands = [c for c in commands if Path(c[0]).name == "ffmpeg"]  # not ffprobe
-    assert len(commands) == 5  # one short decode per window
-    for cmd in commands:
+    decodes = [c for c in commands if Path(c[0]).name == "ffmpeg"]  # not ffprobe
+    assert len(decodes) == 1  # consecutive windows: one decode of the stretch they cover
+    assert float(decodes[0][decodes[0].index("-t") + 1]) < 9.2
+    commands.clear()
+    _, gen = iter_windows(path, SR, 2.0, 2)  # windows at 0 s and 7 s: far apart, read alone
+    assert len(list(gen)) == 2
+    decodes = [c for c in commands if Path(c[0]).name == "ffmpeg"]
+    assert len(decodes) == 2
+    for cmd in decodes:
         assert "-ss" in cmd and "-t" in cmd
         assert float(cmd[cmd.index("-t") + 1]) < 2.2
 
