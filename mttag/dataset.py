@@ -1035,80 +1035,175 @@ def prepare_dataset(
     """
     started = time.time()
     out_dir = Path(out_dir)
-    workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0 or ratios[0] <= 0:
-        raise ValueError(f"ratios must be three non-negative numbers (train, valid, test) with train > 0, got {tuple(ratios)}")
-    ratios = tuple(float(r) / sum(ratios) for r in ratios)
-    exclude_codes = {parse_split(s) for s in exclude_unlabeled_from}
-    notify = on_progress or (lambda p: None)
-    state = {"format": FORMAT, "version": FORMAT_VERSION, "sample_rate": int(sample_rate),
-             "max_seconds": float(max_seconds) if max_seconds else None}
-    _check_state(out_dir, state, create=False)  # fail before a long scan of the sources
+    settings = _Settings.check(top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds, sample_rate,
+                               shard_bytes, retry_failed, exclude_unlabeled_from, on_progress, stop_after, started)
+    _check_state(out_dir, settings.state, create=False)  # fail before a long scan of the sources
     with contextlib.ExitStack() as lock:
         locked = out_dir.is_dir()
         if locked:  # a run into it may be going on: refuse before a long scan, too
             lock.enter_context(_lock(out_dir))
-        return _prepare(lock, locked, tracks, out_dir, top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds,
-                        sample_rate, shard_bytes, retry_failed, exclude_codes, exclude_unlabeled_from, notify,
-                        stop_after, state, started)
+        # out_dir is created only after planning, so a bad source leaves no empty dataset behind
+        plan = _make_plan(_scan(tracks, settings.notify), out_dir, settings)
+        store, journal = _open_store(plan, lock, locked)
+        decoder = _Decoder(plan, store, _rows_to_decode(plan, journal))
+        decoder.run()
+        settings.notify(PrepareProgress("finalize", decoder.done, decoder.total, decoder.failed, decoder.seconds))
+        _finalize(plan, _collect(plan, decoder))
+        return PreparedDataset(out_dir)
 
 
-def _prepare(lock, locked, tracks, out_dir, top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds,
-             sample_rate, shard_bytes, retry_failed, exclude_codes, exclude_unlabeled_from, notify, stop_after,
-             state, started) -> PreparedDataset:
-    # 1. catalog ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Settings:
+    """The arguments of :func:`prepare_dataset`, checked before any source is read, so that a
+    mistake is reported at once and not after a long scan."""
+
+    top_tags: int
+    min_count: int
+    ratios: tuple[float, ...]  # normalised to sum 1
+    seed: int
+    workers: int
+    tags_vocab: Sequence[str] | None
+    max_seconds: float | None
+    sample_rate: int
+    shard_bytes: int
+    retry_failed: bool
+    exclude_unlabeled_from: Sequence[str]
+    exclude_codes: frozenset
+    notify: Callable[[PrepareProgress], None]
+    stop_after: int | None
+    started: float
+    state: dict  # what must match to resume (state.json)
+
+    @classmethod
+    def check(cls, top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds, sample_rate, shard_bytes,
+              retry_failed, exclude_unlabeled_from, on_progress, stop_after, started) -> _Settings:
+        workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
+        if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0 or ratios[0] <= 0:
+            raise ValueError("ratios must be three non-negative numbers (train, valid, test) with train > 0, "
+                             f"got {tuple(ratios)}")
+        ratios = tuple(float(r) / sum(ratios) for r in ratios)
+        exclude_codes = frozenset(parse_split(s) for s in exclude_unlabeled_from)
+        state = {"format": FORMAT, "version": FORMAT_VERSION, "sample_rate": int(sample_rate),
+                 "max_seconds": float(max_seconds) if max_seconds else None}
+        return cls(top_tags, min_count, ratios, seed, workers, tags_vocab, max_seconds, sample_rate, shard_bytes,
+                   retry_failed, exclude_unlabeled_from, exclude_codes, on_progress or (lambda p: None), stop_after,
+                   started, state)
+
+    def params(self) -> dict:  # recorded in dataset.json
+        return dict(top_tags=self.top_tags, min_count=self.min_count, ratios=list(self.ratios), seed=self.seed,
+                    max_seconds=self.max_seconds, tags_vocab=self.tags_vocab is not None,
+                    exclude_unlabeled_from=list(self.exclude_unlabeled_from), sample_rate=self.sample_rate,
+                    shard_bytes=self.shard_bytes)
+
+
+@dataclass
+class _Plan:
+    """Every source row's fate, decided before any audio is decoded: its labels and its split.
+
+    Arrays are per catalog row (source order, duplicates included). The plan is recomputed
+    on every run, also on a resume, so vocabulary and splits can change without decoding
+    again; only the audio comes from the journal.
+    """
+
+    out_dir: Path
+    settings: _Settings
+    cat: _Catalog
+    keys: np.ndarray  # file key (journal identity) per row
+    group_ids: np.ndarray  # -1: no group
+    roots: list[str]
+    root_ids: np.ndarray
+    unique: np.ndarray  # False for a later row naming an earlier row's file
+    vocab: list[str]
+    labels: np.ndarray  # rows × tags, uint8; all zero for unlabelled rows
+    dropped: dict[str, int]  # source tags outside the vocabulary → occurrences
+    lost_labels: int  # rows labelled in the source that kept no vocabulary tag
+    split: np.ndarray  # split code; EXCLUDED rows are never decoded
+    conflicts: int  # groups whose given splits disagree
+    split_source: str
+    excluded: int  # unique rows excluded by the unlabelled-group rule
+
+    def file(self, i: int) -> str:
+        root = self.roots[self.root_ids[i]]
+        p = self.cat.path(i)
+        return os.path.join(root, p) if root else p
+
+    def wanted(self) -> np.ndarray:
+        return self.split <= UNLABELED
+
+
+def _scan(tracks: Iterable[TrackSpec], notify: Callable[[PrepareProgress], None]) -> _Catalog:
     cat = _Catalog()
     for spec in tracks:
         cat.add(spec)
         if len(cat) % 1000 == 0:
             notify(PrepareProgress("scan", len(cat), None))
-    n_src = len(cat)
-    notify(PrepareProgress("scan", n_src, n_src))
-    if n_src == 0:
+    notify(PrepareProgress("scan", len(cat), len(cat)))
+    if len(cat) == 0:
         raise ValueError("no tracks found in the given sources")
-    keys = np.frombuffer(cat.keys, dtype=np.uint64) if n_src else np.zeros(0, np.uint64)
+    return cat
+
+
+def _make_plan(cat: _Catalog, out_dir: Path, settings: _Settings) -> _Plan:
+    n_src = len(cat)
+    keys = np.frombuffer(cat.keys, dtype=np.uint64)
     given = np.frombuffer(cat.given, dtype=np.int8).astype(np.int64)
     group_ids = np.frombuffer(cat.group_ids, dtype=np.int32).astype(np.int64)
+    _, first = np.unique(keys, return_index=True)
+    unique = np.zeros(n_src, dtype=bool)
+    unique[first] = True
+    vocab, labels, labeled, dropped, lost_labels = _label_rows(cat, given, unique, settings)
+    split, conflicts, split_source = _split_rows(labels, labeled, given, group_ids, len(cat.groups), unique, settings)
+    return _Plan(out_dir=out_dir, settings=settings, cat=cat, keys=keys, group_ids=group_ids,
+                 roots=cat.root_names(), root_ids=np.frombuffer(cat.root_ids, dtype=np.int16), unique=unique,
+                 vocab=vocab, labels=labels, dropped=dropped, lost_labels=lost_labels, split=split,
+                 conflicts=conflicts, split_source=split_source, excluded=int(((split == EXCLUDED) & unique).sum()))
+
+
+def _label_rows(cat: _Catalog, given: np.ndarray, unique: np.ndarray, settings: _Settings):
+    """Choose the vocabulary and label every row: ``(vocab, labels, labeled, dropped, lost_labels)``.
+
+    Only the first row of a file and rows not given as unlabelled count towards the
+    vocabulary, so a duplicate or a student track cannot push a tag into it."""
+    n_src = len(cat)
     has_tags = np.frombuffer(cat.has_tags, dtype=np.int8).astype(bool)
     tag_ids = np.frombuffer(cat.tag_ids, dtype=np.int32).astype(np.int64) if len(cat.tag_ids) else np.zeros(0, np.int64)
     tag_end = np.frombuffer(cat.tag_end, dtype=np.int64)
     tag_start = np.concatenate([[0], tag_end[:-1]])
     tag_owner = np.repeat(np.arange(n_src), tag_end - tag_start)
-
-    _, first = np.unique(keys, return_index=True)
-    unique = np.zeros(n_src, dtype=bool)
-    unique[first] = True
-
-    # 2. vocabulary ---------------------------------------------------------------------------
     source_labeled = has_tags & unique & (given != UNLABELED)
     counted = source_labeled[tag_owner]
     raw_names = list(cat.tag_names)
     raw_counts = np.bincount(tag_ids[counted], minlength=len(raw_names))
-    if tags_vocab is not None:
+    if settings.tags_vocab is not None:
         from .metadata import normalize_tag
 
-        vocab = list(tags_vocab)
+        vocab = list(settings.tags_vocab)
         lookup = {normalize_tag(t): i for i, t in enumerate(vocab)}
         raw_to_vocab = np.array([lookup.get(normalize_tag(t), -1) for t in raw_names], dtype=np.int64)
     else:
-        vocab = choose_vocabulary({t: int(c) for t, c in zip(raw_names, raw_counts) if c > 0}, top_tags, min_count)
+        vocab = choose_vocabulary({t: int(c) for t, c in zip(raw_names, raw_counts) if c > 0}, settings.top_tags,
+                                  settings.min_count)
         position = {t: i for i, t in enumerate(vocab)}
         raw_to_vocab = np.array([position.get(t, -1) for t in raw_names], dtype=np.int64)
-    n_tags = len(vocab)
     mapped = raw_to_vocab[tag_ids] if len(tag_ids) else np.zeros(0, np.int64)
     keep = counted & (mapped >= 0)
-    labels_all = np.zeros((n_src, n_tags), dtype=np.uint8)
-    labels_all[tag_owner[keep], mapped[keep]] = 1
-    dropped_mask = counted & (mapped < 0)
-    dropped_counts = np.bincount(tag_ids[dropped_mask], minlength=len(raw_names))
+    labels = np.zeros((n_src, len(vocab)), dtype=np.uint8)
+    labels[tag_owner[keep], mapped[keep]] = 1
+    dropped_counts = np.bincount(tag_ids[counted & (mapped < 0)], minlength=len(raw_names))
     dropped = {raw_names[i]: int(dropped_counts[i]) for i in np.flatnonzero(dropped_counts)}
-    any_tag = labels_all.any(axis=1)
-    labeled = source_labeled & (any_tag | ((given >= 0) & (given < UNLABELED)))
+    # a track given a labelled split stays labelled without tags: the split was chosen for it
+    labeled = source_labeled & (labels.any(axis=1) | ((given >= 0) & (given < UNLABELED)))
     lost_labels = int((source_labeled & ~labeled).sum())
-    labels_all[~labeled] = 0
+    labels[~labeled] = 0
+    return vocab, labels, labeled, dropped, lost_labels
 
-    # 3. splits ------------------------------------------------------------------------------
-    n_named = len(cat.groups)
+
+def _split_rows(labels: np.ndarray, labeled: np.ndarray, given: np.ndarray, group_ids: np.ndarray, n_named: int,
+                unique: np.ndarray, settings: _Settings) -> tuple[np.ndarray, int, str]:
+    """Every row's split code, the number of groups with conflicting given splits, and
+    where the labelled splits came from. Splits are per group so that no artist leaks
+    between train and test."""
+    n_src = len(given)
     gkey = np.where(group_ids >= 0, group_ids, n_named + np.arange(n_src))  # no group: own group
     split = np.full(n_src, UNLABELED, dtype=np.int64)
     lab_idx = np.flatnonzero(labeled)
@@ -1116,131 +1211,132 @@ def _prepare(lock, locked, tracks, out_dir, top_tags, min_count, ratios, seed, w
     split_source = "none"
     if len(lab_idx):
         groups_l, inv = np.unique(gkey[lab_idx], return_inverse=True)
-        n_g = len(groups_l)
-        counts = np.zeros((n_g, n_tags), dtype=np.int64)
-        np.add.at(counts, inv, labels_all[lab_idx].astype(np.int64))
-        sizes = np.bincount(inv, minlength=n_g)
-        g_given = given[lab_idx]
-        bits = np.zeros(n_g, dtype=np.int64)
-        has_given = (g_given >= 0) & (g_given < UNLABELED)
-        np.bitwise_or.at(bits, inv[has_given], 1 << g_given[has_given])
-        pre = np.full(n_g, -1, dtype=np.int64)
-        single = (bits == 1) | (bits == 2) | (bits == 4)
-        pre[single] = np.log2(bits[single]).astype(np.int64)
-        multi = (bits > 0) & ~single
-        conflicts = int(multi.sum())
-        pre[multi] = np.where(bits[multi] & 1, TRAIN, np.where(bits[multi] & 2, VALID, TEST))
-        free = pre < 0
-        assigned = stratified_group_split(counts, sizes, ratios, seed, pre) if free.any() else pre
-        split[lab_idx] = np.where(has_given, g_given, assigned[inv])
-        split_source = "given" if not free.any() else ("stratified" if not has_given.any() else "given+stratified")
-        # the group of every labelled track's split, for the unlabelled exclusion rule
-        group_split_bits = np.zeros(n_g, dtype=np.int64)
-        np.bitwise_or.at(group_split_bits, inv, 1 << split[lab_idx])
-        excl_mask = sum(1 << c for c in exclude_codes if c is not None and c < UNLABELED)
-        unl = np.flatnonzero(~labeled & unique)
-        pos = np.searchsorted(groups_l, gkey[unl])
-        pos_ok = pos < n_g
-        hit = np.zeros(len(unl), dtype=bool)
-        hit[pos_ok] = groups_l[pos[pos_ok]] == gkey[unl][pos_ok]
-        bad = np.zeros(len(unl), dtype=bool)
-        bad[hit] = (group_split_bits[pos[hit]] & excl_mask) != 0
-        split[unl[bad]] = EXCLUDED
+        split[lab_idx], conflicts, split_source = _split_labeled(inv, len(groups_l), labels[lab_idx], given[lab_idx],
+                                                                 settings)
+        split[_unlabeled_to_exclude(split, labeled, unique, gkey, groups_l, inv, settings.exclude_codes)] = EXCLUDED
     split[~unique] = EXCLUDED
-    n_excluded_group = int(((split == EXCLUDED) & unique).sum())
+    return split, conflicts, split_source
 
-    # 4. decode -------------------------------------------------------------------------------
-    _check_state(out_dir, state, create=True)
+
+def _split_labeled(inv: np.ndarray, n_g: int, labels: np.ndarray, given: np.ndarray,
+                   settings: _Settings) -> tuple[np.ndarray, int, str]:
+    """Splits of the labelled rows, ``inv`` being each row's group (0..n_g-1). A given split
+    wins for its row and pulls the rest of its group along; groups with none are stratified."""
+    counts = np.zeros((n_g, labels.shape[1]), dtype=np.int64)
+    np.add.at(counts, inv, labels.astype(np.int64))
+    sizes = np.bincount(inv, minlength=n_g)
+    bits = np.zeros(n_g, dtype=np.int64)
+    has_given = (given >= 0) & (given < UNLABELED)
+    np.bitwise_or.at(bits, inv[has_given], 1 << given[has_given])
+    pre = np.full(n_g, -1, dtype=np.int64)
+    single = (bits == 1) | (bits == 2) | (bits == 4)
+    pre[single] = np.log2(bits[single]).astype(np.int64)
+    multi = (bits > 0) & ~single
+    conflicts = int(multi.sum())
+    pre[multi] = np.where(bits[multi] & 1, TRAIN, np.where(bits[multi] & 2, VALID, TEST))
+    free = pre < 0
+    assigned = stratified_group_split(counts, sizes, settings.ratios, settings.seed, pre) if free.any() else pre
+    split_source = "given" if not free.any() else ("stratified" if not has_given.any() else "given+stratified")
+    return np.where(has_given, given, assigned[inv]), conflicts, split_source
+
+
+def _unlabeled_to_exclude(split: np.ndarray, labeled: np.ndarray, unique: np.ndarray, gkey: np.ndarray,
+                          groups_l: np.ndarray, inv: np.ndarray, exclude_codes: frozenset) -> np.ndarray:
+    """Unlabelled rows whose group has labelled tracks in an excluded split (valid/test by
+    default): as in CALS, a student track by a test artist would leak that artist."""
+    n_g = len(groups_l)
+    group_split_bits = np.zeros(n_g, dtype=np.int64)
+    np.bitwise_or.at(group_split_bits, inv, 1 << split[labeled])
+    excl_mask = sum(1 << c for c in exclude_codes if c is not None and c < UNLABELED)
+    unl = np.flatnonzero(~labeled & unique)
+    pos = np.searchsorted(groups_l, gkey[unl])
+    pos_ok = pos < n_g
+    hit = np.zeros(len(unl), dtype=bool)
+    hit[pos_ok] = groups_l[pos[pos_ok]] == gkey[unl][pos_ok]
+    bad = np.zeros(len(unl), dtype=bool)
+    bad[hit] = (group_split_bits[pos[hit]] & excl_mask) != 0
+    return unl[bad]
+
+
+def _open_store(plan: _Plan, lock: contextlib.ExitStack, locked: bool) -> tuple[_Store, np.ndarray]:
+    """Claim ``out_dir`` for writing and open the store; return it with the journal's records
+    (empty for a new directory)."""
+    out_dir = plan.out_dir
+    _check_state(out_dir, plan.settings.state, create=True)
     if not locked:  # the directory is new: lock it now
         lock.enter_context(_lock(out_dir))
-    for stale in ("dataset.json",):
+    for stale in ("dataset.json",):  # its presence means complete: not while the store changes
         if (out_dir / stale).exists():
             (out_dir / stale).unlink()
-    store = _Store(out_dir, shard_bytes)
-    recs = store.open()
-    rkeys, rlast = _latest_records(recs)
+    store = _Store(out_dir, plan.settings.shard_bytes)
+    return store, store.open()
 
-    def lookup_done() -> tuple[np.ndarray, np.ndarray]:
-        pos = np.searchsorted(rkeys, keys)
-        pos = np.minimum(pos, max(len(rkeys) - 1, 0))
-        found = (rkeys[pos] == keys) if len(rkeys) else np.zeros(n_src, dtype=bool)
-        return found, pos
 
-    found, pos = lookup_done()
-    status = np.zeros(n_src, dtype=np.int64)
-    status[found] = rlast["status"][pos[found]]
-    wanted = split <= UNLABELED
-    if retry_failed:
-        todo_mask = wanted & (status != _OK)
-    else:
-        todo_mask = wanted & (status == 0)
-    todo = np.flatnonzero(todo_mask)
-    roots = cat.root_names()
-    root_ids = np.frombuffer(cat.root_ids, dtype=np.int16)
+def _journal_lookup(keys: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each key: whether the journal has it, and its latest record (zeros where not)."""
+    rkeys, rlast = _latest_records(records)
+    pos = np.searchsorted(rkeys, keys)
+    pos = np.minimum(pos, max(len(rkeys) - 1, 0))
+    found = (rkeys[pos] == keys) if len(rkeys) else np.zeros(len(keys), dtype=bool)
+    return found, (rlast[pos] if len(rlast) else np.zeros(len(keys), dtype=_JREC))
 
-    def file_of(i: int) -> str:
-        root = roots[root_ids[i]]
-        p = cat.path(i)
-        return os.path.join(root, p) if root else p
 
-    spill_dir = str(store.spill_dir)
-    jobs = ((int(i), int(keys[i]), file_of(int(i)), int(sample_rate), max_seconds, spill_dir) for i in todo)
-    done = failed = 0
-    seconds = 0.0
-    total = len(todo)
-    notify(PrepareProgress("decode", 0, total))
+def _rows_to_decode(plan: _Plan, journal: np.ndarray) -> np.ndarray:
+    """The wanted rows the journal has no record of (or only a failure, with ``retry_failed``)."""
+    found, rec_of = _journal_lookup(plan.keys, journal)
+    status = np.zeros(len(plan.keys), dtype=np.int64)
+    status[found] = rec_of["status"][found]
+    if plan.settings.retry_failed:
+        return np.flatnonzero(plan.wanted() & (status != _OK))
+    return np.flatnonzero(plan.wanted() & (status == 0))
 
-    def handle(result: tuple) -> None:
-        nonlocal done, failed, seconds
+
+class _Decoder:
+    """Decodes the given rows into the store, in this process or a pool. Each result is
+    journaled as it arrives, so an interruption at any point loses at most the tracks in
+    flight, and the next run resumes from the journal."""
+
+    def __init__(self, plan: _Plan, store: _Store, rows: np.ndarray):
+        self.plan, self.store, self.rows = plan, store, rows
+        self.total = len(rows)
+        self.done = self.failed = 0
+        self.seconds = 0.0  # audio decoded in this run
+
+    def jobs(self) -> Iterator[tuple]:
+        s, spill_dir = self.plan.settings, str(self.store.spill_dir)
+        return ((int(i), int(self.plan.keys[i]), self.plan.file(int(i)), int(s.sample_rate), s.max_seconds, spill_dir)
+                for i in self.rows)
+
+    def handle(self, result: tuple) -> None:
+        s = self.plan.settings
         row, key, ok, payload, n, clipped, reason = result
         if ok:
-            store.append_ok(key, payload, n, clipped)
-            seconds += n / sample_rate
+            self.store.append_ok(key, payload, n, clipped)
+            self.seconds += n / s.sample_rate
         else:
-            store.append_failed(key, file_of(row), reason)
-            failed += 1
-        done += 1
-        notify(PrepareProgress("decode", done, total, failed, seconds))
-        if stop_after is not None and done >= stop_after and done < total:
-            raise PrepareInterrupted(done, total - done)
+            self.store.append_failed(key, self.plan.file(row), reason)
+            self.failed += 1
+        self.done += 1
+        s.notify(PrepareProgress("decode", self.done, self.total, self.failed, self.seconds))
+        if s.stop_after is not None and self.done >= s.stop_after and self.done < self.total:
+            raise PrepareInterrupted(self.done, self.total - self.done)
 
-    try:
-        if workers <= 1 or total <= 1:
-            for job in jobs:
-                handle(_decode_job(job))
-        else:
-            _run_pool(jobs, workers, handle)
-    except KeyboardInterrupt:
-        store.close()
-        raise PrepareInterrupted(done, total - done) from None
-    except BaseException:
-        store.close()
-        raise
-    store.close()
-
-    # 5. finalize ----------------------------------------------------------------------------
-    notify(PrepareProgress("finalize", done, total, failed, seconds))
-    recs = np.fromfile(store.journal_path, dtype=_JREC)
-    rkeys, rlast = _latest_records(recs)
-    found, pos = lookup_done()
-    rec_of = rlast[pos] if len(rlast) else np.zeros(n_src, dtype=_JREC)
-    ok_mask = found & (rec_of["status"] == _OK) & wanted
-    fail_mask = found & (rec_of["status"] == _FAILED_REC) & wanted
-    final_split = split.copy()
-    final_split[fail_mask] = FAILED
-    stored = np.flatnonzero(ok_mask)
-    _finalize(out_dir, cat, stored, rec_of, final_split, labels_all, vocab, roots, root_ids, group_ids,
-              store, keys, fail_mask, unique, dropped, lost_labels,
-              dict(n_src=n_src, duplicates=int((~unique).sum()), excluded=n_excluded_group,
-                   conflicts=conflicts, split_source=split_source, ratios=ratios,
-                   params=dict(top_tags=top_tags, min_count=min_count, ratios=list(ratios), seed=seed,
-                               max_seconds=max_seconds, tags_vocab=tags_vocab is not None,
-                               exclude_unlabeled_from=list(exclude_unlabeled_from), sample_rate=sample_rate,
-                               shard_bytes=shard_bytes),
-                   run=dict(processed=done, failed=failed, seconds=round(seconds, 2), wall=round(time.time() - started, 2),
-                            workers=workers)),
-              sample_rate)
-    return PreparedDataset(out_dir)
+    def run(self) -> None:
+        jobs = self.jobs()
+        self.plan.settings.notify(PrepareProgress("decode", 0, self.total))
+        try:
+            if self.plan.settings.workers <= 1 or self.total <= 1:
+                for job in jobs:
+                    self.handle(_decode_job(job))
+            else:
+                _run_pool(jobs, self.plan.settings.workers, self.handle)
+        except KeyboardInterrupt:
+            self.store.close()
+            raise PrepareInterrupted(self.done, self.total - self.done) from None
+        except BaseException:
+            self.store.close()
+            raise
+        self.store.close()
 
 
 def _mp_context():
@@ -1336,83 +1432,120 @@ def _isolate(jobs: list[tuple], new_pool, handle) -> None:
         pool.shutdown(wait=True)
 
 
-def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarray, final_split: np.ndarray,
-              labels_all: np.ndarray, vocab: list[str], roots: list[str], root_ids: np.ndarray,
-              group_ids: np.ndarray, store: _Store, keys: np.ndarray, fail_mask: np.ndarray, unique: np.ndarray,
-              dropped: dict[str, int], lost_labels: int, info: dict, sample_rate: int) -> None:
-    n = len(stored)
-    n_tags = len(vocab)
-    # index + paths
-    index = np.zeros(n, dtype=_INDEX)
+@dataclass
+class _Decoded:
+    """What the journal holds for the plan's rows after decoding, as of the end of this run."""
+
+    store: _Store  # closed; read for the failure reasons
+    rec_of: np.ndarray  # latest journal record per row (zeros where none)
+    stored: np.ndarray  # rows with audio, ascending: dataset index j is row stored[j]
+    failed: np.ndarray  # bool per row: wanted but failed to decode
+    split: np.ndarray  # the plan's split with FAILED for those
+    run: dict  # dataset.json's last_run
+
+
+def _collect(plan: _Plan, decoder: _Decoder) -> _Decoded:
+    # Read back from the journal rather than from this run's results: earlier, interrupted
+    # runs decoded tracks too.
+    found, rec_of = _journal_lookup(plan.keys, np.fromfile(decoder.store.journal_path, dtype=_JREC))
+    wanted = plan.wanted()
+    ok_mask = found & (rec_of["status"] == _OK) & wanted
+    fail_mask = found & (rec_of["status"] == _FAILED_REC) & wanted
+    split = plan.split.copy()
+    split[fail_mask] = FAILED
+    s = plan.settings
+    run = dict(processed=decoder.done, failed=decoder.failed, seconds=round(decoder.seconds, 2),
+               wall=round(time.time() - s.started, 2), workers=s.workers)
+    return _Decoded(decoder.store, rec_of, np.flatnonzero(ok_mask), fail_mask, split, run)
+
+
+def _finalize(plan: _Plan, decoded: _Decoded) -> None:
+    """Write the dataset's files, each atomically. ``dataset.json`` comes last: its presence
+    is what marks the directory complete, so a run stopped in here is simply resumed."""
+    out_dir, vocab = plan.out_dir, plan.vocab
+    index, paths = _index(plan, decoded)
+    labels = plan.labels[decoded.stored]
+    atomic_write(out_dir / "index.npy", lambda p: _save_npy(p, index))
+    atomic_write(out_dir / "labels.npy", lambda p: _save_npy(p, labels))
+    atomic_write(out_dir / "paths.bin", lambda p: p.write_bytes(paths))
+    group_names = plan.cat.group_names()
+    atomic_write(out_dir / "groups.json", lambda p: p.write_text(json.dumps(group_names, ensure_ascii=False),
+                                                                   encoding="utf-8", errors="surrogateescape"))
+    reasons = decoded.store.failure_reasons()
+    params = plan.settings.params()
+    atomic_write(out_dir / "manifest.csv",
+                 lambda p: _write_manifest(p, plan, decoded, index, group_names, reasons, params))
+    atomic_write(out_dir / "failures.csv", lambda p: _write_failures(p, plan, decoded, reasons))
+    tag_counts, total_tag, balance = _tag_balance(index, labels, len(vocab), plan.settings.ratios)
+    atomic_write(out_dir / "tag_counts.csv", lambda p: _write_tag_counts(p, vocab, tag_counts, total_tag))
+    meta = _summary(plan, decoded, index, tag_counts, balance, params)
+    atomic_write(out_dir / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False),
+                                                                    encoding="utf-8"))
+
+
+def _index(plan: _Plan, decoded: _Decoded) -> tuple[np.ndarray, bytes]:
+    """The index rows of the stored tracks and the path bytes they point into."""
+    cat, stored, rec_of = plan.cat, decoded.stored, decoded.rec_of
+    index = np.zeros(len(stored), dtype=_INDEX)
     path_end = np.frombuffer(cat.path_end, dtype=np.int64)
     path_start_src = np.concatenate([[0], path_end[:-1]])
     blob = bytearray()
-    path_start = np.zeros(n, dtype=np.int64)
+    path_start = np.zeros(len(stored), dtype=np.int64)
     for j, i in enumerate(stored):
         path_start[j] = len(blob)
         blob += cat.paths[path_start_src[i] : path_end[i]]
     index["shard"] = rec_of["shard"][stored]
     index["offset"] = rec_of["offset"][stored]
     index["length"] = rec_of["length"][stored]
-    index["split"] = final_split[stored]
-    index["group"] = group_ids[stored]
-    index["root"] = root_ids[stored]
+    index["split"] = decoded.split[stored]
+    index["group"] = plan.group_ids[stored]
+    index["root"] = plan.root_ids[stored]
     index["path_start"] = path_start
     index["path_len"] = (path_end - path_start_src)[stored]
     index["row"] = stored
-    labels = labels_all[stored]
-    atomic_write(out_dir / "index.npy", lambda p: _save_npy(p, index))
-    atomic_write(out_dir / "labels.npy", lambda p: _save_npy(p, labels))
-    atomic_write(out_dir / "paths.bin", lambda p: p.write_bytes(bytes(blob)))
-    group_names = cat.group_names()
-    atomic_write(out_dir / "groups.json", lambda p: p.write_text(json.dumps(group_names, ensure_ascii=False),
-                                                                   encoding="utf-8", errors="surrogateescape"))
-    reasons = store.failure_reasons()
+    return index, bytes(blob)
+
+
+def _write_manifest(p: Path, plan: _Plan, decoded: _Decoded, index: np.ndarray, group_names: list[str],
+                    reasons: dict[int, str], params: dict) -> None:
+    """One line per source row, in source order, saying what became of it and why."""
+    final_split, stored, vocab = decoded.split, decoded.stored, plan.vocab
     dataset_index = np.full(len(final_split), -1, dtype=np.int64)
-    dataset_index[stored] = np.arange(n)
+    dataset_index[stored] = np.arange(len(stored))
     lengths_all = np.zeros(len(final_split), dtype=np.int64)
     lengths_all[stored] = index["length"]
+    sample_rate = plan.settings.sample_rate
+    with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "split", "group", "tags", "index", "seconds", "reason"])
+        excluded_reason = "unlabelled, and its artist/group is in " + "/".join(params["exclude_unlabeled_from"])
+        for i in range(len(final_split)):
+            code = int(final_split[i])
+            g = int(plan.group_ids[i])
+            reason = ""
+            if code == FAILED:
+                reason = reasons.get(int(plan.keys[i]), "failed")
+            elif code == EXCLUDED:
+                reason = excluded_reason if plan.unique[i] else "duplicate of an earlier row (same file)"
+            tags = "|".join(vocab[t] for t in np.flatnonzero(plan.labels[i])) if len(vocab) else ""
+            w.writerow([plan.cat.path(i), _SPLIT_NAMES[code], group_names[g] if g >= 0 else "", tags,
+                        int(dataset_index[i]) if dataset_index[i] >= 0 else "",
+                        f"{lengths_all[i] / sample_rate:.2f}" if dataset_index[i] >= 0 else "", reason])
 
-    def write_manifest(p: Path) -> None:
-        with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "split", "group", "tags", "index", "seconds", "reason"])
-            excluded_reason = "unlabelled, and its artist/group is in " + "/".join(info["params"]["exclude_unlabeled_from"])
-            for i in range(len(final_split)):
-                code = int(final_split[i])
-                g = int(group_ids[i])
-                reason = ""
-                if code == FAILED:
-                    reason = reasons.get(int(keys[i]), "failed")
-                elif code == EXCLUDED:
-                    reason = excluded_reason if unique[i] else "duplicate of an earlier row (same file)"
-                tags = "|".join(vocab[t] for t in np.flatnonzero(labels_all[i])) if n_tags else ""
-                w.writerow([cat.path(i), _SPLIT_NAMES[code], group_names[g] if g >= 0 else "", tags,
-                            int(dataset_index[i]) if dataset_index[i] >= 0 else "",
-                            f"{lengths_all[i] / sample_rate:.2f}" if dataset_index[i] >= 0 else "", reason])
 
-    atomic_write(out_dir / "manifest.csv", write_manifest)
+def _write_failures(p: Path, plan: _Plan, decoded: _Decoded, reasons: dict[int, str]) -> None:
+    with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "file", "reason"])
+        for i in np.flatnonzero(decoded.failed):
+            w.writerow([plan.cat.path(int(i)), plan.file(int(i)), reasons.get(int(plan.keys[i]), "failed")])
 
-    failed_rows = np.flatnonzero(fail_mask)
 
-    def write_failures(p: Path) -> None:
-        with open(p, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "file", "reason"])
-            for i in failed_rows:
-                root = roots[root_ids[i]]
-                path = cat.path(int(i))
-                w.writerow([path, os.path.join(root, path) if root else path, reasons.get(int(keys[i]), "failed")])
-
-    atomic_write(out_dir / "failures.csv", write_failures)
-
-    # summary --------------------------------------------------------------------------------
+def _tag_balance(index: np.ndarray, labels: np.ndarray, n_tags: int, ratios: Sequence[float]):
+    """Per-split tag counts, per-tag totals, and how far each split's tag shares are from
+    its target ratio (over tags with at least 10 tracks: rarer ones cannot be balanced)."""
     splits = index["split"]
-    lengths = index["length"]
-    per_split = {name: int((splits == code).sum()) for code, name in enumerate(SPLITS)}
-    hours = {name: round(float(lengths[splits == code].sum()) / sample_rate / 3600, 4) for code, name in enumerate(SPLITS)}
     tag_counts = {name: labels[splits == code].sum(0).astype(int).tolist() for code, name in enumerate(SPLITS[:3])}
-    ratios = info["ratios"]
     balance: dict[str, dict] = {}
     total_tag = np.array([sum(tag_counts[s][t] for s in SPLITS[:3]) for t in range(n_tags)], dtype=np.float64)
     usable = total_tag >= 10
@@ -1422,37 +1555,44 @@ def _finalize(out_dir: Path, cat: _Catalog, stored: np.ndarray, rec_of: np.ndarr
             dev = np.abs(share - ratios[k])
             balance[name] = {"target": round(ratios[k], 4), "mean_abs_dev": round(float(dev.mean()), 4),
                              "max_abs_dev": round(float(dev.max()), 4)}
+    return tag_counts, total_tag, balance
 
-    def write_tag_counts(p: Path) -> None:
-        with open(p, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["tag", "total", *SPLITS[:3], *(f"{s}_share" for s in SPLITS[:3])])
-            for t, tag in enumerate(vocab):
-                tot = int(total_tag[t])
-                cs = [tag_counts[s][t] for s in SPLITS[:3]]
-                w.writerow([tag, tot, *cs, *(f"{c / tot:.3f}" if tot else "" for c in cs)])
 
-    atomic_write(out_dir / "tag_counts.csv", write_tag_counts)
+def _write_tag_counts(p: Path, vocab: list[str], tag_counts: dict[str, list[int]], total_tag: np.ndarray) -> None:
+    with open(p, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["tag", "total", *SPLITS[:3], *(f"{s}_share" for s in SPLITS[:3])])
+        for t, tag in enumerate(vocab):
+            tot = int(total_tag[t])
+            cs = [tag_counts[s][t] for s in SPLITS[:3]]
+            w.writerow([tag, tot, *cs, *(f"{c / tot:.3f}" if tot else "" for c in cs)])
+
+
+def _summary(plan: _Plan, decoded: _Decoded, index: np.ndarray, tag_counts: dict, balance: dict, params: dict) -> dict:
+    """The content of ``dataset.json``."""
+    sample_rate, stored, dropped = plan.settings.sample_rate, decoded.stored, plan.dropped
+    n = len(stored)
+    splits = index["split"]
+    lengths = index["length"]
+    per_split = {name: int((splits == code).sum()) for code, name in enumerate(SPLITS)}
+    hours = {name: round(float(lengths[splits == code].sum()) / sample_rate / 3600, 4) for code, name in enumerate(SPLITS)}
     top_dropped = dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))[:50])
     group_used = np.unique(index["group"][index["group"] >= 0])
-    meta = {
+    return {
         "format": FORMAT, "version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sample_rate": int(sample_rate), "dtype": "int16", "int16_scale": INT16_SCALE,
-        "tags": vocab, "num_tracks": n,
+        "tags": plan.vocab, "num_tracks": n,
         "hours": round(float(lengths.sum()) / sample_rate / 3600, 4),
         "splits": per_split, "hours_per_split": hours,
         "labeled": int((splits < UNLABELED).sum()), "unlabeled": per_split["unlabeled"],
-        "source_tracks": info["n_src"], "failed": int(fail_mask.sum()),
-        "excluded": info["excluded"], "duplicates": info["duplicates"],
-        "groups": int(len(group_used)), "split_source": info["split_source"],
-        "groups_spanning_given_splits": info["conflicts"],
+        "source_tracks": len(plan.cat), "failed": int(decoded.failed.sum()),
+        "excluded": plan.excluded, "duplicates": int((~plan.unique).sum()),
+        "groups": int(len(group_used)), "split_source": plan.split_source,
+        "groups_spanning_given_splits": plan.conflicts,
         "tag_counts": tag_counts, "tag_balance": balance,
         "dropped_tags": {"distinct": len(dropped), "occurrences": int(sum(dropped.values())), "top": top_dropped},
-        "labeled_tracks_left_without_vocabulary_tags": lost_labels,
-        "clipped_tracks": int((rec_of["clipped"][stored] > 0).sum()) if n else 0,
+        "labeled_tracks_left_without_vocabulary_tags": plan.lost_labels,
+        "clipped_tracks": int((decoded.rec_of["clipped"][stored] > 0).sum()) if n else 0,
         "shards": [_Store.shard_name(s) for s in range(int(index["shard"].max()) + 1 if n else 0)],
-        "roots": roots, "params": info["params"], "last_run": info["run"],
+        "roots": plan.roots, "params": params, "last_run": decoded.run,
     }
-    atomic_write(out_dir / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False),
-                                                                    encoding="utf-8"))
-
