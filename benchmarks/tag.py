@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     ap.add_argument("-n", "--tracks", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=240.0, help="track length (default 4 minutes)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: mttag's (4 on CPU, 16 on GPU)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: mttag's (2 on CPU, 16 on GPU)")
     ap.add_argument("--preset", default="teacher", help="transformer preset (teacher, small, tiny)")
     ap.add_argument("--model", help="a model directory or name instead (e.g. the bundled default: 'default')")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

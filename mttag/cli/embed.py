@@ -38,7 +38,7 @@ def embed(
     resume: bool = typer.Option(False, "--resume", help="Add to an existing index, skipping the tracks already in it."),
     force: bool = typer.Option(False, "--force", help="Start an existing index over (its tracks are dropped)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 4 on CPU, 16 on GPU/MPS."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Evenly spaced windows pooled per track, or 'all'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:

@@ -47,7 +47,7 @@ def tag(
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv, tsv, json or jsonl; the file says which)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 4 on CPU, 16 on GPU/MPS."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Evenly spaced windows averaged per track, or 'all'. Default: {DEFAULT_WINDOWS}; all with --timeline or --plot."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
     write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
