@@ -253,6 +253,27 @@ def test_streamed_and_prefetched_tracks_agree(library, tiny_model, monkeypatch):
             np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
 
 
+def test_batches_in_flight_on_several_threads_give_the_same_results(library, tiny_model):
+    """model_threads > 1 (a CPU's default with several cores): batches run side by side, each
+    on one intra-op thread, and are collected in order: bit-identical results, failed tracks
+    included, and torch's thread count is back when the generator is done."""
+    import torch
+
+    files = audio_paths(library)
+    one = list(Tagger(tiny_model, "cpu", batch_size=2, windows=None, model_threads=1).tag_files(files, top=None))
+    torch.set_num_threads(2)  # the one_torch_thread fixture restores its own value afterwards
+    gen = Tagger(tiny_model, "cpu", batch_size=2, windows=None, model_threads=3).tag_files(files, top=None)
+    many = [next(gen)]
+    assert torch.get_num_threads() == 1  # while batches run side by side
+    many += list(gen)
+    assert torch.get_num_threads() == 2
+    assert any(not r.ok for r in one) and any(r.ok for r in one)
+    for a, b in zip(one, many, strict=True):
+        assert (a.path, a.error, a.n_windows) == (b.path, b.error, b.n_windows)
+        if a.ok:
+            np.testing.assert_array_equal(a.probabilities, b.probabilities)
+
+
 # -- output file, interruption, resume ----------------------------------------------------
 
 
