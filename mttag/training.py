@@ -354,9 +354,97 @@ def train(
 
 
 def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch) -> Path:
-    from .pretrained import load_model
+    run = _setup(dataset, Path(out_dir), config, unlabeled)
+    progress = _open_run_dir(stack, run, resume)
+    if progress is None:
+        return run.out_dir / MODEL_DIR_NAME  # this run already ended (early stopping or max epochs)
+    if not run.writer:  # one rank reports, as one rank writes
+        on_step = on_epoch = None
 
-    out_dir = Path(out_dir)
+    epoch = progress.epochs - 1
+    for epoch in range(progress.epochs, config.max_epochs):
+        if progress.bad_epochs >= config.patience:
+            break
+        t0 = time.perf_counter()
+        train_loss, pseudo_loss, samples_per_s = _train_epoch(run, epoch, on_step)
+        valid_loss, metrics = _validate(run)
+        best = progress.epoch_done(valid_loss)
+        result = EpochResult(epoch + 1, train_loss, pseudo_loss, valid_loss, metrics["roc_auc"], metrics["pr_auc"],
+                             samples_per_s, time.perf_counter() - t0, best)
+        _save_epoch(run, result, progress)
+        if on_epoch is not None:
+            on_epoch(result)
+    _finish(run, epoch + 1, progress.best_loss)
+    return run.out_dir / MODEL_DIR_NAME
+
+
+# ---------------------------------------------------------------- setting a run up
+@dataclass
+class _DataPlan:
+    """What each step draws and what validation scores against: the one place where plain
+    training, knowledge expansion and distillation (with or without labels) differ."""
+
+    steps: int  # per epoch
+    labeled: DataLoader | None  # None: distilling without labelled tracks
+    unlabeled: list[DataLoader]  # the teacher labels their crops; step k draws from unlabeled[k % len]
+    valid: tuple[PreparedDataset, np.ndarray]  # the tracks scored after each epoch
+    valid_by_teacher: bool  # no labels to score against: the teacher's soft labels are the targets
+    valid_workers: int
+    teacher_targets: np.ndarray | None = None  # filled at the first validation; the teacher is frozen
+
+
+@dataclass
+class _Run:
+    """What every stage of a run shares, built once by :func:`_setup`."""
+
+    config: TrainConfig
+    out_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    amp: bool
+    model_config: ModelConfig
+    model: nn.Module
+    ddp_model: nn.Module  # ``model`` itself, or wrapped for DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    teacher: nn.Module | None
+    augment: Callable[[torch.Tensor], torch.Tensor] | None
+    plan: _DataPlan
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(dataset, out_dir: Path, config: TrainConfig, unlabeled: PreparedDataset | None) -> _Run:
+    """Device, teacher, student and data plan. Every refusal that does not need OUT_DIR
+    comes from here, before OUT_DIR is created."""
+    rank, world, device, amp = _place(config)
+    data = PreparedDataset(dataset) if isinstance(dataset, (str, Path)) else dataset
+    teacher = _load_teacher(config.teacher, device)
+    tags = _vocabulary(data, teacher)
+    model_config = _student_config(config, tags, dataset, data, teacher)
+
+    # each rank draws its own crops and dropout masks; DDP copies rank 0's initial weights to all
+    torch.manual_seed(config.seed + rank)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    plan = _plan_data(config, data, unlabeled, teacher is not None, model_config.crop_samples, len(tags),
+                      rank, world, device)
+    augment = None
+    if config.augment:
+        from .augment import paper_chain
+
+        augment = paper_chain(model_config.sample_rate, seed=config.seed * 1000 + rank, **config.augment_probabilities)
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Run(config, out_dir, rank, world, device, amp, model_config, model, ddp_model, optimizer, teacher,
+                augment, plan)
+
+
+def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, bf16 autocast); under torchrun each rank takes its local rank's GPU."""
     rank, world, local_rank = _dist_setup()
     device = select_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -366,16 +454,22 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    amp = config.amp and device.type == "cuda"
+    return rank, world, device, config.amp and device.type == "cuda"
 
-    data = PreparedDataset(dataset) if isinstance(dataset, (str, Path)) else dataset
-    teacher = load_model(config.teacher, device=str(device)) if config.teacher else None
-    if teacher is not None:
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher.eval()
 
-    # tag vocabulary: the labelled data's, or (pure distillation) the teacher's
+def _load_teacher(source: str | None, device: torch.device) -> nn.Module | None:
+    from .pretrained import load_model
+
+    if not source:
+        return None
+    teacher = load_model(source, device=str(device))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _vocabulary(data: PreparedDataset | None, teacher: nn.Module | None) -> list[str]:
+    """The labelled data's tags, or (pure distillation) the teacher's."""
     if data is not None:
         tags = list(data.tags)
         if teacher is not None and list(teacher.config.tags) != tags:
@@ -383,11 +477,15 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
                 f"the teacher's {len(teacher.config.tags)} tags differ from the dataset's {len(tags)}; "
                 "prepare the dataset with the teacher's vocabulary (mttag prepare --vocabulary FILE)"
             )
-    elif teacher is not None:
-        tags = list(teacher.config.tags)
-    else:
-        raise TrainingError("nothing to train on: give a prepared dataset, or a --teacher with --unlabeled audio")
+        return tags
+    if teacher is not None:
+        return list(teacher.config.tags)
+    raise TrainingError("nothing to train on: give a prepared dataset, or a --teacher with --unlabeled audio")
 
+
+def _student_config(config: TrainConfig, tags: list[str], dataset, data: PreparedDataset | None,
+                    teacher: nn.Module | None) -> ModelConfig:
+    """The model to train, from ``--arch/--preset`` or a ``--student`` CONFIG.json, with its provenance."""
     try:
         if config.student_config:
             student = {**config.student_config, "tags": tags}
@@ -405,222 +503,261 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
         "teacher": config.teacher, "augment": config.augment, "seed": config.seed,
         "dataset": str(dataset) if dataset is not None else None,
     })
-    crop = model_config.crop_samples
-    sample_rate = model_config.sample_rate
-    if data is not None and data.sample_rate != sample_rate:
-        raise TrainingError(f"the dataset is stored at {data.sample_rate} Hz but the model takes {sample_rate} Hz")
+    if data is not None and data.sample_rate != model_config.sample_rate:
+        raise TrainingError(f"the dataset is stored at {data.sample_rate} Hz but the model takes "
+                            f"{model_config.sample_rate} Hz")
+    return model_config
 
-    torch.manual_seed(config.seed + rank)
-    model = build_model(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
-    # --- splits
-    def split(ds, name):
-        return ds.split(name) if ds is not None else np.array([], dtype=np.int64)
+def _plan_data(config: TrainConfig, data: PreparedDataset | None, unlabeled: PreparedDataset | None,
+               with_teacher: bool, crop: int, num_tags: int, rank: int, world: int, device: torch.device) -> _DataPlan:
+    """Which tracks the student learns from and which validate it, and how many steps make an epoch.
 
-    train_idx, valid_idx = split(data, "train"), split(data, "valid")
-    unl_sources: list[tuple[PreparedDataset, np.ndarray]] = []
-    if teacher is not None:
-        if data is not None and len(split(data, "unlabeled")):
-            unl_sources.append((data, split(data, "unlabeled")))
+    Without a teacher a batch is labelled crops only. With one, ``unlabeled_fraction`` of
+    each batch is unlabelled crops (the dataset's "unlabeled" split, then ``unlabeled``)
+    that the teacher labels. With a teacher and no labelled tracks (distillation from a
+    music library) the batch is all unlabelled, and a tenth of the unlabelled tracks is
+    held out to validate against the teacher. Each rank gets its own shard of every epoch.
+    """
+    def split(name: str) -> np.ndarray:
+        return data.split(name) if data is not None else np.array([], dtype=np.int64)
+
+    train_idx, valid_idx = split("train"), split("valid")
+    sources: list[tuple[PreparedDataset, np.ndarray]] = []  # unlabelled (store, tracks) for the teacher
+    if with_teacher:
+        if data is not None and len(split("unlabeled")):
+            sources.append((data, split("unlabeled")))
         if unlabeled is not None:
-            unl_sources.append((unlabeled, np.arange(len(unlabeled))))
-        if not unl_sources:
+            sources.append((unlabeled, np.arange(len(unlabeled))))
+        if not sources:
             raise TrainingError("noisy student training needs unlabelled tracks: the dataset has none; add --unlabeled DIR")
-    pseudo_valid: tuple[PreparedDataset, np.ndarray] | None = None
+    valid, valid_by_teacher = (data, valid_idx), False
     if len(train_idx) == 0:
-        if teacher is None:
+        if not with_teacher:
             raise TrainingError("the dataset has no labelled training tracks")
-        # distillation only: hold out a tenth of the unlabelled tracks to validate against the teacher
-        src, idx = unl_sources[0]
+        store, idx = sources[0]
         perm = np.random.default_rng(config.seed).permutation(idx)
         n_val = max(1, len(perm) // 10)
-        pseudo_valid = (src, np.sort(perm[:n_val]))
-        unl_sources[0] = (src, np.sort(perm[n_val:]))
+        valid, valid_by_teacher = (store, np.sort(perm[:n_val])), True
+        sources[0] = (store, np.sort(perm[n_val:]))
     elif len(valid_idx) == 0:
         raise TrainingError("the dataset has no validation tracks")
 
-    # --- loaders
-    n_unl = int(round(config.batch_size * config.unlabeled_fraction)) if teacher is not None else 0
+    n_unl = int(round(config.batch_size * config.unlabeled_fraction)) if with_teacher else 0
     n_lab = config.batch_size - n_unl if len(train_idx) else 0
-    if teacher is not None and n_unl == 0:
+    if with_teacher and n_unl == 0:
         raise TrainingError("--unlabeled-fraction leaves no unlabelled examples in a batch")
-
-    def make_loader(ds: Dataset, batch: int, steps: int) -> DataLoader:
-        sampler = EpochSampler(len(ds), steps * batch, config.seed, rank, world)
-        return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=config.workers, drop_last=True,
-                          pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
-
     # An epoch is one pass over the labelled tracks; with a teacher (knowledge expansion,
     # or distillation with or without labels) by default one pass over the unlabelled ones.
     if config.epoch_over not in ("unlabeled", "labeled"):
         raise TrainingError(f"epoch_over must be 'unlabeled' or 'labeled', not {config.epoch_over!r}")
     over_unlabeled = n_unl > 0 and (not n_lab or config.epoch_over == "unlabeled")
     per_step = (n_unl if over_unlabeled else n_lab) * world
-    epoch_tracks = sum(len(i) for _, i in unl_sources) if over_unlabeled else len(train_idx)
+    epoch_tracks = sum(len(i) for _, i in sources) if over_unlabeled else len(train_idx)
     steps = config.steps_per_epoch or max(1, math.ceil(epoch_tracks / per_step))
-    loaders = []  # (loader, takes every k-th step) — unlabelled sources alternate step by step
-    if n_lab:
-        loaders.append(("labeled", make_loader(CropDataset(data, train_idx, crop), n_lab, steps)))
-    for j, (src, idx) in enumerate(unl_sources):
-        zeros = np.zeros((len(src), len(tags)), np.float32)
-        share = len(range(j, steps, len(unl_sources)))
-        loaders.append(("unlabeled", make_loader(CropDataset(src, idx, crop, labels=zeros), n_unl, max(1, share))))
 
-    augment = None
-    if config.augment:
-        from .augment import paper_chain
+    def loader(ds: Dataset, batch: int, n_steps: int) -> DataLoader:
+        sampler = EpochSampler(len(ds), n_steps * batch, config.seed, rank, world)
+        return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=config.workers, drop_last=True,
+                          pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
 
-        augment = paper_chain(sample_rate, seed=config.seed * 1000 + rank, **config.augment_probabilities)
+    labeled = loader(CropDataset(data, train_idx, crop), n_lab, steps) if n_lab else None
+    unlabeled_loaders = []
+    for j, (store, idx) in enumerate(sources):
+        placeholders = np.zeros((len(store), num_tags), np.float32)  # collated, then replaced by the teacher's
+        share = len(range(j, steps, len(sources)))  # the sources take turns, step by step
+        unlabeled_loaders.append(loader(CropDataset(store, idx, crop, labels=placeholders), n_unl, max(1, share)))
+    return _DataPlan(steps, labeled, unlabeled_loaders, valid, valid_by_teacher,
+                     valid_workers=0 if valid_by_teacher else min(config.workers, 2))
 
-    ddp_model = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    # --- resume
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:  # one writer per directory: a second run into it is refused
+# ---------------------------------------------------------------- OUT_DIR: lock, resume, save
+@dataclass
+class _Progress:
+    """Where a run stands between epochs; its checkpoint stores exactly this."""
+
+    epochs: int = 0  # finished
+    best_loss: float = math.inf
+    bad_epochs: int = 0  # since the validation loss last improved (early stopping)
+
+    def epoch_done(self, valid_loss: float) -> bool:
+        """Count one more epoch; True when its validation loss is the best yet."""
+        self.epochs += 1
+        if valid_loss < self.best_loss - 1e-6:
+            self.best_loss, self.bad_epochs = valid_loss, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+def _open_run_dir(stack: contextlib.ExitStack, run: _Run, resume: bool) -> _Progress | None:
+    """Lock OUT_DIR and say where training starts: from scratch, or from its checkpoint with
+    ``resume``; None when the resumed run has already finished."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    if run.writer:  # one writer per directory: a second run into it is refused
         try:
-            stack.enter_context(run_lock(out_dir))
+            stack.enter_context(run_lock(run.out_dir))
         except LockedError as exc:
             raise TrainingError(str(exc)) from None
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    start_epoch, best_loss, bad_epochs = 0, math.inf, 0
-    if resume and (out_dir / FINISHED_NAME).is_file():
-        return out_dir / MODEL_DIR_NAME  # this run already ended (early stopping or max epochs)
-    architecture = _architecture(model_config)
+    if resume and (run.out_dir / FINISHED_NAME).is_file():
+        return None
     if resume:
-        if not ckpt_path.is_file():
-            raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {out_dir}")
-        state = _load_checkpoint(ckpt_path)
-        made_with = _run_settings(out_dir)
-        saved = state.get("architecture")
-        if isinstance(saved, dict):
-            if (saved.get("arch"), saved.get("params")) != (architecture["arch"], architecture["params"]):
-                was = f"--arch {saved.get('arch')} --preset {saved.get('preset')}"
-                now = f"--arch {architecture['arch']} --preset {architecture['preset']}"
-                raise TrainingError(f"--resume: {ckpt_path} was made with {was}, a different architecture than "
-                                    f"{now}; resume with the run's own settings (see {out_dir / 'train_config.json'})")
-            if saved.get("num_tags") != architecture["num_tags"]:
-                raise TrainingError(f"--resume: {ckpt_path} was trained on {saved.get('num_tags')} tags, this dataset has "
-                                    f"{architecture['num_tags']}; resume with the run's own dataset")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint from before "architecture" was saved
-            was = f" (the run used {made_with})" if made_with else ""
-            raise TrainingError(f"--resume: {ckpt_path} does not fit this model{was}: a different --arch, "
-                                f"--preset/--student or dataset ({type(exc).__name__})") from None
-        start_epoch, best_loss, bad_epochs = state["epoch"], state["best_loss"], state["bad_epochs"]
-        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], augment)
-        if rank == 0:
-            _trim_log(out_dir / LOG_NAME, int(start_epoch))
-    elif ckpt_path.exists():
-        raise TrainingError(f"{out_dir} already holds a run; use --resume to continue it or choose another OUT_DIR")
+        progress = _resume(run)
+    elif (run.out_dir / CHECKPOINT_NAME).exists():
+        raise TrainingError(f"{run.out_dir} already holds a run; use --resume to continue it or choose another OUT_DIR")
+    else:
+        progress = _Progress()
+    if run.writer:
+        (run.out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(run.config), indent=2) + "\n")
+    return progress
 
-    if rank == 0:
-        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
-    epoch = start_epoch - 1
-    pseudo_targets: np.ndarray | None = None
-    for epoch in range(start_epoch, config.max_epochs):
-        if bad_epochs >= config.patience:
-            break
-        model.train()
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "pseudo": 0.0}
-        seen = 0
-        for _, loader in loaders:
-            loader.sampler.set_epoch(epoch)
-        lab_iter = iter(loaders[0][1]) if n_lab else None
-        unl_iters = [iter(loader) for kind, loader in loaders if kind == "unlabeled"]
-        for step in range(steps):
-            parts, targets = [], []
-            if lab_iter is not None:
-                x, y = next(lab_iter)
-                parts.append(x)
-                targets.append(y)
-            if unl_iters:
-                z, _ = next(unl_iters[step % len(unl_iters)])  # each yields exactly its share of steps
-                z = z.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    psi = teacher_probabilities(teacher, z, sample_rate)  # clean audio in
-                parts.append(z)
-                targets.append(psi)
-            x = torch.cat([p.to(device, non_blocking=True) for p in parts])
-            y = torch.cat([t.to(device, non_blocking=True).float() for t in targets])
-            if augment is not None:
-                x = augment(x)  # labelled and unlabelled crops alike (SPEC §6)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = ddp_model(x)
-            losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").mean(1)
-            n_l = parts[0].shape[0] if lab_iter is not None else 0
-            sup = losses[:n_l].mean() if n_l else losses.new_zeros(())
-            pseudo = losses[n_l:].mean() if unl_iters else losses.new_zeros(())
-            loss = sup + config.pseudo_weight * pseudo
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; nothing was saved from this "
-                    f"epoch. Lower --lr (now {config.lr}) or check the data; --resume restarts from the last good epoch"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums["loss"] += sup.item() if n_l else 0.0
-            sums["pseudo"] += pseudo.item() if unl_iters else 0.0
-            seen += x.shape[0] * world
-            if on_step is not None and rank == 0:
-                on_step({"epoch": epoch + 1, "epochs": config.max_epochs, "step": step + 1, "steps": steps, "loss": loss.item(),
-                         "samples_per_s": seen / (time.perf_counter() - t0)})
-        train_seconds = time.perf_counter() - t0
+def _resume(run: _Run) -> _Progress:
+    """Load OUT_DIR's checkpoint into the model, the optimiser and the random generators; one
+    made for another model or tag vocabulary is refused with a message that says what to use."""
+    out_dir, ckpt_path = run.out_dir, run.out_dir / CHECKPOINT_NAME
+    if not ckpt_path.is_file():
+        raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {out_dir}")
+    state = _load_checkpoint(ckpt_path)
+    made_with = _run_settings(out_dir)
+    architecture = _architecture(run.model_config)
+    saved = state.get("architecture")
+    if isinstance(saved, dict):
+        if (saved.get("arch"), saved.get("params")) != (architecture["arch"], architecture["params"]):
+            was = f"--arch {saved.get('arch')} --preset {saved.get('preset')}"
+            now = f"--arch {architecture['arch']} --preset {architecture['preset']}"
+            raise TrainingError(f"--resume: {ckpt_path} was made with {was}, a different architecture than "
+                                f"{now}; resume with the run's own settings (see {out_dir / 'train_config.json'})")
+        if saved.get("num_tags") != architecture["num_tags"]:
+            raise TrainingError(f"--resume: {ckpt_path} was trained on {saved.get('num_tags')} tags, this dataset has "
+                                f"{architecture['num_tags']}; resume with the run's own dataset")
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # a checkpoint from before "architecture" was saved
+        was = f" (the run used {made_with})" if made_with else ""
+        raise TrainingError(f"--resume: {ckpt_path} does not fit this model{was}: a different --arch, "
+                            f"--preset/--student or dataset ({type(exc).__name__})") from None
+    rngs = state["rng"]
+    # a rank the checkpoint holds no state for (resumed on more ranks) takes rank 0's
+    _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.augment)
+    if run.writer:
+        _trim_log(out_dir / LOG_NAME, int(state["epoch"]))
+    return _Progress(state["epoch"], state["best_loss"], state["bad_epochs"])
 
-        # --- validation
-        if pseudo_valid is None:
-            probs = predict_tracks(model, data, valid_idx, crop, config.eval_chunks, device,
-                                   workers=min(config.workers, 2), rank=rank, world=world, amp=amp)
-            targets_v = data.labels[valid_idx]
-        else:
-            src, idx = pseudo_valid
-            probs = predict_tracks(model, src, idx, crop, config.eval_chunks, device, rank=rank, world=world, amp=amp)
-            if pseudo_targets is None:  # the teacher is frozen: its targets never change
-                pseudo_targets = predict_tracks(
-                    teacher, src, idx, crop, config.eval_chunks, device, rank=rank, world=world, amp=amp,
-                    probabilities=lambda x: teacher_probabilities(teacher, x, sample_rate))
-            targets_v = pseudo_targets
-        valid_loss = bce(probs, targets_v)
-        metrics = tagging_metrics(targets_v > 0.5, probs) if pseudo_valid is None else {"roc_auc": None, "pr_auc": None}
-        improved = valid_loss < best_loss - 1e-6
-        if improved:
-            best_loss, bad_epochs = valid_loss, 0
-        else:
-            bad_epochs += 1
-        result = EpochResult(epoch + 1, (sums["loss"] / steps) if n_lab else None,
-                             (sums["pseudo"] / steps) if unl_iters else None,
-                             valid_loss, metrics["roc_auc"], metrics["pr_auc"], seen / train_seconds,
-                             time.perf_counter() - t0, improved)
-        if rank == 0:
-            if improved:
-                m = {"valid_loss": valid_loss, "epoch": epoch + 1}
-                m.update({k: v for k, v in (("roc_auc", metrics["roc_auc"]), ("pr_auc", metrics["pr_auc"])) if v is not None})
-                model_config.provenance["best_epoch"] = epoch + 1
-                save_model(model, out_dir / MODEL_DIR_NAME, metrics=m)
-            with open(out_dir / LOG_NAME, "a", encoding="utf-8") as f:
-                f.write(json.dumps(dataclasses.asdict(result)) + "\n")
-            rngs = _gather(_rng_state(augment), world)
-            checkpoint = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "best_loss": best_loss, "bad_epochs": bad_epochs, "rng": rngs, "architecture": architecture,
-            }
-            atomic_write(ckpt_path, lambda p: torch.save(checkpoint, p))
-        elif world > 1:
-            _gather(_rng_state(augment), world)
-        if on_epoch is not None and rank == 0:
-            on_epoch(result)
-    if rank == 0:
-        (out_dir / FINISHED_NAME).write_text(json.dumps({"epochs": epoch + 1, "best_valid_loss": best_loss}) + "\n")
-    if world > 1:
-        dist.barrier()
-    return out_dir / MODEL_DIR_NAME
+
+def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
+    """Export the model when it is the best yet, log the epoch, and write the checkpoint last:
+    a run killed before it repeats the epoch on --resume (and :func:`_trim_log` drops its line)."""
+    if run.writer:
+        if result.best:
+            metrics = {"valid_loss": result.valid_loss, "epoch": result.epoch}
+            metrics.update({k: v for k, v in (("roc_auc", result.roc_auc), ("pr_auc", result.pr_auc)) if v is not None})
+            run.model_config.provenance["best_epoch"] = result.epoch
+            save_model(run.model, run.out_dir / MODEL_DIR_NAME, metrics=metrics)
+        with open(run.out_dir / LOG_NAME, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(result)) + "\n")
+    rngs = _gather(_rng_state(run.augment), run.world)  # every rank's, so each resumes its own streams
+    if run.writer:
+        checkpoint = {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": progress.epochs,
+            "best_loss": progress.best_loss, "bad_epochs": progress.bad_epochs, "rng": rngs,
+            "architecture": _architecture(run.model_config),
+        }
+        atomic_write(run.out_dir / CHECKPOINT_NAME, lambda p: torch.save(checkpoint, p))
+
+
+def _finish(run: _Run, epochs: int, best_loss: float) -> None:
+    """Mark the run finished, so that --resume on it does nothing more."""
+    if run.writer:
+        (run.out_dir / FINISHED_NAME).write_text(json.dumps({"epochs": epochs, "best_valid_loss": best_loss}) + "\n")
+    if run.world > 1:
+        dist.barrier()  # no rank returns before rank 0 has written
+
+
+# ---------------------------------------------------------------- an epoch
+def _train_epoch(run: _Run, epoch: int, on_step) -> tuple[float | None, float | None, float]:
+    """``plan.steps`` optimiser steps; returns the mean supervised and pseudo-label losses
+    (None where the run has no such crops) and the samples per second."""
+    plan, config = run.plan, run.config
+    run.model.train()
+    start = time.perf_counter()
+    loaders = ([plan.labeled] if plan.labeled is not None else []) + plan.unlabeled
+    for loader in loaders:
+        loader.sampler.set_epoch(epoch)
+    labeled = iter(plan.labeled) if plan.labeled is not None else None
+    unlabeled = [iter(loader) for loader in plan.unlabeled]
+    sup_sum, pseudo_sum, seen = 0.0, 0.0, 0
+    for step in range(plan.steps):
+        x, y, n_l = _next_batch(run, labeled, unlabeled, step)
+        if run.augment is not None:
+            x = run.augment(x)  # labelled and unlabelled crops alike (SPEC §6)
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            logits = run.ddp_model(x)
+        losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").mean(1)
+        sup = losses[:n_l].mean() if n_l else losses.new_zeros(())
+        pseudo = losses[n_l:].mean() if unlabeled else losses.new_zeros(())
+        loss = sup + config.pseudo_weight * pseudo
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; nothing was saved from this "
+                f"epoch. Lower --lr (now {config.lr}) or check the data; --resume restarts from the last good epoch"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if n_l:
+            sup_sum += sup.item()
+        if unlabeled:
+            pseudo_sum += pseudo.item()
+        seen += x.shape[0] * run.world
+        if on_step is not None:
+            on_step({"epoch": epoch + 1, "epochs": config.max_epochs, "step": step + 1, "steps": plan.steps,
+                     "loss": loss.item(), "samples_per_s": seen / (time.perf_counter() - start)})
+    seconds = time.perf_counter() - start
+    return ((sup_sum / plan.steps) if plan.labeled is not None else None,
+            (pseudo_sum / plan.steps) if unlabeled else None, seen / seconds)
+
+
+def _next_batch(run: _Run, labeled: Iterator | None, unlabeled: list[Iterator],
+                step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The step's crops and targets on the device, and how many of them are labelled: the
+    labelled crops first, then the step's unlabelled crops with the teacher's soft labels."""
+    device = run.device
+    parts, targets = [], []
+    if labeled is not None:
+        x, y = next(labeled)
+        parts.append(x)
+        targets.append(y)
+    if unlabeled:
+        z, _ = next(unlabeled[step % len(unlabeled)])  # each yields exactly its share of steps
+        z = z.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
+            psi = teacher_probabilities(run.teacher, z, run.model_config.sample_rate)  # clean audio in
+        parts.append(z)
+        targets.append(psi)
+    x = torch.cat([p.to(device, non_blocking=True) for p in parts])
+    y = torch.cat([t.to(device, non_blocking=True).float() for t in targets])
+    return x, y, parts[0].shape[0] if labeled is not None else 0
+
+
+def _validate(run: _Run) -> tuple[float, dict[str, Any]]:
+    """Validation loss and macro ROC-AUC / PR-AUC on the plan's held-out tracks; against the
+    teacher's soft labels there are no true tags, so no AUCs (None)."""
+    plan, chunks = run.plan, run.config.eval_chunks
+    data, idx = plan.valid
+    crop = run.model_config.crop_samples
+    probs = predict_tracks(run.model, data, idx, crop, chunks, run.device, workers=plan.valid_workers,
+                           rank=run.rank, world=run.world, amp=run.amp)
+    if not plan.valid_by_teacher:
+        targets = data.labels[idx]
+        return bce(probs, targets), tagging_metrics(targets > 0.5, probs)
+    if plan.teacher_targets is None:
+        teacher, sample_rate = run.teacher, run.model_config.sample_rate
+        plan.teacher_targets = predict_tracks(
+            teacher, data, idx, crop, chunks, run.device, rank=run.rank, world=run.world, amp=run.amp,
+            probabilities=lambda x: teacher_probabilities(teacher, x, sample_rate))
+    return bce(probs, plan.teacher_targets), {"roc_auc": None, "pr_auc": None}
 
 
 def evaluate(model: nn.Module, dataset: str | Path | PreparedDataset, split: str = "test", chunks: int = 8,
