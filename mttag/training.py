@@ -361,7 +361,6 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
     if not run.writer:  # one rank reports, as one rank writes
         on_step = on_epoch = None
 
-    epoch = progress.epochs - 1
     for epoch in range(progress.epochs, config.max_epochs):
         if progress.bad_epochs >= config.patience:
             break
@@ -374,7 +373,7 @@ def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch
         _save_epoch(run, result, progress)
         if on_epoch is not None:
             on_epoch(result)
-    _finish(run, epoch + 1, progress.best_loss)
+    _finish(run, progress.epochs, progress.best_loss)
     return run.out_dir / MODEL_DIR_NAME
 
 

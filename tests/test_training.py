@@ -93,6 +93,15 @@ def test_resume_matches_uninterrupted(dataset, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_early_stopping_records_the_epochs_it_ran(dataset, tmp_path):
+    # a learning rate too small to move the validation loss: epoch 1 is the best, epoch 2 is
+    # one bad epoch, and patience 1 stops the run there
+    train(dataset, tmp_path / "r", _config(max_epochs=6, patience=1, steps_per_epoch=1, lr=1e-12))
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert json.loads((tmp_path / "r" / "finished.json").read_text())["epochs"] == 2
+
+
 def test_existing_run_needs_resume_and_nan_stops(dataset, tmp_path, monkeypatch):
     train(dataset, tmp_path / "r", _config(max_epochs=1))
     with pytest.raises(TrainingError, match="--resume"):
