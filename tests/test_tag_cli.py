@@ -253,6 +253,22 @@ def test_streamed_and_prefetched_tracks_agree(library, tiny_model, monkeypatch):
             np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
 
 
+def test_windows_decoded_in_stretches_tag_like_windows_read_alone(library, tiny_model, monkeypatch):
+    """The stretch decoder (consecutive windows decoded together and cut apart) is a fast
+    path that claims exactness: probabilities within 1e-3 of every window read on its own."""
+    from mttag import audio
+
+    files = audio_paths(library)
+    together = list(Tagger(tiny_model, "cpu", windows=None).tag_files(files, top=None))
+    monkeypatch.setattr(audio, "_RUN_SECONDS", 0.0)
+    alone = list(Tagger(tiny_model, "cpu", windows=None).tag_files(files, top=None))
+    assert sum(r.ok for r in together) >= 3
+    for a, b in zip(together, alone, strict=True):
+        assert (a.path, a.error, a.n_windows) == (b.path, b.error, b.n_windows)
+        if a.ok:
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-3)
+
+
 def test_batches_in_flight_on_several_threads_give_the_same_results(library, tiny_model):
     """model_threads > 1 (a CPU's default with several cores): batches run side by side, each
     on one intra-op thread, and are collected in order: bit-identical results, failed tracks
