@@ -220,7 +220,7 @@ def test_windows_all_vs_two(tmp_path, tiny_model_dir, windows_seen):
     assert two.exit_code == 0 and sum(windows_seen) == 2
     windows_seen.clear()
     default = tag(song, "--model", tiny_model_dir, "-f", "jsonl", "--all-tags")
-    assert sum(windows_seen) == 4  # default 8 is capped by what the track holds
+    assert sum(windows_seen) == 4  # the default (12) is capped by what the track holds
     score = {r: {t["tag"]: t["score"] for t in parse(x.stdout, "jsonl")[0]["tags"]}
              for r, x in (("all", all_), ("two", two), ("default", default))}
     assert score["all"] == score["default"] and score["all"] != score["two"]
