@@ -33,7 +33,6 @@ from . import __version__
 from .errors import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
 
 # What the Hub accepts as a model id: namespace/name, letters, digits, '-', '_', '.'.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9_.\-]{1,96}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Branch and tag names, refs like refs/pr/1, commit shas: git's rules, narrowed to the
@@ -77,8 +76,14 @@ def is_offline() -> bool:
 # -- names ---------------------------------------------------------------------------------
 def parse_repo_ref(text: str) -> tuple[str, str | None] | None:
     """Split ``owner/name@revision`` into ``(repo_id, revision)``; None if it is not a Hub id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     repo_id, sep, revision = str(text).partition("@")
-    if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith((".", "-")):
+    if repo_id.count("/") != 1:  # the library also accepts a bare name; a model here is owner/name
+        return None
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
         return None
     if sep and not revision:
         return None

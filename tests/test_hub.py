@@ -518,3 +518,22 @@ def test_fresh_install_tags_with_bundled_default(tmp_path):
     result = run_cli("tag", str(songs), "--format", "json", "-q", env=env)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "empty-home" / "hub").exists()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("owner/name", ("owner/name", None)),
+    ("owner/name@v1.0", ("owner/name", "v1.0")),
+    ("Org-1/model.v2_x", ("Org-1/model.v2_x", None)),
+    ("name", None),  # a bare name is a registry name or a directory, not a Hub id
+    ("a/b/c", None),
+    ("a--b/c", None),
+    ("a/..b", None),
+    ("a/b.", None),
+    ("-a/b", None),
+    ("owner/name@", None),
+    ("x" * 97 + "/b", None),
+])
+def test_repo_ids_are_checked_by_huggingface_hub(text, expected):
+    from mttag.hub import parse_repo_ref
+
+    assert parse_repo_ref(text) == expected
