@@ -486,29 +486,24 @@ def _failed_file(exc: BaseException, names: list[str], listing: dict[str, Any]) 
 
 
 # -- publish -------------------------------------------------------------------------------
-def _split_front_matter(text: str) -> tuple[dict | None, str]:
-    """``(metadata, body)`` of a model card; metadata is None without a YAML block."""
-    import yaml
+def _read_card(text: str):
+    """``(metadata, body)`` of a model card, parsed by huggingface_hub's ``ModelCard``;
+    metadata (a ``ModelCardData``) is None without a YAML block."""
+    from huggingface_hub import ModelCard
 
-    match = re.match(r"^\ufeff?---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not match:
-        return None, text
+    if not re.match(r"^\ufeff?---\s*\n", text):
+        return None, text  # (the library would log that it found no metadata)
     try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as exc:
+        card = ModelCard(text.lstrip("\ufeff"))
+    except Exception as exc:  # yaml.YAMLError, or ValueError for a block that is not a mapping
         raise ModelLoadError(f"{CARD_NAME}: the YAML metadata block is invalid ({_first_line(exc)})") from None
-    return (data if isinstance(data, dict) else {}), text[match.end():]
+    return card.data, card.text
 
 
-def _metrics_from_metadata(meta: dict) -> dict[str, float]:
+def _card_metrics(data) -> dict[str, float]:
     """Metrics in a card's ``model-index`` block."""
-    out: dict[str, float] = {}
-    for model in meta.get("model-index") or []:
-        for result in (model or {}).get("results") or []:
-            for metric in (result or {}).get("metrics") or []:
-                if isinstance(metric, dict) and isinstance(metric.get("value"), (int, float)) and metric.get("type"):
-                    out[str(metric["type"])] = float(metric["value"])
-    return out
+    return {str(r.metric_type): float(r.metric_value) for r in (data.eval_results or [])
+            if r.metric_type and isinstance(r.metric_value, (int, float))}
 
 
 def _card_for(model_dir: Path, config, n_params: int, metrics: dict[str, Any] | None) -> str:
@@ -521,14 +516,14 @@ def _card_for(model_dir: Path, config, n_params: int, metrics: dict[str, Any] | 
     found: dict[str, Any] = {}
     if card_path.is_file():
         text = card_path.read_text(encoding="utf-8")
-        meta, rest = _split_front_matter(text)
-        if meta and meta.get("library_name"):
+        meta, rest = _read_card(text)
+        if meta is not None and meta.get("library_name"):
             if not metrics:
                 return text
             # new metrics for an mttag card: regenerate it whole rather than repeat its generated text
         else:
             body = rest.strip()
-            found = _metrics_from_metadata(meta or {})
+            found = _card_metrics(meta) if meta is not None else {}
     if not metrics:
         metrics = found
     if not metrics:
@@ -579,7 +574,7 @@ def push_model(
         if not (model_dir / name).is_file():
             raise ModelLoadError(f"{model_dir}: {CONFIG_NAME} names {name!r}, which is not in the directory")
     card = _card_for(model_dir, config, count_parameters(model), metrics)
-    _split_front_matter(card)  # a card the Hub would reject fails here, before any upload
+    _read_card(card)  # a card the Hub would reject fails here, before any upload
     if is_offline():
         raise ModelLoadError("cannot push while HF_HUB_OFFLINE is set; unset it to publish")
 

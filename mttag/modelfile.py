@@ -20,36 +20,33 @@ from .fileio import atomic_write
 from .models import ModelConfig, build_model, count_parameters
 
 
+def _card_metadata(config: ModelConfig, metrics: dict[str, Any] | None) -> str:
+    """The card's YAML block, written by huggingface_hub's ``ModelCardData`` (metrics as a
+    ``model-index`` of ``EvalResult``s), so any name reads back as exactly that string:
+    ``run: v2``, ``#1 model`` or ``yes`` are quoted as YAML needs."""
+    from huggingface_hub import EvalResult, ModelCardData
 
-
-def _yaml_string(value: Any) -> str:
-    """A YAML scalar that reads back as exactly this string: a JSON string is valid YAML,
-    so names like ``run: v2``, ``#1 model`` or ``yes`` stay strings (unquoted, YAML would
-    fail, read null, or read True)."""
-    return json.dumps(str(value), ensure_ascii=False)
+    prov = config.provenance
+    datasets = [str(d) for d in prov.get("datasets", [])]
+    dataset_type = datasets[0] if datasets else "custom"
+    results = [
+        EvalResult(task_type="audio-classification", task_name="Music tagging", dataset_type=dataset_type,
+                   dataset_name=str(prov.get("dataset_name", dataset_type)), metric_type=str(key),
+                   metric_value=round(float(value), 4))
+        for key, value in (metrics or {}).items() if isinstance(value, (int, float))
+    ]
+    data = ModelCardData(library_name="mttag", license=str(prov.get("license", "mit")),
+                         tags=["music-tagging", "audio-classification", "audio", str(config.arch)],
+                         datasets=datasets or None, model_name=str(prov.get("name", config.arch)) if results else None,
+                         eval_results=results or None)
+    return "---\n" + data.to_yaml() + "\n---"
 
 
 def model_card(config: ModelConfig, n_params: int, metrics: dict[str, Any] | None = None, body: str = "") -> str:
     """A Hugging Face style model card: YAML metadata, then a human summary."""
     prov = config.provenance
-    license_ = prov.get("license", "mit")
-    datasets = prov.get("datasets", [])
-    q = _yaml_string
-    lines = ["---", "library_name: mttag", f"license: {q(license_)}", "tags:", "- music-tagging",
-             "- audio-classification", "- audio", f"- {q(config.arch)}"]
-    if datasets:
-        lines += ["datasets:"] + [f"- {q(d)}" for d in datasets]
-    if metrics:
-        lines += ["model-index:", f"- name: {q(prov.get('name', config.arch))}", "  results:",
-                  "  - task:", "      type: audio-classification", "      name: Music tagging",
-                  "    dataset:", f"      name: {q(prov.get('dataset_name', datasets[0] if datasets else 'custom'))}",
-                  f"      type: {q(datasets[0] if datasets else 'custom')}", "    metrics:"]
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                lines += [f"    - type: {q(key)}", f"      value: {value:.4f}"]
-    lines.append("---")
     title = prov.get("name", f"{config.arch} ({config.preset or 'custom'})")
-    text = "\n".join(lines) + f"\n\n# {title}\n\n"
+    text = _card_metadata(config, metrics) + f"\n\n# {title}\n\n"
     text += (
         f"A music tagging model for [mttag](https://pypi.org/project/mttag/): architecture `{config.arch}`"
         f"{f', preset `{config.preset}`' if config.preset else ''}, {n_params:,} parameters, "

@@ -363,7 +363,7 @@ def test_push_round_trip(hf, models, monkeypatch, tmp_path):
     mhub.push_model(bare, "alice/pushed", revision="dev", private=True)
     dev = resolve_model("alice/pushed@dev")
     assert sha(dev / WEIGHTS_NAME) == sha(models.b / WEIGHTS_NAME)
-    assert "library_name: mttag" in (dev / CARD_NAME).read_text() and "value: 0.8000" in (dev / CARD_NAME).read_text()
+    assert "library_name: mttag" in (dev / CARD_NAME).read_text() and "value: 0.8\n" in (dev / CARD_NAME).read_text()
     assert sha(resolve_model("alice/pushed") / WEIGHTS_NAME) == sha(models.a / WEIGHTS_NAME)  # main untouched
     assert not hf.hub.repos["alice/pushed"].private  # --private only applies when creating
 
