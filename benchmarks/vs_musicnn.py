@@ -3,7 +3,7 @@
 
 For the audio files given (folders are searched), in one run and on the same files:
 
-* ``decode``    decoding + downmix + resampling to 16 kHz of every whole track, nothing else
+* ``decode``    decoding + downmix + resampling of every whole track to the model's rate, nothing else
                 (mttag's decoder: soundfile + soxr HQ), one process, one track after another;
 * ``original``  musicnn 0.1.0 (TensorFlow, ``MSD_musicnn``; averages every 3 s patch) through
                 ``../shared/anchors/musicnn/tag.py`` (skipped when its virtualenv is absent:
@@ -42,8 +42,8 @@ EXTS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".m4a", ".aif", ".aiff
 DECODE = """
 import sys
 from mttag.audio import load_audio
-for f in sys.argv[1:]:
-    load_audio(f, 16000)
+for f in sys.argv[2:]:
+    load_audio(f, int(sys.argv[1]))
 """
 
 
@@ -117,7 +117,10 @@ def main() -> int:
                 and (VENV / "bin" / "python").is_file())
     py = sys.executable
     tmp = Path(tempfile.mkdtemp(prefix="vs_musicnn-"))
-    entries: dict[str, list[str]] = {"decode": [py, "-c", DECODE, *files]}
+    import mttag
+
+    sample_rate = mttag.load_model(a.model).config.sample_rate  # decode to the rate the model takes
+    entries: dict[str, list[str]] = {"decode": [py, "-c", DECODE, str(sample_rate), *files]}
     if original:
         entries["original"] = [str(VENV / "bin" / "python"), str(ANCHOR), "-n", "5", *files]
     plans = ["all"] + [p for p in a.plans.split(",") if p]
