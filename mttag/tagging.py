@@ -32,8 +32,8 @@ from .errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.tagging.D
 # stays bounded for hour-long tracks.
 _MAX_PREFETCHED_SECONDS = 320.0
 # Windows per forward pass when none is given. On a CPU, small batches on several
-# cores at once beat one big batch spread over all of them (measured on 2 cores:
-# msd-musicnn 1.3x, the teacher 1.6x faster), and batch 2 stays in cache where batch 1
+# cores at once beat one big batch spread over all of them (measured on 2 cores, end to
+# end: msd-musicnn 1.3-1.5x, the teacher 1.1-1.25x faster), and batch 2 stays in cache where batch 1
 # falls onto a slow convolution path for musicnn's 38-bin filters. The teacher's
 # activations take ~120 MB per 10 s window. Accelerators want larger batches.
 CPU_BATCH_SIZE = 2
