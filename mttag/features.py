@@ -2,9 +2,63 @@
 
 from __future__ import annotations
 
-import librosa
+import hashlib
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
+
+
+def _cache_dir() -> Path:
+    """``$MTTAG_CACHE_DIR/mel``, else ``$XDG_CACHE_HOME/mttag/mel`` (``~/.cache/mttag/mel``)."""
+    if os.environ.get("MTTAG_CACHE_DIR"):
+        return Path(os.environ["MTTAG_CACHE_DIR"]).expanduser() / "mel"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mttag" / "mel"
+
+
+def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
+                htk: bool = False, norm: str | None = "slaney") -> np.ndarray:
+    """``librosa.filters.mel`` (``n_mels × (1 + n_fft // 2)``, float32), cached on disk.
+
+    Importing librosa (and with it scipy.signal) takes ~1.5 s, about 40 % of the start-up
+    of ``mttag tag`` on one file, and every model builds its filterbank. So the matrix is
+    computed by librosa once per setting and librosa version, kept as a plain ``.npy``
+    (read without pickle) in ``$MTTAG_CACHE_DIR/mel`` or ``$XDG_CACHE_HOME/mttag/mel``; a cache that is missing,
+    unreadable, unwritable or malformed just means librosa computes it again."""
+    try:
+        version = metadata.version("librosa")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    key = repr((version, int(sr), int(n_fft), int(n_mels), float(fmin), None if fmax is None else float(fmax),
+                bool(htk), norm))
+    path = _cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
+    shape = (int(n_mels), 1 + int(n_fft) // 2)
+    try:
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape == shape and cached.dtype == np.float32 and np.isfinite(cached).all():
+            return cached
+    except Exception:  # noqa: BLE001 - missing, truncated (EOFError), not an .npy: compute it again
+        pass
+    import librosa
+
+    mel = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
+                              norm=norm).astype(np.float32)
+    try:
+        from .fileio import atomic_write
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+                np.save(f, mel, allow_pickle=False)
+
+        atomic_write(path, write)
+    except OSError:
+        pass  # a read-only home: computed again next time
+    return mel
 
 
 class LogMelSpectrogram(nn.Module):
@@ -30,9 +84,7 @@ class LogMelSpectrogram(nn.Module):
         self.n_fft = n_fft
         self.hop_length = hop_length
         f_max = sample_rate / 2 if f_max is None else f_max
-        mel = librosa.filters.mel(
-            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True, norm=None
-        )
+        mel = mel_filters(sample_rate, n_fft, n_mels, fmin=f_min, fmax=f_max, htk=True, norm=None)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.register_buffer("mel_basis", torch.from_numpy(mel).float(), persistent=False)
 

@@ -93,6 +93,8 @@ def isolated_user_config(tmp_path_factory, monkeypatch):
     """A developer's own ~/.config/mttag/registry.json, MTTAG_REGISTRY or MTTAG_MODEL must
     not change what the tests see."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    # mttag's own cache (mel filterbanks): one per test session, never the developer's
+    monkeypatch.setenv("MTTAG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mttag-cache"))
     monkeypatch.delenv("MTTAG_REGISTRY", raising=False)
     monkeypatch.delenv("MTTAG_MODEL", raising=False)
 

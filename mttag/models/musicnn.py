@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import librosa
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import mel_filters
 from . import computed_buffers
 from .config import ModelConfig
 from .params import PRESETS as _PRESETS
@@ -79,7 +79,7 @@ class MusicnnLogMel(nn.Module):
         self.hop_length = hop_length
         self.pad_mode = pad_mode
         self.float16_mel = float16_mel
-        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)  # slaney scale + norm
+        mel = mel_filters(sample_rate, n_fft, n_mels)  # librosa's default: slaney scale + norm
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.register_buffer("mel_basis", torch.from_numpy(mel).float().T.contiguous(), persistent=False)
 
