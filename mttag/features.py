@@ -27,8 +27,8 @@ def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float
     Importing librosa (and with it scipy.signal) takes ~1.5 s, about 40 % of the start-up
     of ``mttag tag`` on one file, and every model builds its filterbank. So the matrix is
     computed by librosa once per setting and librosa version, kept as a plain ``.npy``
-    (read without pickle) in ``$MTTAG_CACHE_DIR/mel`` or ``$XDG_CACHE_HOME/mttag/mel``; a cache that is missing,
-    unreadable, unwritable or malformed just means librosa computes it again."""
+    (read without pickle) in :func:`_cache_dir`; a cache that is missing, unreadable,
+    unwritable or malformed just means librosa computes it again."""
     try:
         version = metadata.version("librosa")
     except metadata.PackageNotFoundError:
@@ -45,16 +45,17 @@ def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float
         pass
     import librosa
 
+    from .fileio import atomic_write
+
     mel = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
                               norm=norm).astype(np.float32)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
+            np.save(f, mel, allow_pickle=False)
+
     try:
-        from .fileio import atomic_write
-
         path.parent.mkdir(parents=True, exist_ok=True)
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
-                np.save(f, mel, allow_pickle=False)
-
         atomic_write(path, write)
     except OSError:
         pass  # a read-only home: computed again next time
