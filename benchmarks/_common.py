@@ -9,6 +9,7 @@ names: ``log, run, ... = B.log, B.run, ...``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -85,3 +86,36 @@ class Bench:
                 raise SystemExit(f"evaluate failed: {r.stderr[-2000:]}")
             out_json.write_text(r.stdout)
         return json.loads(out_json.read_text())
+
+    def run_processes(self, jobs: list, parallel: int, command, logfile, label, ready=None) -> tuple[list, list]:
+        """Run ``command(job)`` for every job in its own process, ``parallel`` at a time, the
+        cores shared out between them (OMP/MKL threads); output goes to ``logfile(job)``. A
+        job starts once ``ready(job, failed)`` says so (default: at once). Returns the jobs
+        that failed and those never started (they waited on a failed one)."""
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        pending, running, failed = list(jobs), [], []
+        while pending or running:
+            while len(running) < parallel:
+                job = next((j for j in pending if ready is None or ready(j, failed)), None)
+                if job is None:
+                    break
+                pending.remove(job)
+                log = logfile(job)
+                self.log(f"{label(job)}: own process ({threads} thread{'s' * (threads > 1)}), log {log}")
+                with open(log, "a") as out:  # the child keeps its own copy of the descriptor
+                    running.append((job, subprocess.Popen([str(c) for c in command(job)], env=env, stdout=out,
+                                                          stderr=subprocess.STDOUT), log))
+            if not running:
+                break  # what is left waits on a job that failed
+            time.sleep(2)
+            for item in list(running):
+                job, proc, log = item
+                if proc.poll() is not None:
+                    running.remove(item)
+                    if proc.returncode != 0:
+                        failed.append(job)
+                        self.log(f"{label(job)} failed ({proc.returncode}):\n{log.read_text()[-2000:]}")
+                    else:
+                        self.log(f"{label(job)} done")
+        return failed, pending

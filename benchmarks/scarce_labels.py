@@ -43,7 +43,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -367,43 +366,21 @@ def train_in_parallel(argv: list[str], jobs: list[tuple[str, int]], parallel: in
     """Run every (row, seed) in its own process, ``parallel`` at a time, the cores shared out
     between them; a KE/KD run starts once its seed's DA teacher is done. Job-level (not
     seed-level) scheduling keeps both cores busy with 3 seeds on 2 cores."""
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    pending = [j for j in jobs if not (runs / f"{j[0]}_s{j[1]}" / "done").is_file()]
-    running, failed = [], []
 
-    def ready(job):
+    def ready(job, failed):
         name, seed = job
-        return name == "transformer_da" or name in ("resnet", "transformer") or \
-            (runs / f"transformer_da_s{seed}" / "done").is_file()
+        if any(f[1] == seed for f in failed):
+            return False
+        return name in ("transformer_da", "resnet", "transformer") or (runs / f"transformer_da_s{seed}" / "done").is_file()
 
-    while pending or running:
-        while len(running) < parallel:
-            job = next((j for j in pending if ready(j) and not any(f[1] == j[1] for f in failed)), None)
-            if job is None:
-                break
-            pending.remove(job)
-            name, seed = job
-            logfile = runs / f"{name}_s{seed}.driver.log"
-            cmd = [sys.executable, __file__, *argv, "--seeds", str(seed), "--rows", name, "--parallel", "1",
-                   "--train-only"]
-            log(f"{name} seed {seed}: own process ({threads} thread(s)), log {logfile}")
-            with open(logfile, "a") as out:
-                running.append((job, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), logfile))
-        if not running:
-            break  # what is left waits on a failed teacher
-        time.sleep(2)
-        for item in list(running):
-            job, proc, logfile = item
-            if proc.poll() is not None:
-                running.remove(item)
-                if proc.returncode != 0:
-                    failed.append(job)
-                    log(f"{job} failed ({proc.returncode}):\n{logfile.read_text()[-2000:]}")
-                else:
-                    log(f"{job[0]} seed {job[1]} done")
-    if failed or pending:
-        raise SystemExit(f"failed: {failed}, not run: {pending}; see {runs}/*.log (run again to resume)")
+    pending = [j for j in jobs if not (runs / f"{j[0]}_s{j[1]}" / "done").is_file()]
+    failed, not_run = B.run_processes(
+        pending, parallel, ready=ready,
+        command=lambda j: [sys.executable, __file__, *argv, "--seeds", str(j[1]), "--rows", j[0], "--parallel", "1",
+                           "--train-only"],
+        logfile=lambda j: runs / f"{j[0]}_s{j[1]}.driver.log", label=lambda j: f"{j[0]} seed {j[1]}")
+    if failed or not_run:
+        raise SystemExit(f"failed: {failed}, not run: {not_run}; see {runs}/*.log (run again to resume)")
 
 
 def main(argv=None) -> int:

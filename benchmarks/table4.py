@@ -35,7 +35,6 @@ import csv
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -178,27 +177,9 @@ def train_in_parallel(argv: list[str], seeds: list[int], parallel: int, work: Pa
     """Run each seed's column in its own process, ``parallel`` at a time, the
     cores shared out between them; the caller then finds every run done and
     only collects the table."""
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    pending = list(seeds)
-    running: list[tuple[int, subprocess.Popen, Path]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < parallel:
-            seed = pending.pop(0)
-            logfile = work / f"seed{seed}.log"
-            cmd = [sys.executable, __file__, *argv, "--seeds", str(seed), "--parallel", "1"]
-            log(f"seed {seed} in its own process ({threads} thread{'s' * (threads > 1)}), log: {logfile}")
-            with open(logfile, "a") as out:  # the child keeps its own copy of the descriptor
-                running.append((seed, subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT), logfile))
-        time.sleep(2)
-        for item in list(running):
-            seed, proc, logfile = item
-            if proc.poll() is not None:
-                running.remove(item)
-                if proc.returncode != 0:
-                    failed.append(seed)
-                    log(f"seed {seed} failed ({proc.returncode}):\n{logfile.read_text()[-2000:]}")
+    failed, _ = B.run_processes(
+        seeds, parallel, command=lambda seed: [sys.executable, __file__, *argv, "--seeds", str(seed), "--parallel", "1"],
+        logfile=lambda seed: work / f"seed{seed}.log", label=lambda seed: f"seed {seed}")
     if failed:
         raise SystemExit(f"seeds {failed} failed; see {work}/seed*.log (run again to resume)")
 
