@@ -383,14 +383,11 @@ class IndexWriter:
             if foreign:
                 raise _error(path, f"exists and is not an mttag index (it holds {printable(foreign[0])}, "
                                    f"no {MANIFEST}); refusing to write into it")
-        self._lock = ExclusiveLock(path / LOCK, f"another mttag embed writing {printable(path)}")
-        try:
-            self._lock.acquire()
+        try:  # self._lock is set only once the lock is held
+            self._lock = ExclusiveLock(path / LOCK, f"another mttag embed writing {printable(path)}").acquire()
         except LockedError as exc:
-            self._lock = None
             raise EmbeddingIndexError(str(exc)) from None
         except OSError as exc:
-            self._lock = None
             raise _error(path, f"cannot write there ({exc.strerror or exc})") from None
         try:
             self._open_locked()

@@ -450,14 +450,12 @@ class OutputFile:
             raise self._error(f"cannot create its folder ({exc.strerror or exc})") from None
         if self.regular:
             lock_path = parent / f".{self.target.name}.lock"
-            self._lock = ExclusiveLock(lock_path, f"another mttag tag writing {printable(self.path)}", remove=True)
-            try:
-                self._lock.acquire()
+            try:  # self._lock is set only once the lock is held
+                self._lock = ExclusiveLock(lock_path, f"another mttag tag writing {printable(self.path)}",
+                                           remove=True).acquire()
             except LockedError as exc:
-                self._lock = None
                 raise OutputError(str(exc)) from None
             except OSError as exc:
-                self._lock = None
                 raise self._error(f"cannot write there ({exc.strerror or exc})") from None
 
     def open(self) -> IO[str]:
