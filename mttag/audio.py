@@ -550,13 +550,10 @@ def iter_windows(path: str | os.PathLike, sample_rate: int, window_seconds: floa
         if len(run) == 1:
             yield read_one(run[0])
             return
-        try:
-            block = read_segment(info, run[0], run[-1] + window_seconds - run[0], sample_rate)
-        except AudioError:
-            # damaged somewhere in this stretch: read its windows one by one, so every
-            # window before the damage is still used
-            yield from map(read_one, run)
-            return
+        # Damage inside the stretch ends the block where it starts (both decoders keep what
+        # came before); an AudioError here means nothing decoded from the stretch's start,
+        # which its first window read alone would hit too.
+        block = read_segment(info, run[0], run[-1] + window_seconds - run[0], sample_rate)
         first = int(round(run[0] * sample_rate))
         for start in run:
             lo = int(round(start * sample_rate)) - first
