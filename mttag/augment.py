@@ -377,18 +377,22 @@ def _wsola_positions(x: torch.Tensor, factor: torch.Tensor, segment: int, search
     hop_in = factor.to(torch.float64) * (segment - overlap)  # (B,)
     positions = torch.empty(b, n_segments, dtype=torch.long, device=dev)
     positions[:, 0] = search // 2  # SoX: the first segment is taken from the middle of the search range
-    span = torch.arange(search + overlap - 1, device=dev)
-    tail_idx = torch.arange(overlap, device=dev)
+    # Everything that does not depend on the previous segment's choice is computed for all
+    # segments at once, so that the sequential loop is a handful of kernels per segment
+    # (on a GPU its cost is kernel launches, not arithmetic).
+    ks = torch.arange(n_segments, device=dev, dtype=torch.float64)
+    nominal = torch.floor(hop_in[:, None] * ks + 0.5).long()  # (B,K): where segment k would start
+    windows = x.gather(1, (nominal[:, :, None] + torch.arange(search + overlap - 1, device=dev)).flatten(1))
+    windows = windows.view(b, n_segments, search + overlap - 1)  # every candidate's head, per segment
     sq = F.pad(torch.cumsum(x * x, dim=1), (1, 0))  # running energy: Σa² of any window in O(1)
+    starts = (nominal[:, :, None] + torch.arange(search, device=dev)).flatten(1)
+    energy = (sq.gather(1, starts + overlap) - sq.gather(1, starts)).view(b, n_segments, search)
+    tail_idx = torch.arange(overlap, device=dev) + (segment - overlap)
     for k in range(1, n_segments):
-        nominal = torch.floor(hop_in * k + 0.5).long()  # (B,)
-        tail = x.gather(1, (positions[:, k - 1:k] + segment - overlap) + tail_idx)  # B×O: continuation of k−1
-        window = x.gather(1, nominal[:, None] + span)  # B×(R+O−1): every candidate's head
+        tail = x.gather(1, positions[:, k - 1:k] + tail_idx)  # B×O: the natural continuation of k−1
         # Σ(a−b)² = Σa² − 2Σab + Σb²; Σb² is the same for every candidate
-        cross = (window.unfold(1, overlap, 1) * tail[:, None, :]).sum(dim=2)  # B×R
-        starts = nominal[:, None] + torch.arange(search, device=dev)
-        energy = sq.gather(1, starts + overlap) - sq.gather(1, starts)
-        positions[:, k] = nominal + torch.argmin(energy - 2 * cross, dim=1)
+        cross = (windows[:, k].unfold(1, overlap, 1) * tail[:, None, :]).sum(dim=2)  # B×R
+        positions[:, k] = nominal[:, k] + torch.argmin(energy[:, k] - 2 * cross, dim=1)
     return positions
 
 
@@ -421,7 +425,7 @@ def _wsola(x: torch.Tensor, factor: torch.Tensor, out_len: int, sample_rate: int
 _SINC_ZEROS = 16  # zero crossings of the interpolation kernel on each side
 _KAISER_BETA = 8.6  # ~-90 dB side lobes
 _PHASES = 32  # kernel tabulated at 32 fractional positions, linearly interpolated between them
-_CHUNK = 4096  # output samples per step of the resampler
+_CHUNK_SAMPLES = 1 << 17  # output samples (all examples together) per step of the resampler
 _STRETCH_MARGIN = 64  # stretched samples kept past the end: more than the widest kernel reaches (24)
 
 
@@ -455,19 +459,30 @@ def _resample_to(y: torch.Tensor, ratio: torch.Tensor, n: int) -> torch.Tensor:
     k = torch.clamp(torch.floor(where).long(), max=_PHASES - 1)  # the table row at or below
     frac = (where - k).to(dt)  # and how far towards the next one
     yp = F.pad(y, (half, half + 1))
+    n_taps = taps.numel()
+    kernels = table.transpose(1, 2)  # (B, T, P+1)
+    # Every example at once, a stretch of output samples at a time: no loop over examples and
+    # no host<->device round trip inside the loop (on a GPU, per-example slices cost ~3,500
+    # synchronisations per batch of 32). The frames a stretch needs are gathered into a
+    # (B, span, T) block whose span bounds every example's; memory stays bounded.
+    step = max(1024, min(n, _CHUNK_SAMPLES // b))
+    span = int(math.ceil((step - 1) * float(ratio.max()))) + 2
+    if yp.shape[1] < span + n_taps - 1:  # a short clip: one stretch reads past its end, into silence
+        yp = F.pad(yp, (0, span + n_taps - 1 - yp.shape[1]))
+    last_start = yp.shape[1] - (span + n_taps - 1)
+    ar = torch.arange(span + n_taps - 1, device=dev)
+    n_cols = _PHASES + 1
     out = torch.empty(b, n, dtype=dt, device=dev)
-    for i in range(b):
-        # tap j of output sample s is input sample base[s] - half + 1 + j, i.e. frames[base + 1][j]
-        frames = yp[i].unfold(0, taps.numel(), 1)  # (L, T) view, no copy
-        kernels = table[i].t()  # (T, P+1)
-        for lo in range(0, n, _CHUNK):  # bounded memory: (frames in the stretch) × (P+1) at a time
-            hi = min(n, lo + _CHUNK)
-            rows = base[i, lo:hi] + 1
-            first = int(rows[0])
-            every_phase = frames[first : int(rows[-1]) + 1] @ kernels  # (frames, P+1)
-            r, kk = rows - first, k[i, lo:hi]
-            below, above = every_phase[r, kk], every_phase[r, kk + 1]
-            out[i, lo:hi] = below + frac[i, lo:hi] * (above - below)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        rows = base[:, lo:hi] + 1  # (B, S)
+        # tap j of output sample s is input sample base[s] - half + 1 + j: frame rows[s] of yp
+        first = rows[:, :1].clamp(max=last_start)  # near the end: read the same samples from earlier
+        frames = yp.gather(1, first + ar).unfold(1, n_taps, 1)  # (B, span, T) view of a short copy
+        every_phase = torch.bmm(frames, kernels).flatten(1)  # (B, span·(P+1)): every phase of every frame
+        at = (rows - first) * n_cols + k[:, lo:hi]
+        below, above = every_phase.gather(1, at), every_phase.gather(1, at + 1)
+        out[:, lo:hi] = below + frac[:, lo:hi] * (above - below)
     return out
 
 
