@@ -86,6 +86,10 @@ ROWS = [  # (name, label, kind)
     ("ke_10x", "KE, unlabelled pool 10×", "pool"),
 ]
 ROW_NAMES = list(dict.fromkeys(n for n, _, _ in ROWS))
+# Training order: the teachers, then the rows the benchmark's three questions compare (DA vs
+# none, KE 10x vs its teacher, KD vs its teacher), then the pool curve and the ResNet, so that a
+# run stopped early (or read with --report) has answered the questions first.
+TRAIN_ORDER = ("transformer_da", "transformer", "ke_10x", "kd", "ke_3x", "ke_1x", "resnet")
 
 
 # ---------------------------------------------------------------------------
@@ -291,6 +295,8 @@ def tables(res: dict, seeds: list[int], heldout: bool) -> str:
                 def col(group, metric, rs=rs):
                     return fmt([r[split][group][metric] for r in rs if r.get(split)])
 
+                if len(rs) < len(seeds):
+                    label += f" (seeds {', '.join(str(s) for s in seeds if s in res[name])} only)"
                 out.append(f"| {label} | {p / 1e3:.0f} k | {col('invariant', 'roc_auc')} | {col('invariant', 'pr_auc')} "
                            f"| {col('sensitive', 'roc_auc')} | {col('sensitive', 'pr_auc')} | {col('all', 'roc_auc')} |"
                            if p else f"| {label} | ? | – | – | – | – | – |")
@@ -396,6 +402,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=0,
                     help="runs trained at once, one process each [0: one per core on CPU, 1 on GPU]")
     ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: evaluate and tabulate the runs finished so far (partial tables)")
     for key, val in SCALES["cpu"].items():
         flag = "--" + key.replace("_", "-")
         ap.add_argument(flag, type=type(val) if val is not None else str, default=None,
@@ -462,10 +470,11 @@ def main(argv=None) -> int:
     parallel = a.parallel or (min(len(seeds), os.cpu_count() or 1) if a.device == "cpu" else 1)
     need_da = any(n.startswith(("ke_", "kd")) for n in names)
     need_da = need_da or "transformer_da" in names
-    jobs = [(n, s) for n in (["transformer_da"] if need_da else []) + [n for n in names if n != "transformer_da"]
-            for s in seeds]
-    jobs = sorted(set(jobs), key=jobs.index)
-    if parallel > 1 and len(jobs) > 1 and not a.train_only:
+    order = (["transformer_da"] if need_da else []) + [n for n in TRAIN_ORDER if n in names and n != "transformer_da"]
+    jobs = [(n, s) for n in order for s in seeds]
+    if a.report:
+        jobs = []
+    elif parallel > 1 and len(jobs) > 1 and not a.train_only:
         train_in_parallel(argv, jobs, parallel, work, runs)
     for name, seed in jobs:  # sequentially (GPU, one core, or a child process's own job)
         out = do_run(a, name, seed, datasets, runs, student)
@@ -482,6 +491,8 @@ def main(argv=None) -> int:
         res[name] = {}
         for seed in seeds:
             out = runs / f"{name}_s{seed}"
+            if a.report and not (out / "done").is_file():
+                continue  # not finished: left out of the partial tables
             logfile = runs / f"{name}_s{seed}.log"
             r = {"seconds": float((out / "done").read_text()), "params": None,
                  "stop": stopping(read_metrics(out), a.max_epochs),
@@ -490,6 +501,7 @@ def main(argv=None) -> int:
                 r["heldout"] = group_scores(evaluate(a, out / "model", heldout_ds, out / "eval_heldout.json", logfile))
             r["params"] = n_params(out / "model")
             res[name][seed] = r
+    res = {n: rr for n, rr in res.items() if rr}  # --report: rows with no finished seed yet
     md = tables(res, seeds, heldout_ds is not None)
     c = counts[max(POOLS)]
     train_min = sum(r["seconds"] for rr in res.values() for r in rr.values()) / 60
@@ -508,7 +520,7 @@ def main(argv=None) -> int:
         "scale": a.scale, "settings": {k: getattr(a, k) for k in SCALES["cpu"]}, "counts": counts,
         "teacher_params": n_t, "student_params": n_s,
         "runs": {f"{n}_s{s}": r for n, rr in res.items() for s, r in rr.items()},
-        "aggregate": {n: {split: {g: {m: dict(zip(("mean", "ci95"), mean_ci([rr[s][split][g][m] for s in seeds])))
+        "aggregate": {n: {split: {g: {m: dict(zip(("mean", "ci95"), mean_ci([rr[s][split][g][m] for s in rr])))
                                       for m in ("roc_auc", "pr_auc")} for g in ("all", "invariant", "sensitive")}
                           for split in (["test", "heldout"] if heldout_ds else ["test"])} for n, rr in res.items()},
     }, indent=1, default=str))
