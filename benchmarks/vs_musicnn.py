@@ -9,7 +9,8 @@ For the audio files given (folders are searched), in one run and on the same fil
                 ``../shared/anchors/musicnn/tag.py`` (skipped when its virtualenv is absent:
                 make it with ``../shared/anchors/musicnn/setup.sh``);
 * ``all``       ``mttag tag --windows all`` (the same work as the original);
-* ``N``         ``mttag tag --windows N`` for each plan in ``--plans`` (8 is the default).
+* ``N``         ``mttag tag --windows N`` for each plan in ``--plans`` (12 is the default);
+                ``N@bf16`` / ``all@bf16`` add ``--precision bf16`` (for CPUs with native bf16).
 
 Every entry is a whole process (start-up, model load, decoding, tagging, writing), timed by
 wall clock; the entries are interleaved and repeated (``--repeats``) and the median is
@@ -98,7 +99,8 @@ def agreement(a: dict, b: dict) -> tuple[float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+")
-    ap.add_argument("--plans", default="8,16,32", help="window counts to time besides 'all' [8,16,32]")
+    ap.add_argument("--plans", default="12,32",
+                    help="plans to time besides 'all': window counts, 'all', each optionally @bf16 [12,32]")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", default="msd-musicnn")
     ap.add_argument("--min-seconds", type=float, default=0.0)
@@ -123,10 +125,12 @@ def main() -> int:
     entries: dict[str, list[str]] = {"decode": [py, "-c", DECODE, str(sample_rate), *files]}
     if original:
         entries["original"] = [str(VENV / "bin" / "python"), str(ANCHOR), "-n", "5", *files]
-    plans = ["all"] + [p for p in a.plans.split(",") if p]
+    plans = list(dict.fromkeys(["all"] + [p for p in a.plans.split(",") if p]))
     for p in plans:
-        entries[p] = [py, "-m", "mttag", "tag", *files, "--model", a.model, "--windows", p, "--top", "5",
-                      "--format", "jsonl", "--output", str(tmp / f"{p}.jsonl"), "--force", "--quiet"]
+        windows, _, precision = p.partition("@")
+        entries[p] = [py, "-m", "mttag", "tag", *files, "--model", a.model, "--windows", windows, "--top", "5",
+                      "--format", "jsonl", "--output", str(tmp / f"{p}.jsonl"), "--force", "--quiet",
+                      *(["--precision", precision] if precision else [])]
     print(f"{len(files)} tracks, {minutes:.1f} min of audio; {os.cpu_count()} CPUs; model {a.model}; "
           f"original: {'yes' if original else 'skipped'}", flush=True)
     times: dict[str, list[float]] = {k: [] for k in entries}
@@ -147,8 +151,10 @@ def main() -> int:
         + " top-5 shared with `--windows all` (mean / worst) |"
     rows += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for name in entries:
+        w, _, prec = name.partition("@")
         label = {"decode": "decode + resample alone", "original": "original musicnn 0.1.0 (TensorFlow)",
-                 "all": "`mttag tag --windows all`"}.get(name, f"`mttag tag --windows {name}`")
+                 "all": "`mttag tag --windows all`"}.get(
+            name, f"`mttag tag --windows {w}" + (f" --precision {prec}" if prec else "") + "`")
         cells = [label, f"{med[name]:.1f}", f"{med[name] / med['decode']:.2f}"]
         if original:
             if name in ("decode", "original"):

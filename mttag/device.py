@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -21,3 +23,20 @@ def select_device(name: str | None = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps") from None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX-512 BF16 or AMX-BF16, Arm
+    BF16): there bf16 convolutions and matrix products run faster than float32; elsewhere
+    PyTorch emulates them, more slowly. Read from /proc/cpuinfo; False where it cannot tell."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False

@@ -42,6 +42,26 @@ ACCELERATOR_BATCH_SIZE = 16
 MAX_CPU_MODEL_THREADS = 8
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` (auto, fp32, bf16) on ``device``.
+
+    auto: bf16 autocast on CUDA, float32 elsewhere, and float32 for musicnn everywhere
+    (the port exists to reproduce the original's numbers). bf16 on a CPU is opt-in: on one
+    with native bf16 (AVX-512 BF16, AMX) it is faster, but probabilities move by up to
+    ~0.01 (top-5 tags agree closely; docs/tagging.md has the measurement), and results would
+    then depend on which CPU ran them.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    arch = getattr(getattr(model, "config", None), "arch", None)
+    return "bf16" if device.type == "cuda" and arch != "musicnn" else "fp32"
+
+
 def default_batch_size(device: torch.device) -> int:
     return CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE
 
@@ -160,6 +180,8 @@ class Tagger:
     most 8, each on one thread; 1 on an accelerator). While :meth:`tag_files` runs with
     more than one on a CPU, torch's intra-op thread count is 1; it is restored when the
     generator finishes or is closed. Results do not depend on it.
+
+    ``precision``: ``auto``, ``fp32`` or ``bf16`` (autocast); see :func:`resolve_precision`.
     """
 
     def __init__(
@@ -173,8 +195,10 @@ class Tagger:
         keep_windows: bool = False,
         embeddings: bool = False,
         model_threads: int | None = None,
+        precision: str = "auto",
     ):
         self.device = select_device(device) if isinstance(device, str) else device
+        self.precision = resolve_precision(precision, self.device, model)
         self.model_name = model_name or model_label(model)
         self.model = model.to(self.device).eval()
         self.config = model.config
@@ -202,8 +226,7 @@ class Tagger:
     @torch.inference_mode()
     def _predict_with_embeddings(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
-        use_amp = self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logits, embedding = self.model.forward_with_embedding(x)
         return torch.sigmoid(logits.float()).cpu().numpy(), embedding.float().cpu().numpy()
 
@@ -211,8 +234,7 @@ class Tagger:
     @torch.inference_mode()
     def _predict(self, batch: list[np.ndarray]) -> np.ndarray:
         x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
-        use_amp = self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logits = self.model(x)
         return torch.sigmoid(logits.float()).cpu().numpy()
 
@@ -397,16 +419,18 @@ def tag(
     windows: int | None = DEFAULT_WINDOWS,
     batch_size: int | None = None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> Iterator[TagResult]:
     """Tag audio files and folders (searched recursively); yields one result per file.
 
     ``model`` is a loaded model, a model directory, a registered name or a Hub
     id (``None``: the default model). ``windows``: windows per track averaged
     (``None``: every window). ``batch_size``: windows per forward pass
-    (``None``: 2 on CPU, 16 on an accelerator).
+    (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on
+    CUDA, float32 elsewhere and for musicnn), ``fp32`` or ``bf16``.
     """
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
     for problem in unlistable:
         yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})", model=name or model_label(net))
-    tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name)
+    tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision)
     yield from tagger.tag_files(files, top=top, threshold=threshold)

@@ -160,3 +160,27 @@ def test_tagger_runs_bundled_model(models, ref, tmp_path):
     result = next(Tagger(models["mtt-musicnn"], device="cpu", windows=None).tag_files([path], top=5))
     assert result.ok and len(result.tags) == 5
     assert result.duration == pytest.approx(len(ref["audio_int16"]) / 16000)
+
+
+def test_precision_auto_keeps_musicnn_float32_and_bf16_stays_close(models, ref, tmp_path):
+    """auto is float32 for musicnn on any device (bit-identical to fp32); bf16, opt-in, keeps
+    the probabilities within 0.02 and the top-5 tags (on the reference clip)."""
+    from mttag.tagging import Tagger, resolve_precision
+
+    net = models["msd-musicnn"]
+    assert resolve_precision("auto", torch.device("cuda"), net) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), net) == "fp32"
+    path = tmp_path / "clip.wav"
+    sf.write(path, ref["audio_int16"], 16000, subtype="PCM_16")
+
+    def probs(precision):
+        tagger = Tagger(net, device="cpu", windows=None, precision=precision)
+        assert tagger.precision == (precision if precision != "auto" else "fp32")
+        r = next(tagger.tag_files([path], top=None))
+        return dict(r.tags)
+
+    auto, fp32, bf16 = probs("auto"), probs("fp32"), probs("bf16")
+    assert auto == fp32
+    assert max(abs(bf16[t] - fp32[t]) for t in fp32) < 0.02
+    top = sorted(fp32, key=fp32.get, reverse=True)[:5]
+    assert len(set(top) & set(sorted(bf16, key=bf16.get, reverse=True)[:5])) >= 4

@@ -526,3 +526,28 @@ def test_api_is_lazy_and_ordered(library, tiny_model):
     first = next(gen)
     assert first.path == audio_paths(library)[0]
     gen.close()  # stops early without hanging on the tracks still queued
+
+
+def test_precision_option(tiny_model_dir, tmp_path, monkeypatch):
+    """--precision bf16 tags like fp32 to within bf16's resolution; on a CPU without native
+    bf16 it says that it will be slower; a bad value is a usage error."""
+    from mttag import device as device_mod
+    from mttag.tagging import resolve_precision
+
+    clip = tmp_path / "clip.wav"
+    write_audio(clip, synth(4.0, 22050, 1, "music"), 22050)
+    out = {}
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    for precision in ("fp32", "bf16"):
+        res = tag(clip, "--model", tiny_model_dir, "--precision", precision, "--all-tags", "--format", "json",
+                  "-o", tmp_path / f"{precision}.json")
+        assert res.exit_code == 0, res.output
+        assert ("no native bf16" in res.output) == (precision == "bf16")
+        [record] = json.loads((tmp_path / f"{precision}.json").read_text())
+        out[precision] = {t["tag"]: t["score"] for t in record["tags"]}
+    assert out["fp32"].keys() == out["bf16"].keys()
+    assert max(abs(out["fp32"][t] - out["bf16"][t]) for t in out["fp32"]) < 0.05
+    res = tag(clip, "--model", tiny_model_dir, "--precision", "fp16")
+    assert res.exit_code == 2
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", mttag.device.select_device("cpu"), None)

@@ -241,8 +241,10 @@ class Musicnn(nn.Module):
     def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``B×n_tags`` and the embedding ``B×200`` they are read from: musicnn's
         ``penultimate`` layer, the features its authors publish for similarity and transfer."""
-        # float32 throughout, even under the tagger's bf16 autocast on CUDA: the port
-        # is meant to reproduce the original's numbers, and the network is small
+        # The front end always runs in float32 (the original computes its log-mel in float16
+        # from a float32 power spectrum; bf16 would lose far more). The network follows the
+        # caller's autocast: the tagger leaves it off for musicnn unless asked for bf16.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            embedding = self.embeddings(self.logmel(waveform.float()))["penultimate"]
-            return self.head(self.dropout(embedding)), embedding
+            logmel = self.logmel(waveform.float())
+        embedding = self.embeddings(logmel)["penultimate"]
+        return self.head(self.dropout(embedding)).float(), embedding.float()
