@@ -184,3 +184,18 @@ def test_precision_auto_keeps_musicnn_float32_and_bf16_stays_close(models, ref, 
     assert max(abs(bf16[t] - fp32[t]) for t in fp32) < 0.02
     top = sorted(fp32, key=fp32.get, reverse=True)[:5]
     assert len(set(top) & set(sorted(bf16, key=bf16.get, reverse=True)[:5])) >= 4
+
+
+def test_bf16_patch_product_equals_the_convolution_it_replaces():
+    """Under CPU bf16 autocast the one-channel blocks compute conv → max over frequency as a
+    bf16 product of unfolded patches: the same numbers up to bf16 rounding."""
+    from mttag.models.musicnn import _bf16_conv_max_over_frequency
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 40, 96, generator=g)
+    for kh, kw in ((7, 38), (7, 67), (5, 1)):
+        w, b = torch.randn(8, 1, kh, kw, generator=g) * 0.1, torch.randn(8, generator=g)
+        ref = torch.nn.functional.conv2d(x, w, b, padding=(kh // 2, 0)).amax(dim=3)
+        got = _bf16_conv_max_over_frequency(x, w, b, kh // 2)
+        assert got.shape == ref.shape and got.dtype == torch.float32
+        torch.testing.assert_close(got, ref, atol=0.05, rtol=0.02)
