@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -229,7 +230,8 @@ def stopping(metrics: list[dict], max_epochs: int) -> dict:
     last = metrics[-1]["epoch"]
     return {"best_epoch": best["epoch"], "epochs": last, "best_valid_loss": best["valid_loss"],
             "hit_cap": bool(last >= max_epochs and best["epoch"] == last),
-            "epoch_seconds": sum(m["seconds"] for m in metrics) / len(metrics)}
+            # the median: an epoch that waited on something else (a paused machine) does not skew it
+            "epoch_seconds": statistics.median(m["seconds"] for m in metrics)}
 
 
 # ---------------------------------------------------------------------------
@@ -297,7 +299,8 @@ def tables(res: dict, seeds: list[int], heldout: bool) -> str:
                     return fmt([r[split][group][metric] for r in rs if r.get(split)])
 
                 if len(rs) < len(seeds):
-                    label += f" (seeds {', '.join(str(s) for s in seeds if s in res[name])} only)"
+                    done = [str(s) for s in seeds if s in res[name]]
+                    label += f" (seed{'s' * (len(done) > 1)} {', '.join(done)} only)"
                 out.append(f"| {label} | {p / 1e3:.0f} k | {col('invariant', 'roc_auc')} | {col('invariant', 'pr_auc')} "
                            f"| {col('sensitive', 'roc_auc')} | {col('sensitive', 'pr_auc')} | {col('all', 'roc_auc')} |"
                            if p else f"| {label} | ? | – | – | – | – | – |")
@@ -319,7 +322,7 @@ def tables(res: dict, seeds: list[int], heldout: bool) -> str:
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += ["", "**Early stopping** (best epoch by validation loss / epochs run, per seed; "
             "⚠ = stopped at --max-epochs while still improving)\n",
-            "| Row | best / run | s per epoch | minutes per run |", "|---|---|---:|---:|"]
+            "| Row | best / run | s per epoch (median) | minutes per run |", "|---|---|---:|---:|"]
     for name in ROW_NAMES:
         if name not in res:
             continue
