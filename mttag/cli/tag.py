@@ -94,7 +94,7 @@ def tag(
         from ..device import cpu_has_native_bf16
 
         if not cpu_has_native_bf16():
-            console.print("[yellow]warning:[/] --precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX); "
+            console.print("[yellow]warning:[/] --precision bf16: found no native bf16 on this CPU (AVX-512 BF16, AMX); "
                           "PyTorch emulates it, which is slower than fp32", highlight=False)
 
     unlistable: list[UnlistableFolder] = []
