@@ -68,7 +68,7 @@ SCALES = {
                   crop_seconds=3.69, batch_size=8, lr=1e-3, max_epochs=2, patience=2, steps=3,
                   eval_chunks=1, eval_chunks_test=1, seeds="0,1", device="cpu", workers=0),
     "cpu": dict(labelled=300, valid=1000, test=1000, heldout=1000, pool_max=10, preset="tiny", student=None,
-                crop_seconds=3.69, batch_size=16, lr=1e-3, max_epochs=80, patience=4, steps=48,
+                crop_seconds=3.69, batch_size=16, lr=1e-3, max_epochs=80, patience=8, steps=48,
                 eval_chunks=1, eval_chunks_test=2, seeds="0,1,2", device="cpu", workers=0),
     "gpu": dict(labelled=500, valid=1000, test=1000, heldout=1000, pool_max=10, preset="teacher", student="small",
                 crop_seconds=10.0, batch_size=32, lr=1e-4, max_epochs=200, patience=20, steps=0,
