@@ -199,3 +199,24 @@ def test_bf16_patch_product_equals_the_convolution_it_replaces():
         got = _bf16_conv_max_over_frequency(x, w, b, kh // 2)
         assert got.shape == ref.shape and got.dtype == torch.float32
         torch.testing.assert_close(got, ref, atol=0.05, rtol=0.02)
+
+
+def test_cpu_bf16_runs_temporal_blocks_in_float32_and_timbral_as_bf16_products(models):
+    """Under CPU bf16 autocast musicnn's k×1 temporal blocks keep float32 (oneDNN's float32
+    convolution is the faster one there: bit-identical to no autocast), while its wide timbral
+    blocks take the bf16 product (close, not identical)."""
+    model = models[MODELS[0]].eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 60, 96, generator=g)
+    with torch.inference_mode():
+        for block in model.temporal:
+            fp32 = block(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = block(x)
+            assert bf16.dtype == torch.float32 and torch.equal(bf16, fp32)
+        for block in model.timbral:
+            fp32 = block(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = block(x)
+            assert not torch.equal(bf16, fp32)
+            torch.testing.assert_close(bf16.float(), fp32, atol=0.1, rtol=0.05)
