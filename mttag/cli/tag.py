@@ -54,7 +54,7 @@ def tag(
     force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
-    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, float32 on CPU/MPS and for musicnn), fp32, or bf16: on CPUs with native bf16 (AVX-512 BF16, AMX) about 1.8x faster for the Transformers, 1.15x for musicnn; probabilities move by up to ~0.01."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on CUDA, float32 on CPU/MPS and for musicnn), fp32, or bf16: on CPUs with native bf16 (AVX-512 BF16, AMX) about 1.8x faster for the Transformers, 1.3-1.5x for musicnn; probabilities move by up to ~0.01."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Evenly spaced windows averaged per track, or 'all'. Default: {DEFAULT_WINDOWS}; all with --timeline or --plot."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
     write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
