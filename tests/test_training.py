@@ -386,3 +386,17 @@ def test_knowledge_expansion_epoch_is_a_pass_over_the_unlabelled_tracks(dataset,
     with pytest.raises(_FirstStep):
         train(dataset, tmp_path / epoch_over, cfg, on_step=first_step)
     assert seen["steps"] == expected
+
+
+def test_bf16_training_on_cpu_learns_and_precision_is_checked(dataset, teacher_dir, tmp_path):
+    """--precision bf16 trains under bf16 autocast on any device (fast on CPUs with native
+    bf16); it learns like float32 and is a different computation, not float32 relabelled."""
+    model_dir = train(dataset, tmp_path / "bf16", _config(max_epochs=10, precision="bf16"))
+    result = evaluate(load_model(model_dir), dataset, "test", chunks=2, device="cpu")
+    assert result["roc_auc"] > 0.85, result
+    fp32 = [json.loads(x)["train_loss"] for x in (teacher_dir[1] / "metrics.jsonl").read_text().splitlines()]
+    bf16 = [json.loads(x)["train_loss"] for x in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert bf16 != fp32 and abs(bf16[-1] - fp32[-1]) < 0.1
+    res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "r"), "--precision", "fp16", "--device", "cpu"])
+    assert res.exit_code == 2 and "--precision fp16: expected auto, fp32 or bf16" in res.output
+    assert not (tmp_path / "r").exists()

@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand
 
 from ._common import app, fail, usage_error
-from .train import _epoch_over, check_device, make_config, option, run_rounds
+from .train import _epoch_over, check_device, check_precision, make_config, option, run_rounds
 
 
 def student_settings(student: str) -> tuple[str, dict | None]:
@@ -63,6 +63,7 @@ def distill(
     unlabeled_fraction: float = option("unlabeled_fraction"),
     pseudo_weight: float = option("pseudo_weight"),
     device: str = option("device"),
+    precision: str = option("precision"),
     workers: int = option("workers"),
     seed: int = option("seed"),
     resume: bool = option("resume"),
@@ -81,5 +82,5 @@ def distill(
                       student_config=student_cfg, augment=augment, crop_seconds=crop_seconds, batch_size=batch_size,
                       lr=lr, max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch, epoch_over=_epoch_over(epoch_over),
                       eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight,
-                      device=device, workers=workers, seed=seed)
+                      device=device, workers=workers, seed=seed, precision=check_precision(precision, device, quiet))
     run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)

@@ -219,6 +219,7 @@ _SHARED_OPTIONS: dict[str, tuple[Any, tuple[str, ...], dict[str, Any]]] = {
     "unlabeled_fraction": (0.5, ("--unlabeled-fraction",), dict(min=0.05, max=0.95, help="Share of each batch taken from the unlabelled tracks (with a teacher).")),
     "pseudo_weight": (1.0, ("--pseudo-weight",), dict(min=0.0, help="Weight of the loss on the teacher's labels.")),
     "device": ("auto", ("--device",), dict(help="auto, cpu, cuda, cuda:N or mps.")),
+    "precision": ("auto", ("--precision",), dict(help="auto (bf16 autocast on CUDA, float32 elsewhere), fp32, or bf16 on any device: on CPUs with native bf16 (AVX-512 BF16, AMX) training steps are about 1.7x faster.")),
     "workers": (2, ("--workers",), dict(min=0, help="Data loading processes.")),
     "seed": (0, ("--seed",), dict(help="Seed of model initialisation, crops and augmentation.")),
     "resume": (False, ("--resume",), dict(help="Continue the run in OUT_DIR from its last checkpoint.")),
@@ -230,6 +231,20 @@ def _epoch_over(value: str) -> str:
     if value not in ("unlabeled", "labeled"):
         fail(f"--epoch-over {value}: expected 'unlabeled' or 'labeled'")
     return value
+
+
+def check_precision(precision: str, device: str, quiet: bool) -> str:
+    """``--precision`` is auto, fp32 or bf16 (one line, exit 2, otherwise); bf16 on a CPU
+    without native bf16 is allowed with a warning (PyTorch emulates it, slower than float32)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        fail(f"--precision {precision}: expected auto, fp32 or bf16")
+    if precision == "bf16" and not quiet:
+        from ..device import cpu_has_native_bf16, select_device
+
+        if select_device(device).type == "cpu" and not cpu_has_native_bf16():
+            console.print("[yellow]warning:[/] --precision bf16: found no native bf16 on this CPU (AVX-512 BF16, AMX); "
+                          "emulated bf16 is slower than float32", highlight=False)
+    return precision
 
 
 def option(name: str) -> Any:
@@ -267,6 +282,7 @@ def train(
     epoch_over: str = option("epoch_over"),
     pseudo_weight: float = option("pseudo_weight"),
     device: str = option("device"),
+    precision: str = option("precision"),
     workers: int = option("workers"),
     seed: int = option("seed"),
     resume: bool = option("resume"),
@@ -283,7 +299,7 @@ def train(
                       batch_size=batch_size, lr=lr, max_epochs=max_epochs, patience=patience,
                       steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction,
                       epoch_over=_epoch_over(epoch_over), pseudo_weight=pseudo_weight, device=device, workers=workers,
-                      seed=seed)
+                      seed=seed, precision=check_precision(precision, device, quiet))
     if rounds > 1 and not teacher:
         fail("--rounds needs --teacher")
     run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)
