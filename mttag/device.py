@@ -25,6 +25,10 @@ def select_device(name: str | None = "auto") -> torch.device:
         raise ValueError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps") from None
 
 
+# what --precision accepts, for tagging and training alike
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (x86 AVX-512 BF16 or AMX-BF16, Arm

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
-from .device import select_device
+from .device import PRECISIONS, select_device
 
 from .errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.tagging.DEFAULT_WINDOWS)
 # A track whose windows hold at most this much audio (a 5-minute song with
@@ -40,9 +40,6 @@ CPU_BATCH_SIZE = 2
 ACCELERATOR_BATCH_SIZE = 16
 # Batches in flight at once on a CPU, each computed by one core: at most this many.
 MAX_CPU_MODEL_THREADS = 8
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import even_starts
 from .dataset import PreparedDataset
-from .device import select_device
+from .device import PRECISIONS, select_device
 from .fileio import ExclusiveLock, LockedError, atomic_write
 from .metrics import tagging_metrics
 from .models import ModelConfig, build_model, crop_seconds_for, make_config
@@ -456,7 +456,7 @@ def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if config.precision not in ("auto", "fp32", "bf16"):
+    if config.precision not in PRECISIONS:
         raise ValueError(f"precision {config.precision!r}: expected auto, fp32 or bf16")
     amp = config.precision == "bf16" or (config.precision == "auto" and config.amp and device.type == "cuda")
     return rank, world, device, amp

@@ -400,3 +400,16 @@ def test_bf16_training_on_cpu_learns_and_precision_is_checked(dataset, teacher_d
     res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "r"), "--precision", "fp16", "--device", "cpu"])
     assert res.exit_code == 2 and "--precision fp16: expected auto, fp32 or bf16" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(dataset, tmp_path, monkeypatch):
+    from mttag import device as device_mod
+
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    for precision in ("fp32", "bf16"):
+        args = ["train", str(dataset), str(tmp_path / precision), "--preset", "tiny", "--crop-seconds", "1",
+                "--max-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4", "--eval-chunks", "1",
+                "--workers", "0", "--device", "cpu", "--no-augment", "--precision", precision]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert ("no native bf16" in res.output) == (precision == "bf16")

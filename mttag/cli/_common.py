@@ -178,6 +178,18 @@ def warn(message: object, target: Console | None = None) -> None:
     (target or console).print(f"[yellow]warning:[/] {one_line(message)}", highlight=False, soft_wrap=True)
 
 
+def warn_if_bf16_is_emulated(precision: str, device_type: str, quiet: bool) -> None:
+    """``--precision bf16`` on a CPU without native bf16 works, but PyTorch emulates it,
+    more slowly than float32: say so (``tag``, ``train`` and ``distill`` alike)."""
+    if precision != "bf16" or device_type != "cpu" or quiet:
+        return
+    from .. import device  # looked up at call time: tests stand in for the CPU check
+
+    if not device.cpu_has_native_bf16():
+        warn("--precision bf16: found no native bf16 on this CPU (AVX-512 BF16, AMX); "
+             "PyTorch emulates it, which is slower than fp32")
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM (``kill``, a job scheduler's stop) interrupts like Ctrl+C:

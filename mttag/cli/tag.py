@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS, ModelLoadError
-from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows
+from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, warn_if_bf16_is_emulated
 
 
 class Format(str, Enum):
@@ -90,12 +90,7 @@ def tag(
         dev = select_device(device)
     except ValueError as exc:
         fail(str(exc))
-    if precision is Precision.bf16 and dev.type == "cpu" and not quiet:
-        from ..device import cpu_has_native_bf16
-
-        if not cpu_has_native_bf16():
-            console.print("[yellow]warning:[/] --precision bf16: found no native bf16 on this CPU (AVX-512 BF16, AMX); "
-                          "PyTorch emulates it, which is slower than fp32", highlight=False)
+    warn_if_bf16_is_emulated(precision.value, dev.type, quiet)
 
     unlistable: list[UnlistableFolder] = []
     files = list(iter_audio_files(paths, on_error=unlistable.append))

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-from ._common import EXIT_INTERRUPTED, app, augment_probabilities, console, fail, one_line, sigterm_as_interrupt
+from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fail, one_line, sigterm_as_interrupt,
+                      warn_if_bf16_is_emulated)
 
 
 class Arch(str, Enum):
@@ -236,14 +237,11 @@ def _epoch_over(value: str) -> str:
 def check_precision(precision: str, device: str, quiet: bool) -> str:
     """``--precision`` is auto, fp32 or bf16 (one line, exit 2, otherwise); bf16 on a CPU
     without native bf16 is allowed with a warning (PyTorch emulates it, slower than float32)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        fail(f"--precision {precision}: expected auto, fp32 or bf16")
-    if precision == "bf16" and not quiet:
-        from ..device import cpu_has_native_bf16, select_device
+    from ..device import PRECISIONS, select_device
 
-        if select_device(device).type == "cpu" and not cpu_has_native_bf16():
-            console.print("[yellow]warning:[/] --precision bf16: found no native bf16 on this CPU (AVX-512 BF16, AMX); "
-                          "emulated bf16 is slower than float32", highlight=False)
+    if precision not in PRECISIONS:
+        fail(f"--precision {precision}: expected auto, fp32 or bf16")
+    warn_if_bf16_is_emulated(precision, select_device(device).type, quiet)
     return precision
 
 
