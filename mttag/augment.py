@@ -529,6 +529,15 @@ class PitchShift(Augmentation):
         """SoX ``pitch`` as the authors ran it: ``tempo`` by 1/ratio (WSOLA: the clip gets
         ratio × longer, pitch kept, every attack copied from the original waveform), then
         ``rate``: resampled back to the original length, which moves the pitch by ratio."""
+        if x.shape[0] > 1 and x.device.type == "cpu":
+            # One example at a time on the CPU: bit-identical (each example's output is independent
+            # of the batch, see below) and 2.5-2.7x faster there, where the batch's temporaries
+            # fall out of cache. On a GPU the batch is one pass with no host round trips.
+            semitones = _per_example(semitones, x, torch.float64)[:, 0]
+            return torch.cat([self._sox_batched(x[i:i + 1], semitones[i:i + 1]) for i in range(x.shape[0])])
+        return self._sox_batched(x, semitones)
+
+    def _sox_batched(self, x: torch.Tensor, semitones) -> torch.Tensor:
         b, n = x.shape
         wd = _work_dtype(x)
         ratio = torch.pow(2.0, _per_example(semitones, x, torch.float64)[:, 0] / 12)  # (B,)

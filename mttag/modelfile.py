@@ -17,7 +17,7 @@ from torch import nn
 from .errors import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError  # noqa: F401 (re-exported)
 from . import __version__
 from .fileio import atomic_write
-from .models import ModelConfig, build_model, count_parameters
+from .models import ModelConfig, build_model, count_parameters, place
 
 
 def _card_metadata(config: ModelConfig, metrics: dict[str, Any] | None) -> str:
@@ -225,4 +225,4 @@ def load_local_model(directory: str | Path, device: str | torch.device = "cpu") 
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a module that computes a buffer in __init__ without computed_buffers(): a bug of mttag
         raise ModelLoadError(f"{directory}: {left[0]} was not materialised (mttag bug: report it)")
-    return model.to(device).eval()
+    return place(model, device).eval()

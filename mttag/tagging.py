@@ -24,6 +24,7 @@ from torch import nn
 
 from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
 from .device import PRECISIONS, select_device
+from .models import place
 
 from .errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.tagging.DEFAULT_WINDOWS)
 # A track whose windows hold at most this much audio (a 5-minute song with
@@ -197,7 +198,7 @@ class Tagger:
         self.device = select_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device, model)
         self.model_name = model_name or model_label(model)
-        self.model = model.to(self.device).eval()
+        self.model = place(model, self.device).eval()
         self.config = model.config
         self.batch_size = max(1, batch_size or default_batch_size(self.device))
         self.windows = windows

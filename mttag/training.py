@@ -32,7 +32,7 @@ from .dataset import PreparedDataset
 from .device import PRECISIONS, select_device
 from .fileio import ExclusiveLock, LockedError, atomic_write
 from .metrics import tagging_metrics
-from .models import ModelConfig, build_model, crop_seconds_for, make_config
+from .models import ModelConfig, build_model, crop_seconds_for, make_config, place
 from .modelfile import save_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -429,7 +429,7 @@ def _setup(dataset, out_dir: Path, config: TrainConfig, unlabeled: PreparedDatas
 
     # each rank draws its own crops and dropout masks; DDP copies rank 0's initial weights to all
     torch.manual_seed(config.seed + rank)
-    model = build_model(model_config).to(device)
+    model = place(build_model(model_config), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     plan = _plan_data(config, data, unlabeled, teacher is not None, model_config.crop_samples, len(tags),
                       rank, world, device)
@@ -774,7 +774,7 @@ def evaluate(model: nn.Module, dataset: str | Path | PreparedDataset, split: str
     """
     data = PreparedDataset(dataset) if isinstance(dataset, (str, Path)) else dataset
     dev = select_device(device) if isinstance(device, str) else device
-    model = model.to(dev).eval()
+    model = place(model, dev).eval()
     indices = data.split(split)
     if len(indices) == 0:
         raise TrainingError(f"the dataset has no '{split}' tracks")

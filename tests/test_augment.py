@@ -541,3 +541,12 @@ def test_sox_pitch_shift_examples_do_not_depend_on_their_batch():
     for i in range(3):
         alone = PitchShift(SR, method="sox").apply(x[i:i + 1], shifts[i:i + 1])[0]
         torch.testing.assert_close(together[i], alone, rtol=0, atol=1e-6)
+
+
+def test_sox_pitch_shift_on_cpu_runs_examples_one_by_one_with_the_batched_result():
+    # the CPU path (one example at a time: faster there) against the one-pass batched kernel
+    # the GPU runs; bit for bit
+    x = torch.randn(4, SR, generator=torch.Generator().manual_seed(4)) * 0.1
+    shifts = torch.tensor([-6.5, 0.25, 3.0, 7.0], dtype=torch.float64)
+    ps = PitchShift(SR, method="sox")
+    assert torch.equal(ps.apply(x, shifts), ps._sox_batched(x, shifts))

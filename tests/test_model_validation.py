@@ -16,6 +16,7 @@ from mttag.models import (
     TransformerParams,
     build_model,
     make_config,
+    place,
     preset_names,
     preset_params,
     presets,
@@ -180,7 +181,7 @@ def test_meta_build_loads_identically(tmp_path, arch, preset, sr, n):
             buf.copy_(torch.rand_like(buf) + 0.5)
     save_model(model, tmp_path / "m")
     new = load_model(tmp_path / "m")
-    old = _load_old_way(tmp_path / "m")
+    old = place(_load_old_way(tmp_path / "m"), "cpu")  # placed as load_model places (channels-last)
     new_tensors = dict(new.named_buffers()) | dict(new.named_parameters())
     old_tensors = dict(old.named_buffers()) | dict(old.named_parameters())
     assert new_tensors.keys() == old_tensors.keys()

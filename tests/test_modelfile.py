@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mttag import ModelLoadError, load_model, save_model
-from mttag.models import build_model, make_config
+from mttag.models import build_model, make_config, place
 
 TAGS = ["rock", "pop", "jazz"]
 
@@ -20,9 +20,12 @@ def test_round_trip(tmp_path):
     save_model(model, tmp_path / "m", metrics={"roc_auc": 0.9})
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors", "README.md"}
     loaded = load_model(tmp_path / "m")
+    state = loaded.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     x = torch.randn(2, 22050)
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        # loading places the network as mttag runs it (channels-last on the CPU): same network
+        assert torch.equal(place(model, "cpu")(x), loaded(x))
     assert loaded.config.tags == TAGS
     card = (tmp_path / "m" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: mttag") and "music-tagging" in card and "0.9000" in card
@@ -88,7 +91,7 @@ def test_saved_files_follow_umask(tmp_path):
 def test_model_card_metadata_reads_back_exactly(tmp_path, name):
     import yaml
 
-    from mttag.models import build_model, make_config
+    from mttag.models import build_model, make_config, place
     from mttag.modelfile import save_model
 
     model = build_model(make_config("transformer", ["a", "b"], "tiny"))

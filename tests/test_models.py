@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -72,3 +74,30 @@ def test_unknown_preset_and_arch():
         make_config("transformer", TAGS, "huge")
     with pytest.raises(ValueError, match="unknown architecture"):
         make_config("lstm", TAGS)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "resnet"])
+def test_place_on_cpu_uses_channels_last_and_changes_nothing_else(arch, tmp_path):
+    from mttag import load_model, save_model
+    from mttag.models import place
+
+    torch.manual_seed(0)
+    plain = build_model(make_config(arch, ["a", "b", "c"], "tiny", 3.69)).eval()
+    placed = place(copy.deepcopy(plain), "cpu")
+    convs = [m.weight for m in placed.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    x = torch.randn(3, int(3.69 * 22050)) * 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(placed(x), plain(x), rtol=1e-5, atol=1e-5)
+    # a placed network trains and saves like any other: contiguous weights in the file, equal values
+    save_model(placed, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    state = loaded.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())
+
+
+def test_place_leaves_musicnn_layout_alone():
+    from mttag.models import place
+
+    model = place(build_model(make_config("musicnn", ["a", "b"], "msd")), "cpu")
+    assert all(p.is_contiguous() for p in model.parameters())

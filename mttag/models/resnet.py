@@ -35,6 +35,9 @@ class ResBlockStride2(nn.Module):
 class ShortChunkResNet(nn.Module):
     """Waveform ``B×N`` (a 3.69 s chunk) → tag logits ``B×n_tags``."""
 
+    # oneDNN's convolutions are fastest with channels-last weights (see mttag.models.place)
+    channels_last_on_cpu = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         p: ResNetParams = config.arch_params  # typed and range-checked

@@ -94,6 +94,9 @@ class Block(nn.Module):
 class MusicTaggingTransformer(nn.Module):
     """Waveform ``B×N`` at ``config.sample_rate`` → tag logits ``B×n_tags``."""
 
+    # oneDNN's convolutions are fastest with channels-last weights (see mttag.models.place)
+    channels_last_on_cpu = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         p: TransformerParams = config.arch_params  # typed and range-checked
