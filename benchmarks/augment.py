@@ -85,6 +85,11 @@ def run(device: torch.device, batch: int, seconds: float, repeats: int, per_exam
     for name in DEFAULT_PROBABILITIES:
         only = paper_chain(SR, seed=0, **{k: (1.0 if k == name else 0.0) for k in DEFAULT_PROBABILITIES})
         per_transform[name] = timeit(lambda: only(x), device, repeats)
+    if device.type == "cpu":
+        # the pitch shift's one-pass batched kernel (the GPU path) against the CPU's example-by-example
+        ps = paper_chain(SR)["pitch_shift"]
+        semitones = torch.linspace(-7, 7, batch, dtype=torch.float64)
+        per_transform["pitch_shift, one pass (GPU path)"] = timeit(lambda: ps._sox_batched(x, semitones), device, repeats)
     res["per_transform"] = per_transform
     return res
 
