@@ -16,8 +16,8 @@ them with ``mttag prepare`` and trains, through the ``mttag`` CLI, the rows
     KE with a 1x, 3x and 10x unlabelled pool (how much untagged music is worth)
 
 each to early stopping on validation loss (generous ``--max-epochs``, ``--patience``;
-the best epoch is read from metrics.jsonl and a run stopped by the cap with
-its best epoch within the patience of it is flagged), for several seeds (in parallel processes on CPU). It scores
+the best epoch is read from metrics.jsonl and a run stopped by the cap, its best epoch
+within the patience of it, is flagged), for several seeds (in parallel processes on CPU). It scores
 macro ROC-AUC / PR-AUC separately on the tags the augmentation chain leaves alone
 (instruments, style, solo/ensemble, meter, mode, tempo) and on the ones it can change
 (dynamics, reverb), mean and 95 % t-interval over the seeds, and writes
