@@ -223,6 +223,17 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
 
 
+def run_limits(out: Path, a) -> tuple[int, int]:
+    """The ``--max-epochs`` and ``--patience`` the run in ``out`` last trained with (its
+    train_config.json; a run extended with a higher cap is judged by that cap), else this
+    invocation's."""
+    try:
+        cfg = json.loads((out / "train_config.json").read_text())
+        return int(cfg["max_epochs"]), int(cfg["patience"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return a.max_epochs, a.patience
+
+
 def stopping(metrics: list[dict], max_epochs: int, patience: int = 1) -> dict:
     if not metrics:
         return {"best_epoch": None, "epochs": 0, "hit_cap": None}
@@ -506,7 +517,7 @@ def main(argv=None) -> int:
                 continue  # not finished: left out of the partial tables
             logfile = runs / f"{name}_s{seed}.log"
             r = {"seconds": float((out / "done").read_text()), "params": None,
-                 "stop": stopping(read_metrics(out), a.max_epochs, a.patience),
+                 "stop": stopping(read_metrics(out), *run_limits(out, a)),
                  "test": group_scores(evaluate(a, out / "model", datasets[1], out / "eval_test.json", logfile))}
             if heldout_ds is not None:
                 r["heldout"] = group_scores(evaluate(a, out / "model", heldout_ds, out / "eval_heldout.json", logfile))
