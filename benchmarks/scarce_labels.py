@@ -29,7 +29,7 @@ macro ROC-AUC / PR-AUC separately on the tags the augmentation chain leaves alon
 Scales (see docs/benchmarks.md, "Scarce-label benchmark"):
 
     python benchmarks/scarce_labels.py --scale smoke --work scarce-smoke   # minutes: the pipeline runs
-    python benchmarks/scarce_labels.py --scale cpu   --work scarce-cpu     # 2 cores: main rows 1.8 h, all ~2.8 h
+    python benchmarks/scarce_labels.py --scale cpu   --work scarce-cpu     # 2 cores: main rows 1.9 h, all ~3.2 h
     python benchmarks/scarce_labels.py --scale gpu   --work scarce-gpu     # paper widths, CUDA
 
 Any option given explicitly overrides the scale's value. Every finished run, evaluation
