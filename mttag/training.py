@@ -631,6 +631,10 @@ def _resume(run: _Run) -> _Progress:
         if (saved.get("arch"), saved.get("params")) != (architecture["arch"], architecture["params"]):
             was = f"--arch {saved.get('arch')} --preset {saved.get('preset')}"
             now = f"--arch {architecture['arch']} --preset {architecture['preset']}"
+            old_p, new_p = saved.get("params") or {}, architecture["params"]
+            if saved.get("arch") == architecture["arch"] and isinstance(old_p, dict):
+                changed = [f"{k} {old_p.get(k)} → {new_p.get(k)}" for k in new_p if old_p.get(k) != new_p.get(k)]
+                now += f" (parameters differ: {', '.join(changed)}; see --param)" if changed else ""
             raise TrainingError(f"--resume: {ckpt_path} was made with {was}, a different architecture than "
                                 f"{now}; resume with the run's own settings (see {out_dir / 'train_config.json'})")
         if saved.get("num_tags") != architecture["num_tags"]:

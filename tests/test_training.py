@@ -413,3 +413,37 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(dataset, tmp_path, monkeypatch)
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
         assert ("no native bf16" in res.output) == (precision == "bf16")
+
+
+def test_param_option_changes_the_architecture_and_is_checked(dataset, teacher_dir, tmp_path):
+    """--param KEY=VALUE overrides the preset's parameters (train) or the student's (distill,
+    preset or CONFIG.json); bad names and values are one-line usage errors before anything is
+    written, and --resume with other parameters says which ones differ."""
+    common = ["--crop-seconds", "1", "--max-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4",
+              "--eval-chunks", "1", "--workers", "0", "--device", "cpu", "--quiet", "--no-augment"]
+    res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "t"), "--preset", "tiny",
+                                   "--param", "hop_length=1024", "--param", "n-fft=2048", *common])
+    assert res.exit_code == 0, res.output
+    params = load_model(tmp_path / "t" / "model").config.params
+    assert (params["hop_length"], params["n_fft"], params["conv_channels"]) == (1024, 2048, 16)  # the rest: tiny's
+    assert json.loads((tmp_path / "t" / "train_config.json").read_text())["model_params"] == {"hop_length": 1024, "n_fft": 2048}
+
+    (tmp_path / "t" / "finished.json").unlink()
+    res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "t"), "--preset", "tiny", "--resume", *common])
+    assert res.exit_code == 1 and "parameters differ: n_fft 2048 → 1024, hop_length 1024 → 512" in res.output
+
+    for bad, says in [("dept=3", "unknown parameter 'dept'"), ("n_mels=4", "from 8 to 512"),
+                      ("heads=3", "not divisible"), ("depth", "expected KEY=VALUE"), ("depth=two", "an integer")]:
+        res = CliRunner().invoke(app, ["train", str(dataset), str(tmp_path / "bad"), "--preset", "tiny", "--param", bad, *common])
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+    model_dir, _ = teacher_dir
+    student = _write_json(tmp_path / "s.json", {"arch": "transformer", "params": {"conv_channels": 4, "dim": 16, "depth": 1, "heads": 2}})
+    for name, student_opt, want in [("p", "tiny", {"depth": 1, "dim": 64}), ("f", student, {"depth": 1, "dim": 16, "n_mels": 64})]:
+        extra = ["--param", "depth=1"] if name == "p" else ["--param", "n_mels=64"]
+        res = CliRunner().invoke(app, ["distill", str(dataset), str(tmp_path / name), "--teacher", str(model_dir),
+                                       "--student", student_opt, *extra, *common])
+        assert res.exit_code == 0, res.output
+        got = load_model(tmp_path / name / "model").config.params
+        assert {k: got[k] for k in want} == want

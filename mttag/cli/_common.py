@@ -229,6 +229,39 @@ def augment_probabilities(items: list[str] | None) -> dict[str, float]:
     return out
 
 
+def model_param_overrides(items: list[str] | None, arch: str, base: dict[str, Any] | None = None,
+                          preset: str = "teacher") -> dict[str, Any]:
+    """``--param KEY=VALUE`` options → ``{key: value}`` overriding an architecture's preset (or
+    ``base``, a config file's ``params``), checked against its parameter class with one-line
+    errors. VALUE is read as JSON where it is JSON (``64``, ``0.2``, ``true``, ``[0.4,0.7]``)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            fail(f"--param {item!r}: expected KEY=VALUE, e.g. --param depth=6")
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value.strip()
+        if isinstance(out[name], list):
+            out[name] = tuple(out[name])
+    if not out:
+        return out
+    from ..models import make_config, params_class
+
+    try:
+        if base is not None:
+            params_class(arch).from_dict({**base, **out})
+        else:
+            make_config(arch, ["tag"], preset, **out).validate()
+    except (TypeError, ValueError) as exc:
+        fail(f"--param: {exc}")
+    return out
+
+
 def parse_windows(value: str | None, option: str = "--windows") -> int | None:
     """``--windows N|all`` → N, or None for every window (also when not given)."""
     if value is None or value.lower() == "all":

@@ -10,7 +10,7 @@ import typer
 
 from typer.core import TyperCommand
 
-from ._common import app, fail, usage_error
+from ._common import app, fail, model_param_overrides, usage_error
 from .train import _epoch_over, check_device, check_precision, make_config, option, run_rounds
 
 
@@ -48,6 +48,7 @@ def distill(
     second: Optional[Path] = typer.Argument(None, metavar="OUT_DIR", show_default=False, help="Required. Run directory: checkpoint, metrics.jsonl and the student in OUT_DIR/model."),
     teacher: str = typer.Option(..., "--teacher", help="Trained model: directory, registered name (e.g. msd-musicnn) or Hub id."),
     student: str = typer.Option("small", "--student", help="small, teacher, large, tiny, or a CONFIG.json for a custom student."),
+    param: Optional[List[str]] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Change one parameter of the student (repeatable), e.g. --param depth=2; applies to a preset or a CONFIG.json."),
     unlabeled: Optional[List[Path]] = option("unlabeled"),
     rounds: int = option("rounds"),
     augment: bool = option("augment"),
@@ -77,8 +78,15 @@ def distill(
     if dataset is None and not unlabeled:
         fail("without a DATASET, give --unlabeled DIR: the student needs audio to learn from")
     preset, student_cfg = student_settings(student)
+    arch = (student_cfg or {}).get("arch", "transformer")
+    if student_cfg is not None:
+        base = student_cfg.get("params") or {}
+        student_cfg = {**student_cfg, "params": {**base, **model_param_overrides(param, arch, base=base)}}
+        model_params = {}
+    else:
+        model_params = model_param_overrides(param, arch, preset=preset)
     check_device(device)
-    cfg = make_config(teacher, augment_p, arch=(student_cfg or {}).get("arch", "transformer"), preset=preset,
+    cfg = make_config(teacher, augment_p, arch=arch, preset=preset, model_params=model_params,
                       student_config=student_cfg, augment=augment, crop_seconds=crop_seconds, batch_size=batch_size,
                       lr=lr, max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch, epoch_over=_epoch_over(epoch_over),
                       eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight,

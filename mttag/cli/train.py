@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fail, one_line, sigterm_as_interrupt,
-                      warn_if_bf16_is_emulated)
+from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fail, model_param_overrides, one_line,
+                      sigterm_as_interrupt, warn_if_bf16_is_emulated)
 
 
 class Arch(str, Enum):
@@ -263,6 +263,7 @@ def train(
     out_dir: Path = typer.Argument(..., help="Run directory: checkpoint, metrics.jsonl and the best model in OUT_DIR/model."),
     arch: Arch = typer.Option(Arch.transformer, "--arch", help="Model architecture."),
     preset: str = typer.Option("teacher", "--preset", help="teacher, small or tiny (a few 100 k parameters, for CPU)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Change one architecture parameter of the preset (repeatable), e.g. --param depth=6 --param n_mels=96 (the parameters: docs/training.md)."),
     split: Optional[str] = typer.Option(None, "--split", help="'cals': check the dataset was prepared from the CALS split."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Knowledge expansion: a trained model that labels the unlabelled tracks."),
     unlabeled: Optional[list[Path]] = option("unlabeled"),
@@ -290,10 +291,12 @@ def train(
     if split is not None:
         _check_split(dataset, split)
     check_preset(arch.value, preset)
+    model_params = model_param_overrides(param, arch.value, preset=preset)
     check_device(device)
     if unlabeled and not teacher:
         fail("--unlabeled needs --teacher (noisy student training)")
-    cfg = make_config(teacher, augment_p, arch=arch.value, preset=preset, augment=augment, crop_seconds=crop_seconds,
+    cfg = make_config(teacher, augment_p, arch=arch.value, preset=preset, model_params=model_params,
+                      augment=augment, crop_seconds=crop_seconds,
                       batch_size=batch_size, lr=lr, max_epochs=max_epochs, patience=patience,
                       steps_per_epoch=steps_per_epoch, eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction,
                       epoch_over=_epoch_over(epoch_over), pseudo_weight=pseudo_weight, device=device, workers=workers,
