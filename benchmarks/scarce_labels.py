@@ -186,7 +186,25 @@ def common(a, crop: float, augment: bool, seed: int) -> list:
             "--workers", a.workers, "--seed", seed, "--crop-seconds", crop, "--quiet", "--precision", a.precision]
     if a.steps:
         args += ["--steps-per-epoch", a.steps]
+    for key, value in front_end(a).items():
+        args += ["--param", f"{key}={value}"]
     return args
+
+
+FRONT_END_KEYS = ("n_mels", "n_fft", "hop_length")
+
+
+def front_end(a) -> dict[str, int]:
+    """``--front-end n_mels=64,hop_length=1024``: the log-mel front end of every row (the
+    Transformers, the ResNet and the KD student alike), e.g. a coarser one for a cheaper CPU run."""
+    out = {}
+    for item in filter(None, (a.front_end or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in FRONT_END_KEYS or not value.strip().isdigit():
+            raise SystemExit(f"--front-end {item!r}: expected KEY=INTEGER with KEY one of {', '.join(FRONT_END_KEYS)}")
+        out[key] = int(value)
+    return out
 
 
 def do_run(a, name: str, seed: int, datasets: dict, runs: Path, student: str) -> Path:
@@ -415,6 +433,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="rendering/preparing processes")
     ap.add_argument("--rows", default=",".join(ROW_NAMES))
     ap.add_argument("--resnet-preset", default=None, help="ResNet preset [tiny; gpu: teacher]")
+    ap.add_argument("--front-end", default="", metavar="KEY=N,...",
+                    help="log-mel front end of every row, e.g. n_mels=64,hop_length=1024 [the presets': 128 mels, "
+                         "n_fft 1024, hop 512]")
     ap.add_argument("--parallel", type=int, default=0,
                     help="runs trained at once, one process each [0: one per core on CPU, 1 on GPU]")
     ap.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
@@ -429,6 +450,7 @@ def main(argv=None) -> int:
         if getattr(a, key) is None:
             setattr(a, key, val)
     a.resnet_preset = a.resnet_preset or ("teacher" if a.scale == "gpu" else "tiny")
+    front_end(a)  # a bad --front-end stops here, before anything is rendered
     if a.precision == "native":
         # bf16 training where the CPU has it: 1.5-1.6x faster epochs, and on this benchmark the
         # same best epochs and test ROC-AUC (within 0.0005) as float32 (docs/benchmarks.md)
@@ -531,7 +553,8 @@ def main(argv=None) -> int:
                 f"(piece-level), unlabelled pools " + ", ".join(f"{k}× = {counts[k]['unlabeled']}" for k in POOLS)
                 + f" tracks of other pieces; held-out SoundFont test set {a.heldout} tracks. Transformer preset {a.preset} "
                 f"({n_t:,} params), ResNet preset {a.resnet_preset}, KD student {n_s:,} params (1/{n_t / n_s:.1f}); "
-                f"crops {a.crop_seconds} s (ResNet 3.69 s), batch {a.batch_size}, lr {a.lr}, "
+                + (f"front end {', '.join(f'{k} {v}' for k, v in front_end(a).items())} (every row); " if front_end(a) else "")
+                + f"crops {a.crop_seconds} s (ResNet 3.69 s), batch {a.batch_size}, lr {a.lr}, "
                 f"{a.steps or 'full-pass'} steps/epoch, --max-epochs {a.max_epochs}, --patience {a.patience}, "
                 f"eval crops {a.eval_chunks} (valid) / {a.eval_chunks_test} (test); device {a.device}, precision {a.precision}; seeds {seeds}. "
                 f"Invariant tags: instruments, style, tempo, mode, meter, solo/ensemble; sensitive: dynamics, reverb. "

@@ -45,3 +45,17 @@ def test_a_run_without_its_config_falls_back_to_the_invocation(scarce, tmp_path)
     assert scarce.run_limits(tmp_path, a) == (80, 8)
     (tmp_path / "train_config.json").write_text("{not json")
     assert scarce.run_limits(tmp_path, a) == (80, 8)
+
+
+def test_front_end_option_reaches_every_training_command(scarce):
+    a = argparse.Namespace(max_epochs=3, patience=2, batch_size=8, lr=1e-3, eval_chunks=1, device="cpu", workers=0,
+                           precision="fp32", steps=2, front_end="n_mels=64, hop-length=1024")
+    args = [str(x) for x in scarce.common(a, 3.69, True, 0)]
+    pairs = [args[i + 1] for i, x in enumerate(args) if x == "--param"]
+    assert pairs == ["n_mels=64", "hop_length=1024"]
+    a.front_end = ""
+    assert "--param" not in scarce.common(a, 3.69, False, 0)
+    for bad in ("depth=2", "n_mels", "n_mels=x"):
+        a.front_end = bad
+        with pytest.raises(SystemExit, match="expected KEY=INTEGER"):
+            scarce.front_end(a)
