@@ -497,16 +497,17 @@ def main(argv=None) -> int:
     student_json = work / "student.json"
     if a.student:
         student = a.student
-        n_s = n_params_of("transformer", a.student, a.crop_seconds)
-        n_t = n_params_of("transformer", a.preset, a.crop_seconds)
+        n_s = n_params_of("transformer", a.student, a.crop_seconds, front_end(a))
+        n_t = n_params_of("transformer", a.preset, a.crop_seconds, front_end(a))
     else:
         if student_json.is_file():
             cfg = json.loads(student_json.read_text())
-            n_s = n_params_of("transformer", a.preset, a.crop_seconds, cfg["params"])
-            n_t = n_params_of("transformer", a.preset, a.crop_seconds)
         else:
-            cfg, n_s, n_t = pick_student(a.preset, a.crop_seconds)
+            cfg, _, _ = pick_student(a.preset, a.crop_seconds)
             student_json.write_text(json.dumps(cfg))
+        # counted with the front end the rows train with (--front-end changes the token projection)
+        n_s = n_params_of("transformer", a.preset, a.crop_seconds, {**cfg["params"], **front_end(a)})
+        n_t = n_params_of("transformer", a.preset, a.crop_seconds, front_end(a))
         student = str(student_json)
     log(f"KD: teacher ({a.preset}) {n_t:,} parameters, student {n_s:,} (1/{n_t / n_s:.1f})")
 

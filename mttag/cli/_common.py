@@ -245,7 +245,10 @@ def model_param_overrides(items: list[str] | None, arch: str, base: dict[str, An
         try:
             out[name] = json.loads(value)
         except ValueError:
-            out[name] = value.strip()
+            try:
+                out[name] = float(value)  # what JSON refuses but people write: .2, 5.
+            except ValueError:
+                out[name] = value.strip()
         if isinstance(out[name], list):
             out[name] = tuple(out[name])
     if not out:
