@@ -207,6 +207,21 @@ def front_end(a) -> dict[str, int]:
     return out
 
 
+def check_front_end(a, work: Path) -> None:
+    """Finished runs are reused, so a work folder keeps one front end: the first invocation
+    records it in WORK/front_end.json and a later one with another is refused."""
+    f, fe = work / "front_end.json", front_end(a)
+    if f.is_file():
+        old = json.loads(f.read_text())
+        if old != fe:
+            said = ",".join(f"{k}={v}" for k, v in old.items()) or "(none: the presets')"
+            raise SystemExit(f"{work} was run with --front-end {said}; give the same, or another --work")
+        return
+    if fe and any((work / "runs").glob("*/done")):
+        raise SystemExit(f"{work} holds runs with the presets' front end; use another --work for --front-end")
+    f.write_text(json.dumps(fe) + "\n")
+
+
 def do_run(a, name: str, seed: int, datasets: dict, runs: Path, student: str) -> Path:
     out = runs / f"{name}_s{seed}"
     if (out / "done").is_file():
@@ -459,6 +474,8 @@ def main(argv=None) -> int:
         a.precision = "bf16" if a.device == "cpu" and cpu_has_native_bf16() else "fp32"
     work = a.work or Path(f"scarce-{a.scale}")
     work.mkdir(parents=True, exist_ok=True)
+    if not a.train_only:  # the invocation that started the --train-only ones has checked
+        check_front_end(a, work)
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -59,3 +59,18 @@ def test_front_end_option_reaches_every_training_command(scarce):
         a.front_end = bad
         with pytest.raises(SystemExit, match="expected KEY=INTEGER"):
             scarce.front_end(a)
+
+
+def test_a_work_folder_keeps_one_front_end(scarce, tmp_path):
+    a = argparse.Namespace(front_end="n_mels=64")
+    scarce.check_front_end(a, tmp_path)  # first: recorded
+    assert json.loads((tmp_path / "front_end.json").read_text()) == {"n_mels": 64}
+    scarce.check_front_end(a, tmp_path)  # the same again: fine
+    with pytest.raises(SystemExit, match="was run with --front-end n_mels=64"):
+        scarce.check_front_end(argparse.Namespace(front_end=""), tmp_path)
+    old = tmp_path / "old"
+    (old / "runs" / "transformer_s0").mkdir(parents=True)
+    (old / "runs" / "transformer_s0" / "done").write_text("1\n")
+    with pytest.raises(SystemExit, match="presets' front end"):  # runs from before the record
+        scarce.check_front_end(a, old)
+    scarce.check_front_end(argparse.Namespace(front_end=""), old)  # the presets' own: fine
