@@ -465,7 +465,7 @@ def main(argv=None) -> int:
         if getattr(a, key) is None:
             setattr(a, key, val)
     a.resnet_preset = a.resnet_preset or ("teacher" if a.scale == "gpu" else "tiny")
-    front_end(a)  # a bad --front-end stops here, before anything is rendered
+    fe = front_end(a)  # a bad --front-end stops here, before anything is rendered
     if a.precision == "native":
         # bf16 training where the CPU has it: 1.5-1.6x faster epochs, and on this benchmark the
         # same best epochs and test ROC-AUC (within 0.0005) as float32 (docs/benchmarks.md)
@@ -514,8 +514,8 @@ def main(argv=None) -> int:
     student_json = work / "student.json"
     if a.student:
         student = a.student
-        n_s = n_params_of("transformer", a.student, a.crop_seconds, front_end(a))
-        n_t = n_params_of("transformer", a.preset, a.crop_seconds, front_end(a))
+        n_s = n_params_of("transformer", a.student, a.crop_seconds, fe)
+        n_t = n_params_of("transformer", a.preset, a.crop_seconds, fe)
     else:
         if student_json.is_file():
             cfg = json.loads(student_json.read_text())
@@ -523,8 +523,8 @@ def main(argv=None) -> int:
             cfg, _, _ = pick_student(a.preset, a.crop_seconds)
             student_json.write_text(json.dumps(cfg))
         # counted with the front end the rows train with (--front-end changes the token projection)
-        n_s = n_params_of("transformer", a.preset, a.crop_seconds, {**cfg["params"], **front_end(a)})
-        n_t = n_params_of("transformer", a.preset, a.crop_seconds, front_end(a))
+        n_s = n_params_of("transformer", a.preset, a.crop_seconds, {**cfg["params"], **fe})
+        n_t = n_params_of("transformer", a.preset, a.crop_seconds, fe)
         student = str(student_json)
     log(f"KD: teacher ({a.preset}) {n_t:,} parameters, student {n_s:,} (1/{n_t / n_s:.1f})")
 
@@ -571,7 +571,7 @@ def main(argv=None) -> int:
                 f"(piece-level), unlabelled pools " + ", ".join(f"{k}× = {counts[k]['unlabeled']}" for k in POOLS)
                 + f" tracks of other pieces; held-out SoundFont test set {a.heldout} tracks. Transformer preset {a.preset} "
                 f"({n_t:,} params), ResNet preset {a.resnet_preset}, KD student {n_s:,} params (1/{n_t / n_s:.1f}); "
-                + (f"front end {', '.join(f'{k} {v}' for k, v in front_end(a).items())} (every row); " if front_end(a) else "")
+                + (f"front end {', '.join(f'{k} {v}' for k, v in fe.items())} (every row); " if fe else "")
                 + f"crops {a.crop_seconds} s (ResNet 3.69 s), batch {a.batch_size}, lr {a.lr}, "
                 f"{a.steps or 'full-pass'} steps/epoch, --max-epochs {a.max_epochs}, --patience {a.patience}, "
                 f"eval crops {a.eval_chunks} (valid) / {a.eval_chunks_test} (test); device {a.device}, precision {a.precision}; seeds {seeds}. "
