@@ -16,6 +16,12 @@ import time
 from pathlib import Path
 
 RENDER = Path(__file__).resolve().parent / "rendered" / "render.py"
+REPO = Path(__file__).resolve().parents[1]
+
+# The benchmarks run ``python -m mttag`` and themselves in child processes; those must use
+# this repository's mttag, like the parent does, whatever the working directory or the
+# installed copy (an editable install of another checkout, or none).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
 
 
 def mttag(*args) -> list[str]:
