@@ -1,5 +1,6 @@
-"""The scarce-label benchmark's report (benchmarks/scarce_labels.py): whether a run is flagged
-as stopped by its epoch cap, judged by the cap that run itself trained with."""
+"""The scarce-label benchmark (benchmarks/scarce_labels.py): whether a run is flagged as
+stopped by its epoch cap (judged by the cap that run itself trained with), its front end,
+and the mttag its child processes run."""
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def test_front_end_option_reaches_every_training_command(scarce):
     args = [str(x) for x in scarce.common(a, 3.69, True, 0)]
     pairs = [args[i + 1] for i, x in enumerate(args) if x == "--param"]
     assert pairs == ["n_mels=64", "hop_length=1024"]
-    a.front_end = ""
-    assert "--param" not in scarce.common(a, 3.69, False, 0)
+    for paper in ("", "paper"):  # the presets' own front end: nothing to override
+        a.front_end = paper
+        assert "--param" not in scarce.common(a, 3.69, False, 0)
     for bad in ("depth=2", "n_mels", "n_mels=x"):
         a.front_end = bad
         with pytest.raises(SystemExit, match="expected KEY=INTEGER"):
@@ -71,6 +73,28 @@ def test_a_work_folder_keeps_one_front_end(scarce, tmp_path):
     old = tmp_path / "old"
     (old / "runs" / "transformer_s0").mkdir(parents=True)
     (old / "runs" / "transformer_s0" / "done").write_text("1\n")
-    with pytest.raises(SystemExit, match="presets' front end"):  # runs from before the record
+    with pytest.raises(SystemExit, match="paper's front end .* give --front-end paper"):  # runs from before the record
         scarce.check_front_end(a, old)
-    scarce.check_front_end(argparse.Namespace(front_end=""), old)  # the presets' own: fine
+    scarce.check_front_end(argparse.Namespace(front_end="paper"), old)  # the presets' own: fine
+    assert json.loads((old / "front_end.json").read_text()) == {}
+    with pytest.raises(SystemExit, match="was run with --front-end paper"):
+        scarce.check_front_end(a, old)
+
+
+def test_the_cpu_scale_trains_at_the_coarse_front_end_and_the_gpu_scale_at_the_papers(scarce):
+    fe = {s: scarce.front_end(argparse.Namespace(front_end=v["front_end"])) for s, v in scarce.SCALES.items()}
+    assert fe["cpu"] == {"n_mels": 64, "n_fft": 2048, "hop_length": 1024}
+    assert fe["smoke"] == fe["cpu"]  # the smoke scale proves the CPU scale's pipeline
+    assert fe["gpu"] == {}
+
+
+def test_child_processes_run_this_repositorys_mttag(scarce, tmp_path):
+    """``python -m mttag`` started by a benchmark from another folder finds this checkout's
+    mttag even where the installed one is another checkout's (or none)."""
+    import subprocess
+    import sys
+
+    # -S: without site-packages, hence without any installed (editable) mttag
+    code = "import importlib.util; print(importlib.util.find_spec('mttag').origin)"
+    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == ROOT / "mttag" / "__init__.py"
