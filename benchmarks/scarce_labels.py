@@ -34,8 +34,9 @@ Scales (see docs/benchmarks.md, "Scarce-label benchmark"):
 
 The CPU scale trains every row at a coarser log-mel front end (64 mels, n_fft 2048, hop 1024:
 half the paper's epoch time, the same answers); ``--front-end paper`` gives the paper's, which
-takes about 3.2 h on 2 cores. Any option given explicitly overrides the scale's value. Every finished run, evaluation
-and dataset is kept under WORK; the same command again resumes where it stopped.
+takes about 3.2 h on 2 cores. Any option given explicitly overrides the scale's value. Every
+finished run, evaluation and dataset is kept under WORK; the same command again resumes where
+it stopped.
 """
 from __future__ import annotations
 
