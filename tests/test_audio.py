@@ -151,6 +151,19 @@ def test_stereo_and_multichannel_are_averaged(tmp_path):
     np.testing.assert_allclose(x, base * 0.175, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 6, 7, 8, 12])
+def test_downmix_is_bit_for_bit_the_channel_mean(channels):
+    # the fast column sum must not change a single sample against numpy's mean (the
+    # order of the additions decides the rounding), nor for float64 input
+    rng = np.random.default_rng(channels)
+    data = (rng.standard_normal((5000, channels)) * 10.0 ** rng.integers(-4, 4, (5000, channels)))
+    for x in (data.astype(np.float32), data):
+        mono = audio._to_mono(x)
+        assert mono.dtype == np.float32
+        assert np.array_equal(mono, x.astype(np.float32).mean(axis=1, dtype=np.float32))
+    assert np.array_equal(audio._to_mono(data[:, 0].astype(np.float32)), data[:, 0].astype(np.float32))
+
+
 def test_resampling_keeps_frequency_and_amplitude(tmp_path):
     """A 1 kHz tone at 44.1 kHz comes out as the same 1 kHz tone at 22,050 Hz."""
     path = write_audio(tmp_path / "1k.wav", synth(3.0, 44100, 1, "tone", freq=1000.0, amp=0.5), subtype="FLOAT")
