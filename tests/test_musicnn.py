@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 
 import mttag
 from mttag.modelfile import load_local_model
@@ -201,22 +202,43 @@ def test_bf16_patch_product_equals_the_convolution_it_replaces():
         torch.testing.assert_close(got, ref, atol=0.05, rtol=0.02)
 
 
-def test_cpu_bf16_runs_temporal_blocks_in_float32_and_timbral_as_bf16_products(models):
-    """Under CPU bf16 autocast musicnn's k×1 temporal blocks keep float32 (oneDNN's float32
-    convolution is the faster one there: bit-identical to no autocast), while its wide timbral
-    blocks take the bf16 product (close, not identical)."""
+def test_cpu_bf16_runs_frontend_blocks_as_bf16_products(models):
+    """Under CPU bf16 autocast both kinds of front-end block take a bf16 matrix product
+    (close to float32, not identical)."""
     model = models[MODELS[0]].eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 1, 60, 96, generator=g)
     with torch.inference_mode():
-        for block in model.temporal:
+        for block in [*model.temporal, *model.timbral]:
             fp32 = block(x)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 bf16 = block(x)
-            assert bf16.dtype == torch.float32 and torch.equal(bf16, fp32)
-        for block in model.timbral:
-            fp32 = block(x)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                bf16 = block(x)
+            assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
             assert not torch.equal(bf16, fp32)
-            torch.testing.assert_close(bf16.float(), fp32, atol=0.1, rtol=0.05)
+            torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("frames", [1, 7, 60, 187, 200])
+def test_bf16_products_compute_the_convolution_of_the_rounded_inputs(models, frames):
+    """The unfolded (timbral) and banded (temporal) products are the convolution followed by
+    the max over frequency: against float64 on the same bf16-rounded inputs and weights they
+    differ only by the rounding of the product to bf16, at every frame (so no tap, block edge or
+    padding frame is misplaced)."""
+    from mttag.models.musicnn import _bf16_conv_max_over_frequency, _bf16_temporal_conv_max_over_frequency
+
+    model = models[MODELS[0]].eval()
+    g = torch.Generator().manual_seed(frames)
+    x = torch.randn(2, 1, frames, 96, generator=g)
+    xr = x.bfloat16().double()
+    with torch.inference_mode():
+        for blocks, product in ((model.temporal, _bf16_temporal_conv_max_over_frequency),
+                                (model.timbral, _bf16_conv_max_over_frequency)):
+            for block in blocks:
+                weight, bias = block.conv.weight, block.conv.bias
+                pad = max(block.time_pad)
+                want = F.conv2d(xr, weight.bfloat16().double(), bias.double(), padding=(pad, 0)).amax(dim=3)
+                got = product(x, weight, bias, pad)
+                assert got.shape == want.shape
+                # bf16 keeps 8 significant bits of the product (before the bias)
+                scale = (want - bias.double()[:, None]).abs().max().item()
+                torch.testing.assert_close(got.double(), want, atol=2.0 ** -8 * scale, rtol=2.0 ** -8)
