@@ -85,6 +85,11 @@ SCALES = {
                 eval_chunks=8, eval_chunks_test=16, seeds="0,1,2", device="cuda", workers=8, precision="auto",
                 front_end="paper"),
 }
+# what a scale key's flag means, where its name does not say it (the help adds each scale's value)
+SCALE_HELP = {
+    "front_end": "log-mel front end of every row, KEY=N,... with KEY n_mels, n_fft, hop_length; "
+                 "'paper' = the presets' 128 mels, n_fft 1024, hop 512 ",
+}
 POOLS = (1, 3, 10)
 
 ROWS = [  # (name, label, kind)
@@ -469,10 +474,8 @@ def main(argv=None) -> int:
                     help="train nothing: evaluate and tabulate the runs finished so far (partial tables)")
     for key, val in SCALES["cpu"].items():
         flag = "--" + key.replace("_", "-")
-        what = ("log-mel front end of every row, KEY=N,... with KEY n_mels, n_fft, hop_length; "
-                "'paper' = the presets' 128 mels, n_fft 1024, hop 512 ") if key == "front_end" else ""
         ap.add_argument(flag, type=type(val) if val is not None else str, default=None,
-                        help=f"{what}[smoke {SCALES['smoke'][key]}, cpu {val}, gpu {SCALES['gpu'][key]}]")
+                        help=f"{SCALE_HELP.get(key, '')}[smoke {SCALES['smoke'][key]}, cpu {val}, gpu {SCALES['gpu'][key]}]")
     a = ap.parse_args(argv)
     for key, val in SCALES[a.scale].items():
         if getattr(a, key) is None:

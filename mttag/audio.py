@@ -192,9 +192,9 @@ def probe(path: str | os.PathLike) -> AudioInfo:
 
 
 def _to_mono(data: np.ndarray) -> np.ndarray:
-    if data.ndim == 1:
-        return data.astype(np.float32, copy=False)
     data = data.astype(np.float32, copy=False)
+    if data.ndim == 1:
+        return data
     channels = data.shape[1]
     if channels >= 8:  # numpy's pairwise summation starts at 8 terms: keep its order exactly
         return data.mean(axis=1, dtype=np.float32)
