@@ -819,7 +819,9 @@ def decoded_digest(path: str | os.PathLike) -> str | None:
     try:
         import soundfile as sf
 
-        with sf.SoundFile(path) as f:
+        from .audio import libsndfile_path
+
+        with sf.SoundFile(libsndfile_path(path)) as f:
             h.update(f"{f.samplerate}/{f.channels}/".encode())
             for block in f.blocks(blocksize=1 << 16, dtype="float32"):
                 h.update(block.tobytes())

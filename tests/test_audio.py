@@ -234,29 +234,34 @@ def test_window_starts_all_covers_the_track_last_aligned_to_end():
     assert len(starts) == 360 and starts[-1] == 3590.0
 
 
-def test_window_starts_bounded_count_is_evenly_spaced():
+def test_window_starts_bounded_count_is_spread_evenly_over_the_whole_track_grid():
+    # 24 grid windows, 8 runs of 3: the centre of each
     starts = window_starts(240.0, 10.0, 8)
-    assert len(starts) == 8
-    assert starts[0] == 0.0 and starts[-1] == pytest.approx(230.0)
-    assert np.allclose(np.diff(starts), 230.0 / 7)
-    # never more windows than the track holds without overlap (rounded up)
-    assert window_starts(25.0, 10.0, 8) == [0.0, 7.5, 15.0]
-    # a single window is taken from the middle
-    assert window_starts(100.0, 10.0, 1) == [45.0]
-    for duration in (10.5, 33.3, 240.0, 3601.0):
-        for n in (None, 1, 2, 8):
+    assert starts == [10.0, 40.0, 70.0, 100.0, 130.0, 160.0, 190.0, 220.0]
+    # always windows --windows all would also average (the last grid window ends with the track)
+    for duration in (10.5, 25.0, 33.3, 240.0, 3601.0):
+        grid = window_starts(duration, 10.0, None)
+        for n in (1, 2, 3, 7, 8, 100, 1000):
             s = window_starts(duration, 10.0, n)
+            assert set(s) <= set(grid) and s == sorted(s) and len(set(s)) == len(s)
+            assert len(s) == min(n, len(grid))
             assert all(0.0 <= x <= duration - 10.0 + 1e-9 for x in s)
-            assert s == sorted(s)
+    # as many windows as the grid holds, or more: the whole track
+    assert window_starts(25.0, 10.0, 8) == window_starts(25.0, 10.0, None) == [0.0, 10.0, 15.0]
+    # a single window: the middle of the grid (rounded down)
+    assert window_starts(100.0, 10.0, 1) == [40.0]
+    assert window_starts(110.0, 10.0, 1) == [50.0]
+    # index arithmetic in integers: 3600 s in 360 windows, 7 runs
+    idx = [round(s / 10.0) for s in window_starts(3600.0, 10.0, 7)]
+    assert idx == [25, 77, 128, 179, 231, 282, 334]
 
 
 def test_even_starts_is_the_one_evenly_spaced_plan():
-    """Tagging windows, validation crops and the teacher's windows all come from even_starts."""
+    """Validation crops and the teacher's windows come from even_starts."""
     assert even_starts(100.0, 10.0, 4) == [0.0, 30.0, 60.0, 90.0]  # first at 0, last ends with the track
     assert even_starts(100.0, 10.0, 1) == [45.0]  # one window: the middle
     assert even_starts(5.0, 10.0, 3) == [0.0, 0.0, 0.0]  # shorter than a window: every window at 0
     assert even_starts(20800, 8000, 3) == [0.0, 6400.0, 12800.0]  # in samples as well as seconds
-    assert window_starts(240.0, 10.0, 8) == even_starts(240.0, 10.0, 8)
 
 
 def test_too_little_audio_is_one_check_and_one_message(tmp_path, make_audio):
@@ -575,3 +580,22 @@ def test_self_referencing_link_named_like_audio(tmp_path):
     with pytest.raises(AudioError) as exc:
         probe(found)
     one_line_error(exc, link, "broken symbolic link", "no such file")
+
+
+@pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="needs a filesystem that takes any bytes")
+def test_libsndfile_opens_a_file_name_that_is_not_utf8_without_ffmpeg(tmp_path, monkeypatch):
+    """soundfile encodes str paths strictly; a Latin-1 name must still decode without
+    the ffmpeg fallback (which is what hid this where ffmpeg is installed)."""
+    import shutil
+
+    from mttag.filetags import decoded_digest
+
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    assert not audio.ffmpeg_available()
+    x = synth(2.0, 22050)
+    sf.write(tmp_path / "plain.wav", x, 22050)
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.wav")
+    os.link(tmp_path / "plain.wav", name)
+    y = load_audio(name, 22050)
+    assert np.array_equal(y, load_audio(tmp_path / "plain.wav", 22050))
+    assert decoded_digest(name) == decoded_digest(tmp_path / "plain.wav") is not None
