@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
+from . import device as device_module
 from .device import PRECISIONS, select_device
 from .models import place
 
@@ -46,16 +47,20 @@ MAX_CPU_MODEL_THREADS = 8
 def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:
     """``fp32`` or ``bf16`` for ``precision`` (auto, fp32, bf16) on ``device``.
 
-    auto: bf16 autocast on CUDA, float32 elsewhere, and float32 for musicnn everywhere
-    (the port exists to reproduce the original's numbers). bf16 on a CPU is opt-in: on one
-    with native bf16 (AVX-512 BF16, AMX) it is faster, but probabilities move by up to
-    ~0.01 (top-5 tags agree closely; docs/tagging.md has the measurement), and results would
-    then depend on which CPU ran them.
+    auto: bf16 where it makes tagging faster, float32 elsewhere. On a CPU with native bf16
+    (AVX-512 BF16, AMX, Arm BF16) the model is what tagging waits for, and bf16 makes it
+    1.6-1.8x faster (msd-musicnn, every window: 4.93 of 5 top-5 tags shared with float32,
+    probabilities within ~0.004; docs/tagging.md has the measurements). On CUDA, bf16 for
+    the Transformers; musicnn stays float32 there, because decoding, not the GPU, bounds
+    it. MPS and CPUs without native bf16 (where PyTorch emulates it, slowly): float32.
+    ``--precision fp32`` reproduces the original musicnn's numbers on any machine.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
+    if device.type == "cpu":
+        return "bf16" if device_module.cpu_has_native_bf16() else "fp32"
     arch = getattr(getattr(model, "config", None), "arch", None)
     return "bf16" if device.type == "cuda" and arch != "musicnn" else "fp32"
 
@@ -424,8 +429,9 @@ def tag(
     ``model`` is a loaded model, a model directory, a registered name or a Hub
     id (``None``: the default model). ``windows``: windows per track averaged
     (``None``: every window). ``batch_size``: windows per forward pass
-    (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on
-    CUDA, float32 elsewhere and for musicnn), ``fp32`` or ``bf16``.
+    (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on a CPU
+    with native bf16 and, except for musicnn, on CUDA; float32 elsewhere), ``fp32`` or
+    ``bf16``.
     """
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
     for problem in unlistable:

@@ -88,6 +88,19 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_native_bf16():
+    """``--precision auto`` picks bf16 on CPUs with native bf16: tests (and module-scoped
+    fixtures) see float32 on every machine, so exactness checks hold wherever the suite
+    runs. A test that wants the other branch patches ``mttag.device.cpu_has_native_bf16``
+    itself; child processes are not patched (pass ``--precision fp32`` to compare them)."""
+    from mttag import device
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device, "cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_user_config(tmp_path_factory, monkeypatch):
     """A developer's own ~/.config/mttag/registry.json, MTTAG_REGISTRY or MTTAG_MODEL must

@@ -482,12 +482,14 @@ def test_cli_push_then_tag_online_and_offline(hf, models, tmp_path, monkeypatch)
     assert pushed.stdout.strip().startswith(hf.hub.url + "/alice/cli/commit/")
 
     audio = _wav(tmp_path / "tone.wav")
-    online = cli("tag", str(audio), "--model", "alice/cli", "--format", "json", "-q")
+    # fp32: the child process below is not under conftest's patch, and auto is bf16 on a
+    # CPU with native bf16
+    online = cli("tag", str(audio), "--model", "alice/cli", "--format", "json", "-q", "--precision", "fp32")
     assert online.exit_code == 0, online.output
     assert hf.hub.resolve_count("alice/cli", "GET") >= 1
     # a real process, configured by environment variables only, with HF_HUB_OFFLINE=1
     before = len(hf.hub.requests)
-    offline = run_cli("tag", str(audio), "--model", "alice/cli", "--format", "json", "-q",
+    offline = run_cli("tag", str(audio), "--model", "alice/cli", "--format", "json", "-q", "--precision", "fp32",
                       env={**hf.env, "HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 0, offline.stderr
     assert len(hf.hub.requests) == before and offline.stdout == online.stdout

@@ -163,14 +163,22 @@ def test_tagger_runs_bundled_model(models, ref, tmp_path):
     assert result.duration == pytest.approx(len(ref["audio_int16"]) / 16000)
 
 
-def test_precision_auto_keeps_musicnn_float32_and_bf16_stays_close(models, ref, tmp_path):
-    """auto is float32 for musicnn on any device (bit-identical to fp32); bf16, opt-in, keeps
-    the probabilities within 0.02 and the top-5 tags (on the reference clip)."""
+def test_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16_and_bf16_stays_close(models, ref, tmp_path, monkeypatch):
+    """auto is bf16 for musicnn on a CPU with native bf16 and float32 elsewhere (CUDA, MPS,
+    other CPUs; there bit-identical to fp32); bf16 keeps the probabilities within 0.02 and
+    the top-5 tags (on the reference clip)."""
+    from mttag import device
     from mttag.tagging import Tagger, resolve_precision
 
     net = models["msd-musicnn"]
     assert resolve_precision("auto", torch.device("cuda"), net) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu"), net) == "fp32"
+    assert resolve_precision("auto", torch.device("mps"), net) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), net) == "fp32"  # conftest: no native bf16
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu"), net) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda"), net) == "fp32"
+    assert resolve_precision("fp32", torch.device("cpu"), net) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     path = tmp_path / "clip.wav"
     sf.write(path, ref["audio_int16"], 16000, subtype="PCM_16")
 

@@ -39,7 +39,7 @@ def embed(
     force: bool = typer.Option(False, "--force", help="Start an existing index over (its tracks are dropped)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
-    windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Evenly spaced windows pooled per track, or 'all'."),
+    windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Windows pooled per track, spread evenly over the track's consecutive windows, or 'all'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
