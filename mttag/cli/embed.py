@@ -12,9 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..display import printable
-from ..embedding import EmbeddingIndexError, IndexWriter, read_manifest
 from ..errors import DEFAULT_WINDOWS, ModelLoadError
-from ..output import path_key
 from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, sigterm_as_interrupt, warn
 
 
@@ -49,7 +47,8 @@ def embed(
     # torch and the audio stack load here, not when the command line starts (`mttag --help`)
     from ..audio import DecoderMessages, UnlistableFolder, iter_audio_files
     from ..device import select_device
-    from ..embedding import Embedder
+    from ..embedding import Embedder, EmbeddingIndexError, IndexWriter, read_manifest
+    from ..output import path_key
 
     n_windows = parse_windows(windows)
     if resume and force:

@@ -8,16 +8,20 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import numpy as np
 import typer
 
 from ..display import printable
-from ..embedding import EmbeddingIndex, EmbeddingIndexError, Hit, short_revision, write_playlist
 from ..errors import ModelLoadError
-from ..output import display_tag, path_from_text, path_text
 from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, warn
+
+
+if TYPE_CHECKING:
+    from ..embedding import EmbeddingIndex, Hit
+
+# numpy, the index code and the decoders are imported by the commands that use them, so
+# that `mttag --help` (which imports every command module) stays quick.
 
 
 class Format(str, Enum):
@@ -29,7 +33,7 @@ class Format(str, Enum):
 def _embed_query(query: Path, index: EmbeddingIndex, model: Optional[str], device: str, windows: Optional[str]):
     """The query file's vector, made with the index's model (refusing any other)."""
     from ..device import select_device
-    from ..embedding import Embedder
+    from ..embedding import Embedder, short_revision
     from ..pretrained import load_model
 
     try:
@@ -60,6 +64,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _print_table(query_label: str, hits: list[Hit]) -> None:
+    from ..output import path_from_text
+
     out = sys.stdout
     out.write(f"# tracks like {printable(query_label)}\n")
     out.write(f"{'#':>4}  {'score':>6}  {'time':>6}  path\n")
@@ -88,6 +94,11 @@ def similar(
 
     Exit codes: 0 tracks found; 1 none found (filters too strict, empty index) or the query file failed; 2 usage error.
     """
+    import numpy as np
+
+    from ..embedding import EmbeddingIndex, EmbeddingIndexError, write_playlist
+    from ..output import display_tag, path_text
+
     try:
         idx = EmbeddingIndex(index)
     except EmbeddingIndexError as exc:
