@@ -8,15 +8,17 @@ For the audio files given (folders are searched), in one run and on the same fil
 * ``original``  musicnn 0.1.0 (TensorFlow, ``MSD_musicnn``; averages every 3 s patch) through
                 ``../shared/anchors/musicnn/tag.py`` (skipped when its virtualenv is absent:
                 make it with ``../shared/anchors/musicnn/setup.sh``);
-* ``all``       ``mttag tag --windows all`` (the same work as the original);
-* ``N``         ``mttag tag --windows N`` for each plan in ``--plans`` (12 is the default);
-                ``N@bf16`` / ``all@bf16`` add ``--precision bf16`` (for CPUs with native bf16).
+* ``all@fp32``  ``mttag tag --windows all --precision fp32`` (the same work as the original, in
+                its precision): the whole-track reference the plans are compared with;
+* ``all``       ``mttag tag --windows all`` (``--precision auto``: bf16 on a CPU with native bf16);
+* ``N``         ``mttag tag --windows N`` for each plan in ``--plans`` (20 is the default);
+                ``N@bf16`` / ``N@fp32`` add ``--precision bf16`` / ``fp32``.
 
 Every entry is a whole process (start-up, model load, decoding, tagging, writing), timed by
 wall clock; the entries are interleaved and repeated (``--repeats``) and the median is
 reported, so a machine that gets busier affects them alike. Agreement is the number of
 top-5 tags shared, averaged over the tracks (and the worst track), against the original
-and against ``--windows all``. ``--model`` measures another model the same way (the
+and against ``--windows all --precision fp32``. ``--model`` measures another model the same way (the
 original is then left out).
 
     python benchmarks/vs_musicnn.py /usr/share/scummvm/drascula/audio /usr/share/games/frozen-bubble/snd \\
@@ -99,8 +101,8 @@ def agreement(a: dict, b: dict) -> tuple[float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="+")
-    ap.add_argument("--plans", default="12,32",
-                    help="plans to time besides 'all': window counts, 'all', each optionally @bf16 [12,32]")
+    ap.add_argument("--plans", default="20,20@fp32",
+                    help="plans to time besides 'all' and 'all@fp32': window counts or 'all', each optionally @bf16 or @fp32 [20,20@fp32]")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", default="msd-musicnn")
     ap.add_argument("--min-seconds", type=float, default=0.0)
@@ -125,7 +127,7 @@ def main() -> int:
     entries: dict[str, list[str]] = {"decode": [py, "-c", DECODE, str(sample_rate), *files]}
     if original:
         entries["original"] = [str(VENV / "bin" / "python"), str(ANCHOR), "-n", "5", *files]
-    plans = list(dict.fromkeys(["all"] + [p for p in a.plans.split(",") if p]))
+    plans = list(dict.fromkeys(["all@fp32", "all"] + [p for p in a.plans.split(",") if p]))
     for p in plans:
         windows, _, precision = p.partition("@")
         entries[p] = [py, "-m", "mttag", "tag", *files, "--model", a.model, "--windows", windows, "--top", "5",
@@ -148,12 +150,11 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     head = "| run | wall s | × decode alone |" + (" × faster than original | top-5 shared with original (mean / worst) |" if original else "") \
-        + " top-5 shared with `--windows all` (mean / worst) |"
+        + " top-5 shared with `--windows all --precision fp32` (mean / worst) |"
     rows += [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for name in entries:
         w, _, prec = name.partition("@")
-        label = {"decode": "decode + resample alone", "original": "original musicnn 0.1.0 (TensorFlow)",
-                 "all": "`mttag tag --windows all`"}.get(
+        label = {"decode": "decode + resample alone", "original": "original musicnn 0.1.0 (TensorFlow)"}.get(
             name, f"`mttag tag --windows {w}" + (f" --precision {prec}" if prec else "") + "`")
         cells = [label, f"{med[name]:.1f}", f"{med[name] / med['decode']:.2f}"]
         if original:
@@ -162,10 +163,10 @@ def main() -> int:
             else:
                 m, w = agreement(tags[name], tags["original"])
                 cells += [f"{med['original'] / med[name]:.2f}×", f"{m:.2f} / {w}"]
-        if name in ("decode", "all") or name == "original" and not tags.get("all"):
+        if name in ("decode", "all@fp32") or name == "original" and not tags.get("all@fp32"):
             cells.append("–")
         else:
-            m, w = agreement(tags[name], tags["all"])
+            m, w = agreement(tags[name], tags["all@fp32"])
             cells.append(f"{m:.2f} / {w}")
         rows.append("| " + " | ".join(cells) + " |")
     print("\n".join(rows))
