@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .display import printable
+from .errors import DEFAULT_WINDOWS
 from .fileio import ExclusiveLock, LockedError, atomic_write
 from .output import display_tag, path_from_text, path_key
 
@@ -161,7 +162,7 @@ class Embedder:
     decoding, bounded memory) asked for embeddings, plus pooling. Works with every model
     that has ``forward_with_embedding`` (musicnn, Transformer, ResNet) — no per-model code."""
 
-    def __init__(self, model: "nn.Module", device: "str | torch.device" = "auto", windows: int | None = 8,
+    def __init__(self, model: "nn.Module", device: "str | torch.device" = "auto", windows: int | None = DEFAULT_WINDOWS,
                  batch_size: int | None = None, model_name: str | None = None, per_window: bool = False):
         from .tagging import Tagger
 
@@ -214,7 +215,7 @@ class Embedder:
 def embed(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     model: "str | os.PathLike | nn.Module | None" = None,
-    windows: int | None = 8,
+    windows: int | None = DEFAULT_WINDOWS,
     batch_size: int | None = None,
     device: str = "auto",
     per_window: bool = False,
@@ -345,7 +346,7 @@ class IndexWriter:
     """
 
     def __init__(self, path: str | os.PathLike, model: dict[str, Any], tags: Sequence[str],
-                 windows: int | None = 8, *, resume: bool = False, force: bool = False):
+                 windows: int | None = DEFAULT_WINDOWS, *, resume: bool = False, force: bool = False):
         self.path = Path(path)
         self.model = dict(model)
         self.tags = list(tags)

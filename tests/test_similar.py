@@ -196,6 +196,18 @@ def test_resume_after_interruption_loses_nothing_and_repeats_nothing(music, tiny
         np.testing.assert_allclose(full.vectors[full.row_of(p)], one.vector, rtol=0, atol=1e-6)
 
 
+def test_resume_keeps_the_index_windows_unless_given(music, tiny_model_dir, tmp_path):
+    """An index made with another --windows (or another default) is continued alike."""
+    out = tmp_path / "lib.mttag"
+    files = good_files(music)
+    assert run("embed", *files[:2], "-o", out, "-m", tiny_model_dir, "--windows", "1", "-q").exit_code == 0
+    assert run("embed", *files[2:4], "-o", out, "--resume", "-q").exit_code == 0
+    assert run("embed", *files[4:], "-o", out, "--resume", "--windows", "all", "-q").exit_code == 0
+    pooled = [json.loads(x)["windows"] for x in (out / TRACKS).read_text().splitlines()]
+    assert pooled[:4] == [1, 1, 1, 1]
+    assert min(pooled[4:]) > 1  # 3 s clips hold more than one window of the tiny model
+
+
 def test_another_model_is_refused(index, music, tmp_path):
     other = save_tiny_model(tmp_path / "other", seed=1)
     before = (index / VECTORS).read_bytes()

@@ -37,7 +37,7 @@ def embed(
     force: bool = typer.Option(False, "--force", help="Start an existing index over (its tracks are dropped)."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
-    windows: str = typer.Option(str(DEFAULT_WINDOWS), "--windows", "-w", help="Windows pooled per track, spread evenly over the track's consecutive windows, or 'all'."),
+    windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows pooled per track, spread evenly over the track's consecutive windows, or 'all'. Default: with --resume as the index was made, else {DEFAULT_WINDOWS}."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
@@ -50,20 +50,24 @@ def embed(
     from ..embedding import Embedder, EmbeddingIndexError, IndexWriter, read_manifest
     from ..output import path_key
 
-    n_windows = parse_windows(windows)
+    n_windows = parse_windows(windows) if windows is not None else DEFAULT_WINDOWS
     if resume and force:
         fail("--resume adds to an index, --force starts it over: choose one")
     try:
         dev = select_device(device)
     except ValueError as exc:
         fail(str(exc))
-    if resume and model is None:
+    if resume and (model is None or windows is None):
+        # what is not given is the index's: its model, and its windows (so an index made
+        # with another default keeps pooling its tracks alike)
         try:
             manifest = read_manifest(output)
         except EmbeddingIndexError as exc:
             fail(str(exc))
-        if manifest is not None:
+        if manifest is not None and model is None:
             model = manifest["model"].get("name")
+        if manifest is not None and windows is None and "windows" in manifest:
+            n_windows = manifest["windows"]
 
     unlistable: list[UnlistableFolder] = []
     files = list(iter_audio_files(paths, on_error=unlistable.append))
