@@ -551,3 +551,18 @@ def test_precision_option(tiny_model_dir, tmp_path, monkeypatch):
     assert res.exit_code == 2
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", mttag.device.select_device("cpu"), None)
+
+
+def test_summary_says_when_auto_ran_in_bf16(tiny_model_dir, tmp_path, monkeypatch):
+    """auto is bf16 on a CPU with native bf16 only: the summary says which one ran."""
+    from mttag import device as device_mod
+
+    clip = tmp_path / "clip.wav"
+    write_audio(clip, synth(2.0, 22050, 1, "music"), 22050)
+    res = tag(clip, "--model", tiny_model_dir, "-o", tmp_path / "a.csv")
+    assert res.exit_code == 0 and "on cpu with" in res.output
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    res = tag(clip, "--model", tiny_model_dir, "-o", tmp_path / "b.csv")
+    assert res.exit_code == 0 and "on cpu (bf16) with" in res.output
+    res = tag(clip, "--model", tiny_model_dir, "-o", tmp_path / "c.csv", "--precision", "fp32")
+    assert res.exit_code == 0 and "on cpu with" in res.output

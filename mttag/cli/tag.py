@@ -268,7 +268,9 @@ def tag(
         elapsed = time.perf_counter() - start
         done_now = writer.count - len(kept)
         if not quiet:
-            msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {dev.type} with {model_name}"
+            # bf16 is said, since auto picks it on some CPUs and not others: the numbers differ slightly
+            on = f"{dev.type} (bf16)" if tagger.precision == "bf16" else dev.type
+            msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {on} with {model_name}"
             if output is not None:
                 msg += f"; results in {printable(output)}"
             console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
