@@ -1,12 +1,13 @@
 """How many windows does a track need? Agreement of window plans with whole-track tags.
 
 For each track in FOLDERS, the tags of every consecutive window averaged (``--windows all``,
-the reference) are compared with the tags of N evenly spaced windows, for several N: top-K
+the reference) are compared with the tags of ``--windows N`` (N windows of that grid, spread
+evenly; ``benchmarks/window_placement.py`` compares other placements), for several N: top-K
 overlap (mean, worst track, share of tracks below K-1), windows per track, share of the
 audio heard, and wall time of the plan next to decoding + resampling the whole tracks
 alone (same run, so the ratio survives a noisy machine).
 
-    python benchmarks/window_plans.py /path/to/music --model msd-musicnn --plans 1,2,4,8,16,32
+    python benchmarks/window_plans.py /path/to/music --model msd-musicnn --plans 1,4,8,12,16,20,24,32
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--model", default=None, help="default: the bundled default model")
-    ap.add_argument("--plans", default="1,2,4,8,12,16,24,32", help="window counts to compare with 'all'")
+    ap.add_argument("--plans", default="1,4,8,12,16,20,24,32", help="window counts to compare with 'all'")
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--min-seconds", type=float, default=30.0, help="skip shorter tracks (jingles)")
+    ap.add_argument("--precision", default="fp32", help="of the reference and the plans alike (fp32: the "
+                    "plans' own error, not bf16's; vs_musicnn.py measures what --precision auto gives)")
     args = ap.parse_args()
 
     import numpy as np
@@ -48,7 +51,7 @@ def main() -> None:
 
     def run(windows):
         start = time.perf_counter()
-        results = list(Tagger(model, "cpu", windows=windows).tag_files(files, top=args.top))
+        results = list(Tagger(model, "cpu", windows=windows, precision=args.precision).tag_files(files, top=args.top))
         return results, time.perf_counter() - start
 
     reference, ref_time = run(None)
