@@ -48,11 +48,12 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     """``fp32`` or ``bf16`` for ``precision`` (auto, fp32, bf16) on ``device``.
 
     auto: bf16 where it makes tagging faster, float32 elsewhere. On a CPU with native bf16
-    (AVX-512 BF16, AMX, Arm BF16) the model is what tagging waits for, and bf16 makes it
-    1.6-1.8x faster (msd-musicnn, every window: 4.93 of 5 top-5 tags shared with float32,
-    probabilities within ~0.004; docs/tagging.md has the measurements). On CUDA, bf16 for
-    the Transformers; musicnn stays float32 there, because decoding, not the GPU, bounds
-    it. MPS and CPUs without native bf16 (where PyTorch emulates it, slowly): float32.
+    (AVX-512 BF16, AMX, Arm BF16) the model is what tagging waits for, and bf16 makes
+    tagging 1.5-1.8x faster (msd-musicnn with every window: 1.65x, 4.93 of 5 top-5 tags
+    shared with float32, probabilities within ~0.004; docs/tagging.md has the measurements).
+    On CUDA, bf16 for the Transformers; musicnn stays float32 there, as before (its bf16
+    speed on a GPU is unmeasured). MPS and CPUs without native bf16 (where PyTorch emulates
+    it, slowly): float32.
     ``--precision fp32`` reproduces the original musicnn's numbers on any machine.
     """
     if precision not in PRECISIONS:
