@@ -55,8 +55,11 @@ def components(features: np.ndarray, dim: int) -> np.ndarray:
 
 
 def even(n: int, k: int) -> np.ndarray:
-    """The indices ``mttag.audio.window_starts`` picks: the centre of each of k equal runs."""
-    return np.array([((2 * j + 1) * n - 1) // (2 * k) for j in range(k)])
+    """The grid indices ``--windows k`` picks on a track of n windows, from
+    ``mttag.audio.window_starts`` itself (on a track of exactly n unit windows)."""
+    from mttag.audio import window_starts
+
+    return np.array([round(s) for s in window_starts(float(n), 1.0, k)])
 
 
 def estimate(plan: str, probs: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:

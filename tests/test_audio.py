@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -582,7 +583,7 @@ def test_self_referencing_link_named_like_audio(tmp_path):
     one_line_error(exc, link, "broken symbolic link", "no such file")
 
 
-@pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="needs a filesystem that takes any bytes")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs a filesystem that takes any bytes")
 def test_libsndfile_opens_a_file_name_that_is_not_utf8_without_ffmpeg(tmp_path, monkeypatch):
     """soundfile encodes str paths strictly; a Latin-1 name must still decode without
     the ffmpeg fallback (which is what hid this where ffmpeg is installed)."""

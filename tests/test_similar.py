@@ -208,6 +208,17 @@ def test_resume_keeps_the_index_windows_unless_given(music, tiny_model_dir, tmp_
     assert min(pooled[4:]) > 1  # 3 s clips hold more than one window of the tiny model
 
 
+def test_summary_says_when_auto_ran_in_bf16(music, tiny_model_dir, tmp_path, monkeypatch):
+    from mttag import device
+
+    files = good_files(music)[:1]
+    result = run("embed", *files, "-o", tmp_path / "a.mttag", "-m", tiny_model_dir)
+    assert result.exit_code == 0 and "on cpu with" in result.output
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    result = run("embed", *files, "-o", tmp_path / "b.mttag", "-m", tiny_model_dir)
+    assert result.exit_code == 0 and "on cpu (bf16) with" in result.output
+
+
 def test_another_model_is_refused(index, music, tmp_path):
     other = save_tiny_model(tmp_path / "other", seed=1)
     before = (index / VECTORS).read_bytes()

@@ -190,6 +190,13 @@ def warn_if_bf16_is_emulated(precision: str, device_type: str, quiet: bool) -> N
              "PyTorch emulates it, which is slower than fp32")
 
 
+def ran_on(device_type: str, precision: str) -> str:
+    """Where a run's model ran, for its summary: ``cpu`` or ``cpu (bf16)``. bf16 is named
+    because ``--precision auto`` picks it on some CPUs and not others, and the numbers
+    differ slightly."""
+    return f"{device_type} (bf16)" if precision == "bf16" else device_type
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM (``kill``, a job scheduler's stop) interrupts like Ctrl+C:

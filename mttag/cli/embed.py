@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS, ModelLoadError
-from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, sigterm_as_interrupt, warn
+from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, ran_on, sigterm_as_interrupt, warn
 
 
 def model_reference(name: str | None, net) -> str:
@@ -140,8 +140,9 @@ def embed(
         fail(f"writing {printable(output)} failed ({write_error.strerror or write_error}); the tracks "
              f"written before are kept, --resume goes on from them", EXIT_SOME_FAILED)
     if not quiet:
-        msg = (f"{added} embedded, {failed} failed in {time.perf_counter() - start:.1f} s on {dev.type} with "
-               f"{model_name}; {printable(output)} holds {writer.count} tracks")
+        msg = (f"{added} embedded, {failed} failed in {time.perf_counter() - start:.1f} s on "
+               f"{ran_on(dev.type, embedder.tagger.precision)} with {model_name}; {printable(output)} holds "
+               f"{writer.count} tracks")
         console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

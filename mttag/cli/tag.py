@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS, ModelLoadError
-from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, warn_if_bf16_is_emulated
+from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, ran_on, warn_if_bf16_is_emulated
 
 
 class Format(str, Enum):
@@ -268,9 +268,8 @@ def tag(
         elapsed = time.perf_counter() - start
         done_now = writer.count - len(kept)
         if not quiet:
-            # bf16 is said, since auto picks it on some CPUs and not others: the numbers differ slightly
-            on = f"{dev.type} (bf16)" if tagger.precision == "bf16" else dev.type
-            msg = f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on {on} with {model_name}"
+            msg = (f"{done_now - failed} tagged, {failed} failed in {elapsed:.1f} s on "
+                   f"{ran_on(dev.type, tagger.precision)} with {model_name}")
             if output is not None:
                 msg += f"; results in {printable(output)}"
             console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
