@@ -199,14 +199,26 @@ def run(fn: Callable[..., _T], *args: Any) -> _T:
         fail(exc.message, exc.exit_code)
 
 
-class ProgressEvents(RunEvents):
-    """A run's events on the terminal: a transient progress bar (only on a terminal, not with
-    --quiet) and one ``warning:`` line per warning. Commands add what they print per result."""
+class ConsoleEvents(RunEvents):
+    """A run's warnings on stderr, one ``warning:`` line each (none with --quiet)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def warning(self, path: str | None, message: str) -> None:
+        if not self.quiet:
+            warn(message if path is None else f"{path}: {message}")
+
+
+class ProgressEvents(ConsoleEvents):
+    """A run's events on the terminal: its warnings and a transient progress bar (only on a
+    terminal, not with --quiet). Commands add what they print per result."""
 
     def __init__(self, description: str, quiet: bool, bar_console: Console | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.description, self.quiet = description, quiet
+        super().__init__(quiet)
+        self.description = description
         bar_console = bar_console or console
         self.progress = Progress(
             TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -215,10 +227,6 @@ class ProgressEvents(RunEvents):
         )
         self.task = None
         self.count = 0
-
-    def warning(self, path: str | None, message: str) -> None:
-        if not self.quiet:
-            warn(message if path is None else f"{path}: {message}")
 
     def started(self, total: int) -> None:
         self.start = time.perf_counter()

@@ -9,9 +9,14 @@ loads neither torch nor numpy; a run does.
 """
 
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, RunError, RunEvents, RunSummary
+from .embed import EmbedRequest, embed_results, run_embed
+from .similar import Similar, SimilarRequest, find_similar, write_similar_playlist
 from .tag import TagRequest, run_tag, tag_results
+from .write import WriteRequest, read_results, run_undo, run_write
 
 __all__ = [
     "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "RunError", "RunEvents", "RunSummary",
-    "TagRequest", "run_tag", "tag_results",
+    "TagRequest", "run_tag", "tag_results", "EmbedRequest", "run_embed", "embed_results",
+    "WriteRequest", "run_write", "run_undo", "read_results", "Similar", "SimilarRequest", "find_similar",
+    "write_similar_playlist",
 ]
