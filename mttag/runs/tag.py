@@ -17,10 +17,6 @@ from .common import (
     no_files_error, open_undo_log, parse_windows, resolve_device,
 )
 
-FORMATS = ("table", "csv", "tsv", "json", "jsonl")
-LAYOUTS = ("track", "long", "wide", "timeline")
-
-
 @dataclass
 class TagRequest:
     """What to tag and where the results go; the options of ``mttag tag``, by the same names.
