@@ -99,6 +99,10 @@ def test_tag_refusals_are_run_errors_with_one_line(songs, tiny_model, request_kw
     assert "started" not in events.kinds()
 
 
+def test_a_run_error_is_one_line_whatever_it_names():
+    assert RunError("bad\nname.wav: no such file").message == "bad\\x0aname.wav: no such file"
+
+
 def test_no_files_is_a_run_error_with_exit_code_1(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunError) as caught:

@@ -28,8 +28,10 @@ class RunError(Exception):
     the command line exits with (2 for a usage error, 1 for a failure such as a full disk)."""
 
     def __init__(self, message: object, exit_code: int = EXIT_USAGE):
-        super().__init__(str(message))
-        self.message = str(message)
+        # control characters (a newline in a file name or a library's message) shown as \xNN,
+        # so that the message stays one line wherever it is printed or logged
+        self.message = printable(message)
+        super().__init__(self.message)
         self.exit_code = exit_code
 
 
