@@ -5,6 +5,7 @@ same calls."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -82,6 +83,14 @@ def test_tag_run_reports_events_and_a_summary(songs, tiny_model, tmp_path):
     # the Python API and the run give the same tags: one code path
     api = {r.path: r.to_dict() for r in mttag.tag(songs, model=tiny_model, device="cpu", precision="fp32")}
     assert records == [api[r["path"]] for r in records]
+
+
+def test_tag_run_without_an_output_file_writes_to_the_stream_given(songs, tiny_model, capsys):
+    stream, events = io.StringIO(), Recorder()
+    summary = run_tag(TagRequest([songs], model=tiny_model, format="jsonl", stream=stream), events)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r["path"] for r in records] == [c[1] for c in events.calls if c[0] == "result"]
+    assert len(records) == 4 and summary.output is None and capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("request_kwargs, message", [

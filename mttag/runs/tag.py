@@ -23,8 +23,10 @@ class TagRequest:
 
     ``windows``: None for the default (DEFAULT_WINDOWS, every window with ``timeline`` or
     ``plot``), a number, or ``"all"``. ``model``: a name as ``--model`` takes it, or a loaded
-    model. ``table_console``: the rich console a table on stdout is printed through (the
-    command line's; without one a table goes to ``sys.stdout``). ``download_progress``: as
+    model. ``stream``: where the results go without an ``output`` file (None: ``sys.stdout``;
+    a plugin that only wants the ``result`` events passes ``io.StringIO()``).
+    ``table_console``: the rich console a table on stdout is printed through (the command
+    line's; without one a table goes to ``stream``). ``download_progress``: as
     :func:`mttag.load_model`'s ``progress``."""
 
     paths: list[Path]
@@ -45,6 +47,7 @@ class TagRequest:
     undo_log: Path | None = None
     timeline: bool = False
     plot: Path | None = None
+    stream: Any = None
     table_console: Any = None
     download_progress: bool | None = None
 
@@ -182,7 +185,10 @@ class _TagRun:
 
         target, output = self.target, self.req.output
         try:
-            stream = target.open() if target is not None else sys.stdout
+            if target is not None:
+                stream = target.open()
+            else:  # looked up now: a test runner swaps sys.stdout per invocation
+                stream = self.req.stream if self.req.stream is not None else sys.stdout
             self.writer = ResultWriter(stream, self.fmt, console=self.req.table_console, table_header=target is not None,
                                        layout=self.layout, vocabulary=self.net.config.tags)
             for record in self.kept:
