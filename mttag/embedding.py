@@ -227,14 +227,12 @@ def embed(
     ``result.window_times``. ``model``, ``windows``, ``batch_size``, ``device``: as
     :func:`mttag.tag`. Cosine similarity of two tracks is ``a.vector @ b.vector``.
     """
-    from .tagging import model_label, prepare_run
+    from .runs.embed import embed_results
+    from .tagging import prepare_run
 
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
-    for problem in unlistable:
-        yield EmbeddingResult(problem.path, error=f"cannot list this folder ({problem.reason})",
-                              model=name or model_label(net))
     embedder = Embedder(net, dev, windows=windows, batch_size=batch_size, model_name=name, per_window=per_window)
-    yield from embedder.embed_files(files)
+    yield from embed_results(embedder, files, unlistable)
 
 
 # -- the index on disk -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
+from .audio import AudioError, is_silent, iter_windows, window_starts
 from . import device as device_module
 from .device import PRECISIONS, select_device
 from .models import place
@@ -403,15 +403,14 @@ def prepare_run(paths, model, device: str):
     """What ``mttag.tag()`` and ``mttag.embed()`` start from: the model (loaded unless given),
     the device, the name results carry (``None``: the model's own), the audio files under
     ``paths`` (``~`` expanded) and the folders that could not be listed."""
-    from .pretrained import load_model
+    from .runs.common import find_audio, open_model
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     dev = select_device(device)
-    net = model if isinstance(model, nn.Module) else load_model(model, device=str(dev))
+    net = open_model(model, dev)
     name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
-    unlistable: list[UnlistableFolder] = []
-    files = list(iter_audio_files((Path(p).expanduser() for p in paths), on_error=unlistable.append))
+    files, unlistable = find_audio(Path(p).expanduser() for p in paths)
     return net, dev, name, files, unlistable
 
 
@@ -434,8 +433,8 @@ def tag(
     with native bf16 and, except for musicnn, on CUDA; float32 elsewhere), ``fp32`` or
     ``bf16``.
     """
+    from .runs.tag import tag_results
+
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
-    for problem in unlistable:
-        yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})", model=name or model_label(net))
     tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision)
-    yield from tagger.tag_files(files, top=top, threshold=threshold)
+    yield from tag_results(tagger, files, unlistable, top, threshold)

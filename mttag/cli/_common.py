@@ -7,14 +7,11 @@ else), prints exactly one line ``error: <message>`` on stderr and exits with 2.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import signal
 import sys
-import threading
+import time
 import typing
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,14 +19,15 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..display import printable
+from ..runs.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: F401  (re-exported)
+from ..runs.common import RunError, RunEvents, bf16_emulation_warning
+from ..runs.common import interruptible as sigterm_as_interrupt  # noqa: F401  (train, prepare, distill use it)
+from ..runs.common import parse_windows as _parse_windows
 
 # Results go to stdout; progress, warnings and errors to stderr so pipes stay clean.
 console = Console(stderr=True)
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+_T = TypeVar("_T")
 
 
 def _exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -181,13 +179,9 @@ def warn(message: object, target: Console | None = None) -> None:
 def warn_if_bf16_is_emulated(precision: str, device_type: str, quiet: bool) -> None:
     """``--precision bf16`` on a CPU without native bf16 works, but PyTorch emulates it,
     more slowly than float32: say so (``tag``, ``train`` and ``distill`` alike)."""
-    if precision != "bf16" or device_type != "cpu" or quiet:
-        return
-    from .. import device  # looked up at call time: tests stand in for the CPU check
-
-    if not device.cpu_has_native_bf16():
-        warn("--precision bf16: found no native bf16 on this CPU (AVX-512 BF16, AMX); "
-             "PyTorch emulates it, which is slower than fp32")
+    message = None if quiet else bf16_emulation_warning(precision, device_type)
+    if message:
+        warn(message)
 
 
 def ran_on(device_type: str, precision: str) -> str:
@@ -197,23 +191,56 @@ def ran_on(device_type: str, precision: str) -> str:
     return f"{device_type} (bf16)" if precision == "bf16" else device_type
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (``kill``, a job scheduler's stop) interrupts like Ctrl+C:
-    a ``KeyboardInterrupt`` that the commands turn into a clean stop and exit code 130.
-    The previous handler comes back afterwards."""
-    if threading.current_thread() is not threading.main_thread():  # handlers only from the main thread
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+def run(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, a run of mttag.runs; its RunError printed as one ``error:`` line and exited with."""
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return fn(*args)
+    except RunError as exc:
+        fail(exc.message, exc.exit_code)
+
+
+class ConsoleEvents(RunEvents):
+    """A run's warnings on stderr, one ``warning:`` line each (none with --quiet)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def warning(self, path: str | None, message: str) -> None:
+        if not self.quiet:
+            warn(message if path is None else f"{path}: {message}")
+
+
+class ProgressEvents(ConsoleEvents):
+    """A run's events on the terminal: its warnings and a transient progress bar (only on a
+    terminal, not with --quiet). Commands add what they print per result."""
+
+    def __init__(self, description: str, quiet: bool, bar_console: Console | None = None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        super().__init__(quiet)
+        self.description = description
+        bar_console = bar_console or console
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            console=bar_console, disable=quiet or not bar_console.is_terminal, transient=True,
+        )
+        self.task = None
+        self.count = 0
+
+    def started(self, total: int) -> None:
+        self.start = time.perf_counter()
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=total, rate="")
+
+    def result(self, result: Any) -> None:
+        self.count += 1
+        if self.task is not None:
+            rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(self.task, advance=1, rate=f"{rate:.2f} tracks/s")
+
+    def finished(self) -> None:
+        self.progress.stop()
 
 
 def augment_probabilities(items: list[str] | None) -> dict[str, float]:
@@ -274,12 +301,4 @@ def model_param_overrides(items: list[str] | None, arch: str, base: dict[str, An
 
 def parse_windows(value: str | None, option: str = "--windows") -> int | None:
     """``--windows N|all`` → N, or None for every window (also when not given)."""
-    if value is None or value.lower() == "all":
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        fail(f"{option} {value}: expected a positive number or 'all'")
-    return n
+    return run(_parse_windows, value, option)

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from ..display import printable
-from ..errors import ModelLoadError
-from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, warn
+from ._common import EXIT_OK, EXIT_SOME_FAILED, ConsoleEvents, app, console, run, warn
 
 
 if TYPE_CHECKING:
-    from ..embedding import EmbeddingIndex, Hit
+    from ..embedding import Hit
 
 # numpy, the index code and the decoders are imported by the commands that use them, so
 # that `mttag --help` (which imports every command module) stays quick.
@@ -28,34 +27,6 @@ class Format(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
-
-
-def _embed_query(query: Path, index: EmbeddingIndex, model: Optional[str], device: str, windows: Optional[str]):
-    """The query file's vector, made with the index's model (refusing any other)."""
-    from ..device import select_device
-    from ..embedding import Embedder, short_revision
-    from ..pretrained import load_model
-
-    try:
-        dev = select_device(device)
-    except ValueError as exc:
-        fail(str(exc))
-    name = model or index.model.get("name")
-    try:
-        net = load_model(name, device=str(dev), progress=None)
-    except ModelLoadError as exc:
-        hint = "" if model else "; pass --model with the model the index was made with"
-        fail(f"the index's model {printable(name)} cannot be loaded ({exc}){hint}")
-    n_windows = parse_windows(windows) if windows is not None else index.manifest.get("windows")
-    embedder = Embedder(net, dev, windows=n_windows, model_name=name)
-    if embedder.identity["revision"] != index.model["revision"]:
-        fail(f"--model {printable(name)} (revision {short_revision(embedder.identity['revision'])}) is not the model "
-             f"{printable(index.path)} was made with ({printable(index.model.get('name'))}, revision "
-             f"{short_revision(index.model['revision'])}); embeddings of different models cannot be compared")
-    result = next(embedder.embed_files([query]))
-    if not result.ok:
-        fail(f"{printable(query)}: {result.error}", EXIT_SOME_FAILED)
-    return result.vector, result.duration
 
 
 def _minutes(seconds: float) -> str:
@@ -94,37 +65,14 @@ def similar(
 
     Exit codes: 0 tracks found; 1 none found (filters too strict, empty index) or the query file failed; 2 usage error.
     """
-    import numpy as np
+    from ..output import path_text
+    from ..runs.similar import SimilarRequest, find_similar, write_similar_playlist
 
-    from ..embedding import EmbeddingIndex, EmbeddingIndexError, write_playlist
-    from ..output import display_tag, path_text
-
-    try:
-        idx = EmbeddingIndex(index)
-    except EmbeddingIndexError as exc:
-        fail(f"--index {exc}")
-    if min_duration is not None and max_duration is not None and min_duration > max_duration:
-        fail(f"--min-duration {min_duration:g} is longer than --max-duration {max_duration:g}")
-    filters = []
-    for name in tag or []:
-        try:
-            filters.append((idx.tag_index(name), min_score))
-        except KeyError:
-            known = ", ".join(display_tag(t) for t in idx.tags[:12])
-            fail(f"--tag {name!r}: not a tag of the index's model ({known}{', ...' if len(idx.tags) > 12 else ''})")
-
-    row = idx.row_of(query)
-    exclude: list[int] = []
-    if row is not None:
-        vector, duration = np.asarray(idx.vectors[row]), float(idx.durations[row])
-        if not include_query:
-            exclude.append(row)
-    elif os.path.lexists(query):
-        vector, duration = _embed_query(query, idx, model, device, windows)
-    else:
-        fail(f"{printable(query)}: no such file, and not a track of {printable(index)}")
-    hits = idx.search(vector, top, exclude=exclude, tags=filters, min_duration=min_duration, max_duration=max_duration)
-
+    request = SimilarRequest(query, index, top=top, tags=tag, min_score=min_score, min_duration=min_duration,
+                             max_duration=max_duration, include_query=include_query, model=model, device=device,
+                             windows=windows)
+    found = run(find_similar, request)
+    hits = found.hits
     label = path_text(os.path.abspath(query))
     if fmt is Format.table:
         _print_table(os.fspath(query), hits)
@@ -133,22 +81,15 @@ def similar(
         w.writerow(["rank", "score", "duration", "path"])
         w.writerows([h.rank, f"{h.score:.4f}", h.duration, h.path] for h in hits)
     else:
-        doc = {"query": label, "index": path_text(os.path.abspath(index)), "model": idx.model.get("name"),
+        doc = {"query": label, "index": path_text(os.path.abspath(index)), "model": found.index.model.get("name"),
                "results": [h.to_dict() for h in hits]}
         sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
     sys.stdout.flush()
 
     if playlist is not None:
-        entries = [(os.path.abspath(query), duration)] if os.path.lexists(query) else []
-        entries += [(h.file, h.duration) for h in hits]
-        try:
-            for message in write_playlist(playlist, entries, force=force):
-                warn(message)
-        except EmbeddingIndexError as exc:
-            fail(str(exc))
-        console.print(f"playlist: {printable(playlist)} ({len(entries)} tracks)", highlight=False, soft_wrap=True, markup=False)
+        n = run(write_similar_playlist, found, query, playlist, force, ConsoleEvents())
+        console.print(f"playlist: {printable(playlist)} ({n} tracks)", highlight=False, soft_wrap=True, markup=False)
     if not hits:
-        warn(f"no track of {index} matches" + (" the filters" if filters or min_duration or max_duration else ""))
+        warn(f"no track of {index} matches" + (" the filters" if found.filtered else ""))
         raise typer.Exit(EXIT_SOME_FAILED)
     raise typer.Exit(EXIT_OK)
-

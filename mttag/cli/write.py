@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,7 +12,8 @@ import typer
 from rich.markup import escape
 
 from ..display import printable
-from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, app, console, fail, sigterm_as_interrupt
+from ..runs.common import RunEvents
+from ._common import app, console, fail, run
 
 
 class Mode(str, Enum):
@@ -69,16 +69,6 @@ def _stdout():
     return _OUT[0]
 
 
-def _fields(value: str) -> list[str]:
-    from ..filetags import FIELDS
-
-    names = [v.strip().lower() for v in value.split(",") if v.strip()]
-    bad = [n for n in names if n not in FIELDS]
-    if bad or not names:
-        fail(f"--fields {value}: expected a comma-separated list of {', '.join(FIELDS)}")
-    return list(dict.fromkeys(names))
-
-
 @app.command()
 def write(
     results: Optional[Path] = typer.Argument(None, help="A results file of 'mttag tag -o FILE' (.jsonl, .json or .csv)."),
@@ -103,155 +93,37 @@ def write(
 
     Exit codes: 0 every file written (or unchanged); 1 some files failed (each gets an error line); 2 usage error; 130 interrupted (files already written stay written and are in the undo log).
     """
-    from .. import filetags
+    from ..runs.write import WriteRequest, run_undo, run_write
 
+    events = _WriteEvents(as_json)
     if undo is not None:
         if results is not None:
             fail("--undo LOG takes no RESULTS file")
-        _run_undo(undo, dry_run, as_json, quiet)
-        return
-    if results is None:
-        fail("missing RESULTS file (or --undo LOG)")
-
-    kind_map = None
-    if kinds is not None:
-        try:
-            kind_map = filetags.load_kinds(kinds)
-        except (OSError, ValueError) as exc:
-            fail(f"--kinds: {getattr(exc, 'strerror', None) or exc}")
-    try:
-        options = filetags.WriteOptions(fields=_fields(fields), mode=mode.value, top=top, threshold=threshold,
-                                        case=case.value, join=join or None, kinds=kind_map, dry_run=dry_run,
-                                        keep_mtime=keep_mtime, verify_audio=verify_audio)
-    except ValueError as exc:
-        fail(str(exc))
-
-    records = _read_results(results)
-    if not records:
-        fail(f"{printable(results)} holds no results", EXIT_SOME_FAILED)
-
-    log = None
-    lock = None
-    if not dry_run:
-        log_path = undo_log or filetags.default_undo_log(results)
-        if log_path.suffix.lower() in _AUDIO_SUFFIXES():
-            fail(f"--undo-log {printable(log_path)}: names an audio file")
-        from ..fileio import ExclusiveLock, LockedError
-
-        try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = ExclusiveLock(log_path.parent / f".{log_path.name}.lock", f"another mttag write using {printable(log_path)}", remove=True)
-            lock.acquire()
-            log = filetags.UndoLog(log_path, {"results": str(results.resolve()), "fields": list(options.fields),
-                                              "mode": options.mode})
-        except LockedError as exc:
-            fail(str(exc))
-        except filetags.WriteError as exc:
-            _release(lock)
-            fail(f"--undo-log: {exc}")
-        except OSError as exc:
-            _release(lock)
-            fail(f"--undo-log {printable(log_path)}: cannot write it ({exc.strerror or exc})")
-
-    counts: dict[str, int] = {}
-    interrupted = False
-    seen: set[str] = set()
-    try:
-        with sigterm_as_interrupt():
-            for path, record in records:
-                if "error" in record:
-                    outcome = filetags.WriteOutcome(path, "skipped", note=f"not tagged: {record['error']}")
-                else:
-                    real = os.path.realpath(path)
-                    if real in seen:  # the same file under two names: once is enough
-                        continue
-                    seen.add(real)
-                    outcome = filetags.write_tags(path, record.get("tags") or [], options, log)
-                counts[outcome.status] = counts.get(outcome.status, 0) + 1
-                _print(outcome, as_json)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if log is not None:
-            log.close()
-        _release(lock)
-
-    failed = counts.get("error", 0)
-    if log is not None and log.count == 0:
-        try:  # nothing was written: a log of headers only is noise
-            if _only_headers(log.path):
-                log.path.unlink()
-        except OSError:
-            pass
-    if not quiet:
-        order = ["would-write", "written", "unchanged", "skipped", "error"]
-        summary = ", ".join(f"{counts[k]} {_WORDS.get(k, k)}" for k in order if counts.get(k))
-        if log is not None and log.count:
-            summary += f"; undo with: mttag write --undo {printable(log.path)}"
-        console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(summary or "nothing to do"),
-                      highlight=False, soft_wrap=True)
-    if interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
-
-
-def _only_headers(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return all(line.startswith('{"mttag_undo":') for line in f if line.strip())
-
-
-def _AUDIO_SUFFIXES() -> set[str]:
-    from ..audio import AUDIO_EXTENSIONS
-
-    return set(AUDIO_EXTENSIONS)
-
-
-def _release(lock) -> None:
-    if lock is not None:
-        lock.release()
-
-
-def _read_results(results: Path) -> list[tuple[str, dict]]:
-    from ..output import read_records, path_from_text, sniff_format
-
-    try:
-        fmt = sniff_format(results)
-    except FileNotFoundError:
-        fail(f"{printable(results)}: no such file")
-    except IsADirectoryError:
-        fail(f"{printable(results)}: is a directory")
-    except OSError as exc:
-        fail(f"{printable(results)}: cannot read it ({exc.strerror or exc})")
-    if fmt in (None, "", "table"):
-        what = "is empty" if fmt == "" else "is a table" if fmt == "table" else "is not an mttag results file"
-        fail(f"{printable(results)} {what}; write results with 'mttag tag ... -o tags.jsonl' (or .json, .csv)")
-    records = read_records(results, fmt)
-    return [(path_from_text(r["path"]), r) for r in records]
-
-
-def _run_undo(log: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
-    from .. import filetags
-
-    if not log.is_file():
-        fail(f"--undo {printable(log)}: no such file")
-    try:
-        filetags.read_undo_log(log)
-    except filetags.WriteError as exc:
-        fail(f"--undo: {exc}")
-    counts: dict[str, int] = {}
-    interrupted = False
-    try:
-        with sigterm_as_interrupt():
-            for outcome in filetags.undo(log, dry_run=dry_run):
-                counts[outcome.status] = counts.get(outcome.status, 0) + 1
-                _print(outcome, as_json)
-    except KeyboardInterrupt:
-        interrupted = True
-    if not quiet:
+        summary = run(run_undo, undo, dry_run, events)
         order = ["would-restore", "restored", "unchanged", "error"]
-        summary = ", ".join(f"{counts[k]} {_WORDS.get(k, k)}" for k in order if counts.get(k))
-        console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(summary or "nothing to do"),
+    else:
+        if results is None:
+            fail("missing RESULTS file (or --undo LOG)")
+        request = WriteRequest(results, top=top, threshold=threshold, fields=fields, mode=mode.value, case=case.value,
+                               join=join, kinds=kinds, dry_run=dry_run, undo_log=undo_log, keep_mtime=keep_mtime,
+                               verify_audio=verify_audio)
+        summary = run(run_write, request, events)
+        order = ["would-write", "written", "unchanged", "skipped", "error"]
+    if not quiet:
+        counts = summary.counts
+        text = ", ".join(f"{counts[k]} {_WORDS.get(k, k)}" for k in order if counts.get(k))
+        if summary.undo_log is not None:
+            text += f"; undo with: mttag write --undo {printable(summary.undo_log)}"
+        console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(text or "nothing to do"),
                       highlight=False, soft_wrap=True)
-    if interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_SOME_FAILED if counts.get("error") else EXIT_OK)
+    raise typer.Exit(summary.exit_code)
+
+
+class _WriteEvents(RunEvents):
+    """Each file's outcome on stdout as it happens: a line (and its changes), or a JSON record."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+
+    def result(self, result) -> None:
+        _print(result, self.as_json)

@@ -1,0 +1,188 @@
+"""Writing tags into audio files from a results file, and undoing it: ``mttag write``'s run.
+
+Every file is written through mttag.filetags (copy, verify, atomic rename), its previous
+values into an undo log first; the log is locked for the whole run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..display import printable
+from .common import EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, finish, interruptible, open_undo_log
+
+DEFAULT_FIELDS = "genre,mood,mttag"
+
+
+@dataclass
+class WriteRequest:
+    """The options of ``mttag write``, by the same names; ``fields`` comma-separated or a list."""
+
+    results: Path
+    top: int | None = None
+    threshold: float | None = None
+    fields: str | list[str] = DEFAULT_FIELDS
+    mode: str = "add"
+    case: str = "title"
+    join: str | None = None
+    kinds: Path | None = None
+    dry_run: bool = False
+    undo_log: Path | None = None
+    keep_mtime: bool = False
+    verify_audio: bool = False
+
+
+def _fields(value: str | list[str]) -> list[str]:
+    from ..filetags import FIELDS
+
+    text = value if isinstance(value, str) else ",".join(value)
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [n for n in names if n not in FIELDS]
+    if bad or not names:
+        raise RunError(f"--fields {text}: expected a comma-separated list of {', '.join(FIELDS)}")
+    return list(dict.fromkeys(names))
+
+
+def _options(req: WriteRequest):
+    from .. import filetags
+
+    kind_map = None
+    if req.kinds is not None:
+        try:
+            kind_map = filetags.load_kinds(req.kinds)
+        except (OSError, ValueError) as exc:
+            raise RunError(f"--kinds: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return filetags.WriteOptions(fields=_fields(req.fields), mode=req.mode, top=req.top, threshold=req.threshold,
+                                     case=req.case, join=req.join or None, kinds=kind_map, dry_run=req.dry_run,
+                                     keep_mtime=req.keep_mtime, verify_audio=req.verify_audio)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+
+
+def read_results(results: Path) -> list[tuple[str, dict]]:
+    """``(path, record)`` of each track in a results file of ``mttag tag``."""
+    from ..output import path_from_text, read_records, sniff_format
+
+    try:
+        fmt = sniff_format(results)
+    except FileNotFoundError:
+        raise RunError(f"{printable(results)}: no such file") from None
+    except IsADirectoryError:
+        raise RunError(f"{printable(results)}: is a directory") from None
+    except OSError as exc:
+        raise RunError(f"{printable(results)}: cannot read it ({exc.strerror or exc})") from None
+    if fmt in (None, "", "table"):
+        what = "is empty" if fmt == "" else "is a table" if fmt == "table" else "is not an mttag results file"
+        raise RunError(f"{printable(results)} {what}; write results with 'mttag tag ... -o tags.jsonl' (or .json, .csv)")
+    records = read_records(results, fmt)
+    return [(path_from_text(r["path"]), r) for r in records]
+
+
+def _open_log(req: WriteRequest, options):
+    """``(lock, log)`` for a run that writes; ``(None, None)`` for a dry run."""
+    from .. import filetags
+    from ..audio import AUDIO_EXTENSIONS
+    from ..fileio import LockedError
+
+    if req.dry_run:
+        return None, None
+    log_path = req.undo_log or filetags.default_undo_log(req.results)
+    if log_path.suffix.lower() in set(AUDIO_EXTENSIONS):
+        raise RunError(f"--undo-log {printable(log_path)}: names an audio file")
+    header = {"results": str(req.results.resolve()), "fields": list(options.fields), "mode": options.mode}
+    try:
+        return open_undo_log(log_path, header, f"another mttag write using {printable(log_path)}")
+    except LockedError as exc:
+        raise RunError(str(exc)) from None
+    except filetags.WriteError as exc:
+        raise RunError(f"--undo-log: {exc}") from None
+    except OSError as exc:
+        raise RunError(f"--undo-log {printable(log_path)}: cannot write it ({exc.strerror or exc})") from None
+
+
+def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSummary:
+    """Write each track's tags of ``request.results`` into its file; ``events.result`` gets each
+    file's WriteOutcome. Raises RunError for a refusal (no file touched then)."""
+    from .. import filetags
+
+    events = events or RunEvents()
+    options = _options(request)
+    records = read_results(request.results)
+    if not records:
+        raise RunError(f"{printable(request.results)} holds no results", EXIT_SOME_FAILED)
+    lock, log = _open_log(request, options)
+    summary = RunSummary("write", output=request.results)
+    seen: set[str] = set()
+    try:
+        with interruptible():
+            events.started(len(records))
+            for path, record in records:
+                if "error" in record:
+                    outcome = filetags.WriteOutcome(path, "skipped", note=f"not tagged: {record['error']}")
+                else:
+                    real = os.path.realpath(path)
+                    if real in seen:  # the same file under two names: once is enough
+                        continue
+                    seen.add(real)
+                    outcome = filetags.write_tags(path, record.get("tags") or [], options, log)
+                _count(summary, outcome.status)
+                events.result(outcome)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        events.finished()
+        if log is not None:
+            log.close()
+        if lock is not None:
+            lock.release()
+    if log is not None:
+        if log.count:
+            summary.undo_log = log.path
+        else:
+            _drop_if_empty(log.path)
+    return finish(summary)
+
+
+def run_undo(log: Path, dry_run: bool = False, events: RunEvents | None = None) -> RunSummary:
+    """Restore the files the undo log ``log`` recorded; ``events.result`` gets each outcome."""
+    from .. import filetags
+
+    events = events or RunEvents()
+    if not log.is_file():
+        raise RunError(f"--undo {printable(log)}: no such file")
+    try:
+        filetags.read_undo_log(log)
+    except filetags.WriteError as exc:
+        raise RunError(f"--undo: {exc}") from None
+    summary = RunSummary("undo", output=log)
+    try:
+        with interruptible():
+            for outcome in filetags.undo(log, dry_run=dry_run):
+                _count(summary, outcome.status)
+                events.result(outcome)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        events.finished()
+    return finish(summary)
+
+
+def _count(summary: RunSummary, status: str) -> None:
+    summary.counts[status] = summary.counts.get(status, 0) + 1
+    if status == "error":
+        summary.failed += 1
+    elif status != "skipped":
+        summary.done += 1
+
+
+def _drop_if_empty(path: Path) -> None:
+    """Nothing was written: a log of headers only is noise."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            only_headers = all(line.startswith('{"mttag_undo":') for line in f if line.strip())
+        if only_headers:
+            path.unlink()
+    except OSError:
+        pass
