@@ -65,12 +65,6 @@ class MttagPlugin(BeetsPlugin):
             "similarity": True,
             "index": "",  # empty: <library>.<model>.mttag beside the library database
         })
-        for key in ("genre", "comments", "mood"):
-            value = self.config[key].get()
-            value = "no" if value is False or value is None else ("add" if value is True else str(value).lower())
-            if value not in support.MODES:
-                raise ui.UserError(f"mttag.{key}: {value!r} is not one of no, add, replace")
-            self.config[key].set(value)
         self._runner: support.Runner | None = None
         self._lock = threading.Lock()  # beets runs import stages in threads
         self._pending: dict[int, support.Outcome] = {}  # item id → embedding waiting for its final path
@@ -80,6 +74,16 @@ class MttagPlugin(BeetsPlugin):
             self.register_listener("import_task_files", self.import_task_files)
 
     # -- configuration ------------------------------------------------------------------------
+    def mode(self, key: str) -> str:
+        """``no``, ``add`` or ``replace`` for genre, comments, mood (YAML reads ``no`` as False).
+        Checked where used: beets turns an error while loading a plugin into a traceback and
+        goes on without the plugin."""
+        value = self.config[key].get()
+        value = "no" if value is False or value is None else ("add" if value is True else str(value).lower())
+        if value not in support.MODES:
+            raise ui.UserError(f"mttag.{key}: {value!r} is not one of no, add, replace")
+        return value
+
     @property
     def model(self) -> str | None:
         return self.config["model"].as_str() or None
@@ -150,6 +154,8 @@ class MttagPlugin(BeetsPlugin):
             return
         if opts.playlist:
             raise ui.UserError("--playlist goes with --similar")
+        for key in ("genre", "comments", "mood"):
+            self.mode(key)  # a bad setting stops the command before any item is tagged
         write = self._write_setting(opts.write)
         force = opts.force or self.config["force"].get(bool)
         self.tag_items(lib, list(lib.items(args)), write=write, force=force)
@@ -239,7 +245,7 @@ class MttagPlugin(BeetsPlugin):
         for tag, score in outcome.tags:
             item[support.field_name(tag)] = round(float(score), 4)
         changed = False
-        mode = self.config["genre"].as_str()
+        mode = self.mode("genre")
         genres = support.genre_values(outcome.tags, "genre")
         if mode != "no" and genres:
             if _genre_is_list():
@@ -251,12 +257,12 @@ class MttagPlugin(BeetsPlugin):
                 new_text = "; ".join(support.merge_list(before, genres, mode))
                 changed |= new_text != (item.get("genre") or "")
                 item["genre"] = new_text
-        mode = self.config["comments"].as_str()
+        mode = self.mode("comments")
         if mode != "no" and outcome.tags:
-            text = support.merge_text(item.get("comments") or "", ", ".join(t for t, _ in outcome.tags), mode)
+            text = support.merge_text(item.get("comments") or "", item[support.TAGS_FIELD], mode)
             changed |= text != (item.get("comments") or "")
             item["comments"] = text
-        mode = self.config["mood"].as_str()
+        mode = self.mode("mood")
         moods = support.genre_values(outcome.tags, "mood")
         if mode != "no" and moods:
             before = [m.strip() for m in str(item.get("mood", "") or "").split(",") if m.strip()]
@@ -302,7 +308,7 @@ class MttagPlugin(BeetsPlugin):
                 if item.id in self._unwritten:
                     self._unwritten.discard(item.id)
                     # beets itself writes only when it applied new metadata (not as-is imports)
-                    if write:
+                    if write and not getattr(task, "apply", False):
                         item.try_write()
             ready = [(item, self._pending.pop(item.id)) for item in task.imported_items() if item.id in self._pending]
             if not ready or not self.config["similarity"].get(bool):
