@@ -217,13 +217,14 @@ class MttagPlugin(BeetsPlugin):
                 if appender is not None:
                     appender.add(os.fsdecode(item.path), outcome)
                 done += 1
-                self._log.info("[{}/{}] {}: {} ({:.2f} s)", n, len(todo), support.describe(item.path),
-                               item.get(support.TAGS_FIELD, ""), outcome.seconds)
+                self._log.info("[{}/{}] {}: {}", n, len(todo), support.describe(item.path),
+                               item.get(support.TAGS_FIELD, "") if item.id in tag_ids else "embedded")
         finally:
             if appender is not None:
                 appender.__exit__(None, None, None)
-        self._log.info("{} tagged, {} failed in {:.1f} s with {} (model loaded in {:.1f} s)", done, failed,
-                       time.perf_counter() - start, self.model_name, runner.load_seconds)
+        seconds = time.perf_counter() - start
+        self._log.info("{} done, {} failed in {:.1f} s ({:.2f} s a track) with {} (model loaded in {:.1f} s)",
+                       done, failed, seconds, seconds / max(1, done + failed), self.model_name, runner.load_seconds)
 
     def _top(self) -> int | None:
         top = self.config["top"].get()
@@ -296,8 +297,7 @@ class MttagPlugin(BeetsPlugin):
                 item.store()
                 if outcome.vector is not None and item.id is not None:
                     self._pending[item.id] = outcome
-                self._log.info("{}: {} ({:.2f} s)", support.describe(item.path),
-                               item.get(support.TAGS_FIELD, ""), outcome.seconds)
+                self._log.info("{}: {}", support.describe(item.path), item.get(support.TAGS_FIELD, ""))
 
     def import_task_files(self, session: ImportSession, task: ImportTask) -> None:
         """The files are in their final place now (copied or moved into the library when the

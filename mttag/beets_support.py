@@ -128,7 +128,6 @@ class Outcome:
     probabilities: Any = field(default=None, repr=False)
     vector: Any = field(default=None, repr=False)
     windows: int = 0
-    seconds: float = 0.0  # decoding + the model, this track's share
 
     @property
     def ok(self) -> bool:
@@ -199,12 +198,11 @@ class Runner:
         tagger = self.load()
         names = list(tagger.config.tags)
         for r in tagger.tag_files(paths, top=None, threshold=None):
-            seconds = (r.decode_seconds or 0.0) + (r.model_seconds or 0.0)
             if not r.ok:
-                yield Outcome(r.path, error=r.error, duration=r.duration, seconds=seconds)
+                yield Outcome(r.path, error=r.error, duration=r.duration)
                 continue
             out = Outcome(r.path, select_tags(r.probabilities, names, top, threshold), duration=r.duration,
-                          probabilities=r.probabilities, windows=r.n_windows, seconds=seconds)
+                          probabilities=r.probabilities, windows=r.n_windows)
             if r.window_embeddings is not None:
                 try:
                     out.vector = pool(r.window_embeddings)
