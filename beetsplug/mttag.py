@@ -173,8 +173,17 @@ class MttagPlugin(BeetsPlugin):
         index's files (None: no index is kept)."""
         indexed: set[str] | None = None
         if self.config["similarity"].get(bool):
+            index = self.index_path(lib)
             try:
-                indexed = support.indexed_paths(self.index_path(lib))
+                made_by = support.index_model(index)
+                if made_by not in (None, self.model_name):
+                    # else every run would embed the same items again, to be refused each time
+                    self._log.warning("similarity index left alone: {} holds embeddings of {}, not of {}; "
+                                      "set mttag.index to another folder for this model",
+                                      support.describe(index), support.describe(made_by),
+                                      support.describe(self.model_name))
+                else:
+                    indexed = support.indexed_paths(index)
             except Exception as exc:  # a damaged index: tag anyway, say so once
                 self._log.warning("similarity index left alone: {}", exc)
         tag_ids = {item.id for item in items if force or item.get(support.MODEL_FIELD) != self.model_name}

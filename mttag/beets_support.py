@@ -243,6 +243,14 @@ def indexed_paths(index: str | os.PathLike) -> set[str]:
     return set(EmbeddingIndex(index).paths)
 
 
+def index_model(index: str | os.PathLike) -> str | None:
+    """The name of the model an index was made with (None: no index yet)."""
+    from .embedding import read_manifest
+
+    manifest = read_manifest(index)
+    return None if manifest is None else str(manifest["model"].get("name"))
+
+
 class IndexAppender:
     """Adds results to an index, each as it arrives: opened per call and closed at once, so
     the lock is held only while this process writes (two ``beet`` commands can take turns)."""

@@ -173,6 +173,23 @@ class TestCommand(_Base):
         assert len(list(self.lib.items("mttag_model:msd-musicnn"))) == len(items)
 
 
+    def test_an_index_of_another_model_is_left_alone(self, sounds, caplog, monkeypatch):
+        self.start()
+        (item,) = self.add(sounds, "tone")
+        self.run_command("mttag")
+        index = self.temp_path / "lib.mttag"
+        before = {p.name: p.read_bytes() for p in index.iterdir() if p.is_file()}
+        with caplog.at_level(logging.INFO, logger="beets"):
+            self.run_command("mttag", "--model", "mtt-musicnn")
+        assert self.lib.get_item(item.id)["mttag_model"] == "mtt-musicnn"
+        assert {p.name: p.read_bytes() for p in index.iterdir() if p.is_file()} == before
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "holds embeddings of msd-musicnn, not of mtt-musicnn" in warnings[0]
+        # nothing left to do: the model is not run again for an index that cannot take it
+        monkeypatch.setattr(support.Runner, "run", lambda *a: pytest.fail("ran the model"))
+        self.run_command("mttag", "--model", "mtt-musicnn")
+
+
 class TestWrite(_Base):
     def test_genre_add_is_written_through_beets_and_audio_is_untouched(self, sounds):
         self.start(genre="add", comments="replace", write=True)
