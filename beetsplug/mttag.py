@@ -66,7 +66,11 @@ class MttagPlugin(BeetsPlugin):
             "index": "",  # empty: <library>.<model>.mttag beside the library database
         })
         self._runner: support.Runner | None = None
-        self._lock = threading.Lock()  # beets runs import stages in threads
+        # beets runs the import stages in threads: the model in the plugin's stage while the
+        # file stage files the embeddings of the album before; each holds its lock briefly
+        # or for its own work only, so the file stage never waits for the model
+        self._model_lock = threading.Lock()
+        self._lock = threading.Lock()  # _pending, _unwritten, the index
         self._pending: dict[int, support.Outcome] = {}  # item id → embedding waiting for its final path
         self._unwritten: set[int] = set()  # imported items whose genres/comments the files lack yet
         if self.config["auto"].get(bool):
@@ -289,7 +293,7 @@ class MttagPlugin(BeetsPlugin):
         items = [i for i in items if force or i.get(support.MODEL_FIELD) != self.model_name]
         if not items:
             return
-        with self._lock:
+        with self._model_lock:
             runner = self.runner()
             try:
                 runner.load()
@@ -301,11 +305,13 @@ class MttagPlugin(BeetsPlugin):
                 if not outcome.ok:
                     self._log.warning("{}: {}", support.describe(item.path), outcome.error)
                     continue
-                if self.apply(item, outcome) and item.id is not None:
-                    self._unwritten.add(item.id)
+                changed = self.apply(item, outcome)
                 item.store()
-                if outcome.vector is not None and item.id is not None:
-                    self._pending[item.id] = outcome
+                with self._lock:
+                    if changed:
+                        self._unwritten.add(item.id)
+                    if outcome.vector is not None:
+                        self._pending[item.id] = outcome
                 self._log.info("{}: {}", support.describe(item.path), item.get(support.TAGS_FIELD, ""))
 
     def import_task_files(self, session: ImportSession, task: ImportTask) -> None:
