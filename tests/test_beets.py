@@ -313,6 +313,19 @@ def test_field_names():
     assert support.field_name("R&B / soul") == "mttag_r_b_soul"
 
 
+def test_default_index_is_beside_the_library_one_per_model(tmp_path):
+    assert support.default_index_path(b"/m/library.db", "msd-musicnn", tmp_path) == Path("/m/library.msd-musicnn.mttag")
+    assert support.default_index_path("/m/lib.blb", "owner/name@v1", tmp_path) == Path("/m/lib.owner_name_v1.mttag")
+    assert support.default_index_path(":memory:", "x", tmp_path) == tmp_path / "library.x.mttag"
+
+
+def test_score_fields_of_a_model_folder_are_numbers(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"tags": ["Tuvan Throat Singing"]}), encoding="utf-8")
+    assert "Tuvan Throat Singing" in support.known_vocabulary(str(tmp_path))
+    assert "Tuvan Throat Singing" not in support.known_vocabulary(None)
+    assert "Hip-Hop" in support.known_vocabulary(None)
+
+
 def test_merging():
     assert support.merge_list(["Jazz", "rock"], ["Rock", "Pop"], "add") == ["Jazz", "rock", "Pop"]
     assert support.merge_list(["Jazz"], ["Rock"], "replace") == ["Rock"]
