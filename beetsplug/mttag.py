@@ -188,12 +188,24 @@ class MttagPlugin(BeetsPlugin):
                                       support.describe(self.model_name))
                 else:
                     indexed = support.indexed_paths(index)
+                    indexed -= self._drop_stale(lib, index, indexed, items if force else [])
             except Exception as exc:  # a damaged index: tag anyway, say so once
                 self._log.warning("similarity index left alone: {}", exc)
         tag_ids = {item.id for item in items if force or item.get(support.MODEL_FIELD) != self.model_name}
         todo = [item for item in items if item.id in tag_ids
                 or (indexed is not None and support.path_key(os.fsdecode(item.path)) not in indexed)]
         return todo, tag_ids, indexed
+
+    def _drop_stale(self, lib: Library, index: str, indexed: set[str], redo: list[Item]) -> set[str]:
+        """Take out of the index the files no item has any more (removed from the library, or
+        moved: the new path is embedded again) and those of ``redo`` (``--force``: embedded
+        again, in case the audio changed). Returns the keys dropped."""
+        live = {support.path_key(os.fsdecode(item.path)) for item in lib.items()}
+        stale = (indexed - live) | (indexed & {support.path_key(os.fsdecode(item.path)) for item in redo})
+        if stale:
+            n = support.drop_rows(index, lambda key: key not in stale)
+            self._log.info("similarity index: {} track(s) taken out (removed, moved or tagged again)", n)
+        return stale
 
     def tag_items(self, lib: Library, items: list[Item], write: bool, force: bool) -> None:
         todo, tag_ids, indexed = self._todo(lib, items, force)

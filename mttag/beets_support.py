@@ -238,9 +238,98 @@ def indexed_paths(index: str | os.PathLike) -> set[str]:
     ``mttag.embedding.EmbeddingIndexError`` for a damaged one."""
     from .embedding import EmbeddingIndex, read_manifest
 
+    recover_index(index)
     if read_manifest(index) is None:
         return set()
     return set(EmbeddingIndex(index).paths)
+
+
+_OLD = ".old-"  # a swapped-out index being deleted: <parent>/.<name>.old-<pid>
+_NEW = ".new-"  # a rewritten index being made: <parent>/.<name>.new-<pid>
+
+
+def recover_index(index: str | os.PathLike) -> None:
+    """Finish a :func:`drop_rows` swap a crash interrupted: put the old index back where the
+    new one never arrived, and delete leftovers."""
+    import shutil
+
+    index = Path(index)
+    parent = index.parent
+    if not parent.is_dir():
+        return
+    for name in os.listdir(parent):
+        if not name.startswith(f".{index.name}{_OLD}") and not name.startswith(f".{index.name}{_NEW}"):
+            continue
+        pid = name.rsplit("-", 1)[-1]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another process is swapping right now: its files, not leftovers
+        leftover = parent / name
+        if _OLD in name[len(index.name) + 1:] and not index.exists():
+            os.rename(leftover, index)  # the rewrite never replaced it: the old one is whole
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, someone else's (or cannot tell: leave it)
+    return True
+
+
+def drop_rows(index: str | os.PathLike, keep) -> int:
+    """Rewrite an index without the rows whose file ``keep(key)`` refuses (items removed from
+    the library, moved, or to be embedded again); returns how many went. The new index is
+    written beside the old one and swapped in by renames, under the index's lock, so a reader
+    sees one or the other and a crash leaves one whole (:func:`recover_index`)."""
+    import shutil
+
+    import numpy as np
+
+    from .embedding import LOCK, TRACKS, EmbeddingIndex, EmbeddingIndexError, IndexWriter, read_manifest
+    from .fileio import ExclusiveLock, LockedError
+
+    index = Path(index)
+    recover_index(index)
+    if read_manifest(index) is None:
+        return 0
+    try:
+        lock = ExclusiveLock(index / LOCK, f"another mttag writing {printable(index)}").acquire()
+    except LockedError as exc:
+        raise EmbeddingIndexError(str(exc)) from None
+    old = index.with_name(f".{index.name}{_OLD}{os.getpid()}")
+    new = index.with_name(f".{index.name}{_NEW}{os.getpid()}")
+    try:
+        idx = EmbeddingIndex(index)
+        rows = [i for i, p in enumerate(idx.paths) if keep(p)]
+        if len(rows) == len(idx):
+            return 0
+        windows = []
+        with open(index / TRACKS, "rb") as f:  # the committed lines come first, in row order
+            for _, line in zip(range(len(idx)), f):
+                windows.append(int(json.loads(line).get("windows") or 0))
+        shutil.rmtree(new, ignore_errors=True)
+        with IndexWriter(new, idx.model, idx.tags, idx.manifest.get("windows")) as writer:
+            for a in range(0, len(rows), 4096):
+                chunk = rows[a:a + 4096]
+                writer.add_rows([idx.paths[i] for i in chunk], [float(idx.durations[i]) for i in chunk],
+                                np.asarray(idx.vectors[chunk]), np.asarray(idx.scores[chunk], dtype=np.float32),
+                                [windows[i] for i in chunk], keys=True)
+        del idx  # its memory maps, before the files move
+        os.rename(index, old)
+        os.rename(new, index)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+    shutil.rmtree(old, ignore_errors=True)
+    return len(windows) - len(rows)
 
 
 def index_model(index: str | os.PathLike) -> str | None:

@@ -269,8 +269,41 @@ class TestSimilar(_Base):
         shutil.move(os.fsdecode(item.path), moved)
         item.path = str(moved)
         item.store()
+        old = support.path_key(os.fsdecode(self.lib_path / sounds["tone"].name))
+        assert old in support.indexed_paths(self.temp_path / "lib.mttag")
         self.run_command("mttag")
-        assert support.path_key(str(moved)) in support.indexed_paths(self.temp_path / "lib.mttag")
+        indexed = support.indexed_paths(self.temp_path / "lib.mttag")
+        assert support.path_key(str(moved)) in indexed and old not in indexed and len(indexed) == 2
+
+    def test_force_embeds_changed_audio_again(self, sounds):
+        from mttag.embedding import EmbeddingIndex
+
+        self.start()
+        (tone, noise) = self.add(sounds, "tone", "noise")
+        self.run_command("mttag")
+        index = self.temp_path / "lib.mttag"
+
+        def cosine() -> float:
+            idx = EmbeddingIndex(index)
+            rows = [idx.row_of(os.fsdecode(i.path)) for i in (tone, noise)]
+            return float(np.dot(idx.vectors[rows[0]], idx.vectors[rows[1]]))
+
+        assert cosine() < 0.99
+        shutil.copy(os.fsdecode(noise.path), os.fsdecode(tone.path))  # new audio, same path
+        self.run_command("mttag", "--force", "title:tone")
+        assert cosine() > 0.999 and len(EmbeddingIndex(index)) == 2
+
+    def test_an_interrupted_swap_is_recovered(self, sounds):
+        self.start()
+        self.add(sounds, "tone", "noise")
+        self.run_command("mttag")
+        index = self.temp_path / "lib.mttag"
+        keys = support.indexed_paths(index)
+        dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+        os.rename(index, index.with_name(f".lib.mttag.old-{dead}"))  # killed between the renames
+        (index.with_name(f".lib.mttag.new-{dead}")).mkdir()
+        assert support.indexed_paths(index) == keys
+        assert sorted(p.name for p in index.parent.iterdir() if p.name.startswith(".lib.mttag")) == []
 
 
 class TestImport(PluginMixin, ImportHelper):
