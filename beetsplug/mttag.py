@@ -153,13 +153,13 @@ class MttagPlugin(BeetsPlugin):
         if opts.model:
             self.config["model"].set(opts.model)
             self._runner = None
+        for key in ("genre", "comments", "mood"):
+            self.mode(key)  # a bad setting stops the command before any item is tagged
         if opts.similar:
             self.similar(lib, args, opts.count, opts.playlist, opts.format)
             return
         if opts.playlist:
             raise ui.UserError("--playlist goes with --similar")
-        for key in ("genre", "comments", "mood"):
-            self.mode(key)  # a bad setting stops the command before any item is tagged
         write = self._write_setting(opts.write)
         force = opts.force or self.config["force"].get(bool)
         self.tag_items(lib, list(lib.items(args)), write=write, force=force)
@@ -174,7 +174,7 @@ class MttagPlugin(BeetsPlugin):
     def _todo(self, lib: Library, items: list[Item], force: bool) -> tuple[list[Item], set[int], set[str] | None]:
         """The items to run: not tagged by this model yet (all with ``force``), and those
         whose file the index does not hold yet (new, or moved). Also the ids to tag and the
-        index's files (None: no index is kept)."""
+        index's files (None: no index is kept). Takes stale tracks out of the index first."""
         indexed: set[str] | None = None
         if self.config["similarity"].get(bool):
             index = self.index_path(lib)
@@ -366,7 +366,7 @@ class MttagPlugin(BeetsPlugin):
         except Exception as exc:
             raise ui.UserError(f"mttag --similar: {exc}") from None
         if seed_key not in indexed:  # embed it now (and tag it, if it is not yet)
-            self.tag_items(lib, [seed], write=False, force=False)
+            self.tag_items(lib, [seed], write=self._write_setting(None), force=False)
         by_key = {support.path_key(os.fsdecode(item.path)): item for item in lib.items()}
         try:
             hits = support.similar(index, seed_key, by_key, count)
