@@ -26,12 +26,18 @@ class Format(str, Enum):
     tsv = "tsv"
     json = "json"
     jsonl = "jsonl"
+    parquet = "parquet"
 
 
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 class Layout(str, Enum):
@@ -63,6 +69,8 @@ def tag(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per track: windows, decoding time and model time (on stderr)."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local (this machine) or ray (a Ray cluster: PATHS may be folders, manifests (.txt/.csv/.parquet lists of paths) or s3:// gs:// URIs; --output is a Parquet dataset folder or URI). See docs/scale.md."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
 ) -> None:
     """Tag audio files with genre, mood, instrument and era tags.
 
@@ -78,6 +86,16 @@ def tag(
     if windows is None:  # a timeline follows the whole track, window after window
         windows = "all" if timeline or plot is not None else str(DEFAULT_WINDOWS)
     n_windows = parse_windows(windows)
+    if engine is Engine.ray:
+        from ..engines.cli import run_tag
+
+        run_tag(paths, output=output, model=model, top=None if all_tags else top, threshold=threshold,
+                windows=n_windows, batch_size=batch_size, device=device, precision=precision.value,
+                resume=resume, address=address, quiet=quiet,
+                refused={"--format": fmt not in (None, Format.parquet), "--layout": layout, "--write": write,
+                         "--timeline": timeline, "--plot": plot, "--force": force})
+    elif address is not None:
+        fail("--address names a Ray cluster; it needs --engine ray")
     if resume and output is None:
         fail("--resume needs --output FILE")
     if force and output is None:
@@ -86,6 +104,8 @@ def tag(
         fail("--undo-log needs --write")
     if output is None and fmt is None:
         fmt = Format.table
+    if output is None and fmt is Format.parquet:
+        fail("--format parquet writes a file: give --output FILE.parquet")
     try:
         dev = select_device(device)
     except ValueError as exc:
@@ -117,6 +137,8 @@ def tag(
         layout = layout or Layout.track
         if layout is Layout.timeline:
             timeline = True  # resuming a timeline file
+        if fmt is Format.parquet and (timeline or plot is not None):
+            fail("--timeline and --plot are not stored in Parquet; use json, jsonl, csv or tsv")
         if layout is not Layout.track and fmt not in (Format.csv, Format.tsv):
             fail(f"--layout {layout.value} is for csv and tsv output, not {fmt.value}")
         try:
@@ -160,8 +182,16 @@ def tag(
         results_console = Console(highlight=False) if to_console else None
         try:
             stream = target.open() if target is not None else sys.stdout
-            writer = ResultWriter(stream, fmt.value, console=results_console,
-                                  table_header=target is not None, layout=layout.value, vocabulary=net.config.tags)
+            if fmt is Format.parquet:
+                from ..parquet_output import ParquetResultWriter, ParquetUnavailable
+
+                try:
+                    writer = ParquetResultWriter(stream, net.config.tags, model_name)
+                except ParquetUnavailable as exc:
+                    fail(str(exc))
+            else:
+                writer = ResultWriter(stream, fmt.value, console=results_console, table_header=target is not None,
+                                      layout=layout.value, vocabulary=net.config.tags)
             for record in kept:
                 writer.write_record(record)
             if target is not None:
