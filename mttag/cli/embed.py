@@ -39,6 +39,8 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows pooled per track, spread evenly over the track's consecutive windows, or 'all'. Default: with --resume as the index was made, else {DEFAULT_WINDOWS}."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    engine: str = typer.Option("local", "--engine", help="local (an index folder on this machine) or ray (a Ray cluster; --output is a Parquet dataset of embeddings and scores, a folder or s3:// gs:// URI). See docs/scale.md."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
 
@@ -51,6 +53,15 @@ def embed(
     from ..output import path_key
 
     n_windows = parse_windows(windows) if windows is not None else DEFAULT_WINDOWS
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}")
+    if engine == "ray":
+        from ..engines.cli import run_embed
+
+        run_embed(paths, output=output, model=model, windows=n_windows, batch_size=batch_size, device=device,
+                  resume=resume, address=address, quiet=quiet, refused={"--force": force})
+    if address is not None:
+        fail("--address names a Ray cluster; it needs --engine ray")
     if resume and force:
         fail("--resume adds to an index, --force starts it over: choose one")
     try:

@@ -21,8 +21,9 @@ share of the object store)::
   (:func:`mttag.parquet_output.write_part`: a temporary name and a rename on a local
   disk) under a name derived from the tracks it holds.
 
-Nothing lost, nothing twice: a killed task or actor is retried by Ray (``max_retries``,
-``max_restarts``, ``max_task_retries``); a retry of a write holds the same tracks and so
+Nothing lost, nothing twice: a killed task or actor is retried by Ray (Ray Data's
+defaults: a task up to 3 times for a lost worker or node, an actor restarted and its
+calls retried without limit; a decoding error is not a failure but a row); a retry of a write holds the same tracks and so
 rewrites the same part name; the driver keeps the names of the parts the run reported
 and, at the end, removes any part of this run that no task reported (written by an
 attempt that died before saying so, whose tracks a retry wrote again).
@@ -47,9 +48,8 @@ MIN_TRACKS_PER_BLOCK = 4
 MAX_BLOCKS = 20000
 ROWS_PER_PART = 1000
 TRACKS_PER_MODEL_CALL = 8
-# Ray's retries for system failures (a worker or node lost); a decoding error is not one:
-# it is a row with its error.
-TASK_RETRIES = 4
+# Environment variables that say where storage is and who may read it
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "CLOUDSDK_")
 _TIMING = ("_read_s", "_decode_s", "_model_s")
 
 
@@ -395,6 +395,10 @@ def run(
             # resolved here, with the driver's environment (credentials, endpoint), and
             # shipped to the workers, whose environment may lack them
             filesystems[sources.bucket_root(t)] = sources.filesystem(sources.bucket_root(t) + "/")[0]
+    # the tasks that touch storage see the driver's credentials and endpoints: the worker
+    # processes of a cluster started earlier (or elsewhere) were not started with them
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    storage = {"runtime_env": {"env_vars": env}} if env else {}
     faults = _faults or {}
     reported: set[str] = set()
 
@@ -428,13 +432,13 @@ def run(
         ds = ray.data.from_items([{"path": t} for t in todo], override_num_blocks=blocks)
         config = net.config
         ds = ds.map_batches(
-            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=1, max_retries=TASK_RETRIES,
+            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=1, **storage,
             fn_kwargs={"sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
                        "windows": windows, "filesystems": filesystems})
         model_ref = [ray.put(net.cpu())]
         ds = ds.map_batches(
             ModelActor, batch_format="pyarrow", batch_size=tracks_per_call, concurrency=n_actors,
-            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
+            num_cpus=cpus, num_gpus=gpus,
             fn_constructor_kwargs={"model_ref": model_ref, "device": device if not gpus else "auto",
                                    "precision": precision, "batch_size": batch_size, "windows": windows,
                                    "model_name": name, "top": top, "threshold": threshold,
@@ -442,8 +446,7 @@ def run(
                                    "fault_marker": faults.get("model")})
         # writing is I/O: a quarter of a core, so it is never what holds the pipeline up
         ds = ds.map_batches(
-            _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25,
-            max_retries=TASK_RETRIES,
+            _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25, **storage,
             fn_kwargs={"fs": fs, "folder": folder, "tags": tags, "model": name,
                        "fault_marker": faults.get("write")})
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
