@@ -98,19 +98,19 @@ def main() -> None:
             assert sorted(paths) == sorted(str(p) for p in tracks), "a track missing or written twice"
             rows.append((w, wall, s))
         base = rows[0][1]
-        steady = {w: (args.tracks - s.first_part[1]) / max(1e-9, wall - s.first_part[0]) for w, wall, s in rows}
         print(f"\n{args.tracks} tracks of {args.seconds:.0f} s, {args.windows} windows each, model "
               f"{rows[0][2].model_name}, this machine: {os.cpu_count()} cores")
-        s1 = steady[rows[0][0]]
-        print(f"{'workers':>7} {'wall s':>7} {'to 1st part s':>13} {'tracks/s':>8} {'steady tracks/s':>15} "
+        w1 = rows[0][0]
+        print(f"{'workers':>7} {'wall s':>7} {'to 1st part s':>13} {'tracks/s':>8} "
               f"{'speed-up':>8} {'efficiency':>10} | per track, ms: {'list':>5} {'read':>5} {'decode':>6} {'model':>6} {'write':>5}")
         for w, wall, s in rows:
             per = {k: 1000 * v / args.tracks for k, v in s.stage_seconds.items()}
-            print(f"{w:>7} {wall:>7.1f} {s.first_part[0]:>13.1f} {args.tracks / wall:>8.2f} {steady[w]:>15.2f} "
-                  f"{steady[w] / s1:>8.2f} {steady[w] / s1 / w * rows[0][0]:>10.0%} | {'':>14} "
+            print(f"{w:>7} {wall:>7.1f} {s.first_part[0]:>13.1f} {args.tracks / wall:>8.2f} "
+                  f"{base / wall:>8.2f} {base / wall / w * w1:>10.0%} | {'':>14} "
                   f"{per.get('list', 0):>5.2f} {per.get('read', 0):>5.2f} {per.get('decode', 0):>6.1f} "
                   f"{per.get('model', 0):>6.1f} {per.get('write', 0):>5.2f}")
-        print("(speed-up and efficiency: steady throughput, after the first part, against the first row's)")
+        print("(wall: from the call to the last part, the actors' start included; speed-up and efficiency against "
+              "the first row; stage costs: seconds per track summed over the workers that ran the stage)")
         # projection from the per-track stage costs of the first (least contended) run
         w, wall, s = rows[0]
         per = {k: v / args.tracks for k, v in s.stage_seconds.items()}

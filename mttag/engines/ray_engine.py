@@ -437,16 +437,19 @@ def run(
                        "windows": windows, "filesystems": filesystems})
         model_ref = [ray.put(net.cpu())]
         ds = ds.map_batches(
-            ModelActor, batch_format="pyarrow", batch_size=tracks_per_call, concurrency=n_actors,
+            ModelActor, batch_format="pyarrow", batch_size=tracks_per_call,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_cpus=cpus, num_gpus=gpus,
             fn_constructor_kwargs={"model_ref": model_ref, "device": device if not gpus else "auto",
                                    "precision": precision, "batch_size": batch_size, "windows": windows,
                                    "model_name": name, "top": top, "threshold": threshold,
                                    "embeddings": embeddings, "threads": n_threads,
                                    "fault_marker": faults.get("model")})
-        # writing is I/O: a quarter of a core, so it is never what holds the pipeline up
+        # Writing is I/O and takes no core of its own: with any, it would wait for a free one
+        # while decode tasks hold every core the actors leave, and parts (so --resume's
+        # progress) would come only once decoding is done.
         ds = ds.map_batches(
-            _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0.25, **storage,
+            _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0, **storage,
             fn_kwargs={"fs": fs, "folder": folder, "tags": tags, "model": name,
                        "fault_marker": faults.get("write")})
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
