@@ -71,6 +71,7 @@ def test_same_numbers_as_one_machine_a_bad_file_and_resume(cluster, library, tin
         worst = max(worst, float(np.max(np.abs(np.asarray(row["scores"], np.float32) - r.probabilities))))
         assert [t["tag"] for t in row["tags"]] == [t for t, _ in r.tags]
         assert row["duration"] == pytest.approx(r.duration)
+    print(f"ray vs one machine: largest score difference {worst:.3g} over {len(expected)} tracks")
     assert worst <= 1e-4, worst
 
     # --resume: nothing new, nothing rewritten
@@ -124,6 +125,22 @@ def test_cli_manifest_embeddings_and_refusals(cluster, library, tiny_model_dir, 
     assert res.exit_code == 2 and "--write is not available with --engine ray" in res.output
     res = runner.invoke(app, ["tag", str(root / "music"), "--address", "auto", "-o", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "--engine ray" in res.output
+
+
+@pytest.mark.parametrize("cpus, gpus, actors, expected", [
+    (2, 0, None, (1, 0.0, 1.0, 1, 1.0)),
+    (2, 0, 2, (1, 0.0, 1.0, 1, 1.0)),  # two actors on two cores would leave decoding none
+    (1, 0, None, (1, 0.0, 0.5, 1, 0.5)),
+    (16, 0, None, (8, 0.0, 1.0, 1, 1.0)),
+    (16, 2, None, (2, 1.0, 1.0, 1, 1.0)),
+])
+def test_the_cluster_plan_always_leaves_cores_for_decoding(cpus, gpus, actors, expected):
+    class FakeRay:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": float(cpus), "GPU": float(gpus)}
+
+    assert ray_engine._cluster_plan(FakeRay, "auto", actors, None) == expected
 
 
 def _free_port() -> int:

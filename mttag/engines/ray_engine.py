@@ -274,24 +274,27 @@ def connect(address: str | None = None, quiet: bool = True, num_cpus: int | None
                           f"cannot join the Ray cluster ({str(exc).splitlines()[0][:200]})") from None
 
 
-def _cluster_plan(ray, device: str, actors: int | None, threads: int | None) -> tuple[int, float, float, int]:
-    """``(actors, GPUs per actor, CPUs per actor, torch threads per actor)``: one actor per GPU
-    when the cluster has GPUs (and the device allows them); on CPUs, actors of ``threads``
-    cores each, leaving at least one core (and about half) for decoding."""
+def _cluster_plan(ray, device: str, actors: int | None, threads: int | None) -> tuple[int, float, float, int, float]:
+    """``(actors, GPUs per actor, CPUs per actor, torch threads per actor, CPUs per decode
+    task)``: one actor per GPU when the cluster has GPUs (and the device allows them); on
+    CPUs, actors of ``threads`` cores each, leaving at least one core (by default about
+    half of them) for decoding."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     if gpus and device in ("auto", "cuda") or device.startswith("cuda"):
         if not gpus:
             raise EngineError(f"--device {device}: the Ray cluster has no GPU")
-        return actors or gpus, 1.0, 1.0, threads or 1
-    threads = threads or 1
-    # with every core an actor, no decode task could be scheduled and the run would stall
+        return actors or gpus, 1.0, 1.0, threads or 1, 1.0
+    if cpus == 1:  # one core: the actor and decoding share it, or neither could start
+        return 1, 0.0, 0.5, 1, 0.5
+    # with every core an actor's, no decode task could be scheduled and the run would stall
+    threads = min(threads or 1, cpus - 1)
     default = max(1, (cpus // 2) // threads)
     n = actors or default
-    if n * threads >= cpus and cpus > 1:
+    if n * threads >= cpus:
         n = max(1, (cpus - 1) // threads)
-    return n, 0.0, float(min(threads, cpus)) if cpus > 1 else 0.5, threads
+    return n, 0.0, float(min(threads, cpus)), threads, 1.0
 
 
 def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tuple[set[str], set[str]]:
@@ -386,7 +389,7 @@ def run(
     ctx.enable_progress_bars = not quiet
     # Ray Data's per-operator INFO lines every few seconds would bury mttag's own output
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    n_actors, gpus, cpus, n_threads = _cluster_plan(ray, device, actors, threads)
+    n_actors, gpus, cpus, n_threads, decode_cpus = _cluster_plan(ray, device, actors, threads)
     summary.actors = n_actors
     summary.device = "cuda" if gpus else "cpu"
     filesystems = {}
@@ -417,7 +420,7 @@ def run(
     if problems:  # unlistable sources: rows with their errors, like a track that fails
         import pyarrow as pa
 
-        from ..parquet_output import COLUMNS, write_part
+        from ..parquet_output import write_part
 
         rows = [{"path": p, "model": name, "duration": None, "windows": 0, "tags": [], "scores": None,
                  "embedding": None, "error": reason} for p, reason in problems]
@@ -425,14 +428,13 @@ def run(
         finish(pa.Table.from_pylist([{"part": part, "rows": len(rows), "failed": len(rows),
                                       "error_paths": [r["path"] for r in rows], "error_reasons": [r["error"] for r in rows],
                                       "read_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "write_s": 0.0}]))
-        del COLUMNS
 
     if todo:
         blocks = max(1, min(MAX_BLOCKS, math.ceil(len(todo) / MIN_TRACKS_PER_BLOCK)))
         ds = ray.data.from_items([{"path": t} for t in todo], override_num_blocks=blocks)
         config = net.config
         ds = ds.map_batches(
-            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=1, **storage,
+            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=decode_cpus, **storage,
             fn_kwargs={"sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
                        "windows": windows, "filesystems": filesystems})
         model_ref = [ray.put(net.cpu())]
