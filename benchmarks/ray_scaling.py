@@ -97,9 +97,21 @@ def main() -> None:
             paths = pads.dataset(str(out), format="parquet").to_table(columns=["path"]).column("path").to_pylist()
             assert sorted(paths) == sorted(str(p) for p in tracks), "a track missing or written twice"
             rows.append((w, wall, s))
+        # the same tracks on one machine: the engines must agree
+        import numpy as np
+
+        from mttag.tagging import Tagger
+
+        local = {r.path: r.probabilities for r in Tagger(net, "cpu", windows=args.windows, precision="fp32")
+                 .tag_files([str(p) for p in tracks])}
+        table = pads.dataset(str(work / f"out-{rows[0][0]}"), format="parquet").to_table(columns=["path", "scores"])
+        worst = max(float(np.max(np.abs(np.asarray(sc, np.float32) - local[p])))
+                    for p, sc in zip(table.column("path").to_pylist(), table.column("scores").to_pylist()))
         base = rows[0][1]
         print(f"\n{args.tracks} tracks of {args.seconds:.0f} s, {args.windows} windows each, model "
-              f"{rows[0][2].model_name}, this machine: {os.cpu_count()} cores")
+              f"{rows[0][2].model_name}, this machine: {os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"Ray vs one machine (float32): largest difference of any tag score {worst:.3g}")
         w1 = rows[0][0]
         print(f"{'workers':>7} {'wall s':>7} {'to 1st part s':>13} {'tracks/s':>8} "
               f"{'speed-up':>8} {'efficiency':>10} | per track, ms: {'list':>5} {'read':>5} {'decode':>6} {'model':>6} {'write':>5}")

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ..display import printable
 from ..errors import ModelLoadError
-from ..cli._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, console, fail, warn
+from ..cli._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, console, fail, sigterm_as_interrupt, warn
 
 # typer hands PATHS over as Path objects, which fold "s3://bucket" into "s3:/bucket"
 _FOLDED_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/(?!/)")
@@ -41,7 +41,8 @@ def run_cli(paths, output, *, command: str, quiet: bool, refused: dict[str, Any]
         done = len(summary.errors)
 
     try:
-        summary = run([as_source(p) for p in paths], as_source(output), quiet=quiet, on_part=progress, **kwargs)
+        with sigterm_as_interrupt():  # a job scheduler's SIGTERM ends the run like Ctrl+C
+            summary = run([as_source(p) for p in paths], as_source(output), quiet=quiet, on_part=progress, **kwargs)
     except (EngineError, RayUnavailable, ParquetUnavailable, ModelLoadError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ attempt that died before saying so, whose tracks a retry wrote again).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -437,7 +438,9 @@ def run(
             _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=decode_cpus, **storage,
             fn_kwargs={"sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
                        "windows": windows, "filesystems": filesystems})
-        model_ref = [ray.put(net.cpu())]
+        # the actors place their copy themselves; a caller's model on a GPU stays where it is
+        on_cpu = all(t.device.type == "cpu" for t in net.parameters())
+        model_ref = [ray.put(net if on_cpu else copy.deepcopy(net).cpu())]
         ds = ds.map_batches(
             ModelActor, batch_format="pyarrow", batch_size=tracks_per_call,
             compute=ray.data.ActorPoolStrategy(size=n_actors),
