@@ -143,6 +143,17 @@ def test_the_cluster_plan_always_leaves_cores_for_decoding(cpus, gpus, actors, e
     assert ray_engine._cluster_plan(FakeRay, "auto", actors, None) == expected
 
 
+def test_uris_survive_the_command_line(tmp_path):
+    from mttag.engines.cli import as_source
+
+    # typer hands PATHS over as Path objects, which fold the double slash of a URI
+    assert as_source(Path("s3://bucket/music")) == "s3://bucket/music"
+    assert as_source(Path("gs://b/x.mp3")) == "gs://b/x.mp3"
+    local = tmp_path / "a:" / "b"
+    local.mkdir(parents=True)
+    assert as_source(local) == str(local)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -383,16 +383,17 @@ def run(
     problems = [(p, reason) for p, reason in listing.problems if p not in done]
     summary.skipped = summary.listed - len(todo) - len(problems)
 
-    connect(address, quiet=quiet)
-    from ray.data import DataContext
+    if todo:  # a resumed run with nothing left to do starts no cluster
+        connect(address, quiet=quiet)
+        from ray.data import DataContext
 
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = not quiet
-    # Ray Data's per-operator INFO lines every few seconds would bury mttag's own output
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    n_actors, gpus, cpus, n_threads, decode_cpus = _cluster_plan(ray, device, actors, threads)
-    summary.actors = n_actors
-    summary.device = "cuda" if gpus else "cpu"
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = not quiet
+        # Ray Data's per-operator INFO lines every few seconds would bury mttag's own output
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        n_actors, gpus, cpus, n_threads, decode_cpus = _cluster_plan(ray, device, actors, threads)
+        summary.actors = n_actors
+        summary.device = "cuda" if gpus else "cpu"
     filesystems = {}
     for t in todo:
         if sources.is_uri(t) and sources.bucket_root(t) not in filesystems:
