@@ -40,7 +40,7 @@ _OLD_CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]  # mttag 0.1.0
 TABLE_HEADER = "# mttag tag results"
 # Format a results file's name implies (``-o tags.json``); anything else is a table.
 FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
-                    ".ndjson": "jsonl", ".txt": "table"}
+                    ".ndjson": "jsonl", ".txt": "table", ".parquet": "parquet"}
 # The first bytes of audio (and other binary) files: such a file is never replaced by results.
 _BINARY_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"FORM", b"\x1aE\xdf\xa3", b"wvpk", b"MAC ", b"MThd",
                  b"\x30\x26\xb2\x75", b"\x89PNG", b"\xff\xd8\xff", b"PK\x03\x04", b"%PDF")
@@ -213,6 +213,11 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
         raise ValueError("--resume needs --format csv, tsv, json or jsonl")
     if not path.exists():
         return [], set()
+    if fmt == "parquet":  # written whole (renamed into place complete): every row counts
+        from .parquet_output import read_rows, record_from_row
+
+        ok = [r for r in map(record_from_row, read_rows(path)) if "error" not in r]
+        return ok, {path_key(path_from_text(r["path"])) for r in ok}
     ok = [r for r in read_records(path, fmt) if "error" not in r]
     return ok, {path_key(path_from_text(r["path"])) for r in ok}
 
@@ -336,6 +341,10 @@ def sniff(path: Path) -> tuple[str, str | None] | None:
     """``(format, csv layout or None)`` of an existing results file; None if mttag did not write it."""
     with open(path, "rb") as f:
         head = f.read(65536)
+    if head.startswith(b"PAR1"):
+        from .parquet_output import is_results_file
+
+        return ("parquet", None) if is_results_file(path) else None
     if _looks_binary(head):
         return None
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
@@ -393,7 +402,7 @@ class OutputFile:
         path = self.path
         implied = format_for(path)
         if path.suffix.lower() in AUDIO_EXTENSIONS:
-            raise self._error("names an audio file; results go to a .csv, .tsv, .json, .jsonl or .txt file")
+            raise self._error("names an audio file; results go to a .csv, .tsv, .json, .jsonl, .txt or .parquet file")
         self.target = Path(os.path.realpath(path))
         real_inputs = {os.path.realpath(p) for p in inputs}
         if str(self.target) in real_inputs:
@@ -464,7 +473,16 @@ class OutputFile:
             self.lock()
         parent = self.target.parent
         try:
-            if self.resume and self.target.exists():
+            if self.fmt == "parquet":
+                # a Parquet file is readable only once its footer is written: it is made
+                # under a temporary name and renamed into place when complete (close())
+                fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.target.name}.", suffix=".tmp")
+                self._tmp = Path(tmp)
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(fd, stat.S_IMODE(self.target.stat().st_mode) if self.target.exists() else 0o666 & ~umask)
+                self.stream = os.fdopen(fd, "wb")
+            elif self.resume and self.target.exists():
                 fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.target.name}.", suffix=".tmp")
                 self._tmp = Path(tmp)
                 # the results file keeps its permissions (mkstemp makes files owner-only)
@@ -479,9 +497,19 @@ class OutputFile:
 
     def commit(self) -> None:
         """On resume: the earlier results are in the new file; it replaces the old one."""
-        if self._tmp is not None:
+        if self._tmp is not None and self.fmt != "parquet":
             self.stream.flush()
             os.fsync(self.stream.fileno())
+            os.replace(self._tmp, self.target)
+            self._tmp = None
+
+    def _commit_parquet(self) -> None:
+        from .parquet_output import is_results_file
+
+        # a writer that failed before its footer leaves an unreadable file: the old one stays
+        if is_results_file(self._tmp):
+            with open(self._tmp, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(self._tmp, self.target)
             self._tmp = None
 
@@ -503,6 +531,8 @@ class OutputFile:
                 except OSError:
                     if not discard:
                         raise
+                if self.fmt == "parquet" and self._tmp is not None and not discard:
+                    self._commit_parquet()
         finally:
             self.stream = None
             self._cleanup()

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS
-from ._common import ProgressEvents, app, console, ran_on, run
+from ._common import ProgressEvents, app, console, fail, parse_windows, ran_on, run
 
 
 @app.command()
@@ -24,6 +24,8 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows pooled per track, spread evenly over the track's consecutive windows, or 'all'. Default: with --resume as the index was made, else {DEFAULT_WINDOWS}."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    engine: str = typer.Option("local", "--engine", help="local (an index folder on this machine) or ray (a Ray cluster; --output is a Parquet dataset of embeddings and scores, a folder or s3:// gs:// URI). See docs/scale.md."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
 
@@ -31,6 +33,16 @@ def embed(
     """
     from ..runs.embed import EmbedRequest, run_embed
 
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}")
+    if engine == "ray":
+        from ..engines.cli import run_embed as run_on_ray
+
+        run_on_ray(paths, output=output, model=model, windows=parse_windows(windows) if windows is not None else DEFAULT_WINDOWS,
+                   batch_size=batch_size, device=device, resume=resume, address=address, quiet=quiet,
+                   refused={"--force": force})
+    if address is not None:
+        fail("--address names a Ray cluster; it needs --engine ray")
     events = _EmbedEvents(quiet, output)
     request = EmbedRequest(paths, output, model=model, resume=resume, force=force, device=device,
                            batch_size=batch_size, windows=windows, download_progress=False if quiet else None)

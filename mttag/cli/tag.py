@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS
-from ._common import ProgressEvents, app, console, ran_on, run
+from ._common import ProgressEvents, app, console, fail, parse_windows, ran_on, run
 
 
 class Format(str, Enum):
@@ -21,12 +21,18 @@ class Format(str, Enum):
     tsv = "tsv"
     json = "json"
     jsonl = "jsonl"
+    parquet = "parquet"
 
 
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 class Layout(str, Enum):
@@ -42,10 +48,10 @@ def tag(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name (mttag models) or Hub id owner/name\\[@revision]. Default: $MTTAG_MODEL, else the bundled default model."),
     top: Optional[int] = typer.Option(5, "--top", "-k", min=1, help="Keep the K most probable tags."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Keep only tags with probability >= P."),
-    fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .tsv, .json, .jsonl), else a table."),
+    fmt: Optional[Format] = typer.Option(None, "--format", "-f", help="Output format. Default: from the --output file's name (.csv, .tsv, .json, .jsonl, .parquet), else a table."),
     layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag), wide (one column per tag of the model) or timeline (one per window and tag, as --timeline gives)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
-    resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv, tsv, json or jsonl; the file says which)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv, tsv, json, jsonl or parquet; the file says which; with --engine ray: the tracks already in the dataset)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
@@ -58,6 +64,8 @@ def tag(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per track: windows, decoding time and model time (on stderr)."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local (this machine) or ray (a Ray cluster: PATHS may be folders, manifests (.txt/.csv/.parquet lists of paths) or s3:// gs:// URIs; --output is a Parquet dataset folder or URI). See docs/scale.md."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
 ) -> None:
     """Tag audio files with genre, mood, instrument and era tags.
 
@@ -66,6 +74,15 @@ def tag(
     """
     from ..runs.tag import TagRequest, run_tag
 
+    if engine is Engine.ray:
+        from ..engines.cli import run_tag as run_on_ray
+        run_on_ray(paths, output=output, model=model, top=None if all_tags else top, threshold=threshold,
+                   windows=parse_windows("all" if timeline or plot is not None else (windows or str(DEFAULT_WINDOWS))),
+                   batch_size=batch_size, device=device, precision=precision.value, resume=resume, address=address,
+                   quiet=quiet, refused={"--format": fmt not in (None, Format.parquet), "--layout": layout,
+                                         "--write": write, "--timeline": timeline, "--plot": plot, "--force": force})
+    elif address is not None:
+        fail("--address names a Ray cluster; it needs --engine ray")
     to_console = output is None and fmt in (None, Format.table)
     results_console = Console(highlight=False) if to_console else None
     # A table on the terminal goes through the progress bar's own console, so each result

@@ -128,6 +128,8 @@ class _TagRun:
             raise RunError(f"--precision {req.precision}: expected auto, fp32 or bf16")
         if req.output is None and self.fmt is None:
             self.fmt = "table"
+        if req.output is None and self.fmt == "parquet":
+            raise RunError("--format parquet writes a file: give --output FILE.parquet")
 
     def _check_output(self) -> None:
         from ..output import OutputError, OutputFile
@@ -152,6 +154,8 @@ class _TagRun:
         self.layout = self.layout or "track"
         if self.layout == "timeline":
             self.timeline = True  # resuming a timeline file
+        if self.fmt == "parquet" and (self.timeline or self.req.plot is not None):
+            raise RunError("--timeline and --plot are not stored in Parquet; use json, jsonl, csv or tsv")
         if self.layout != "track" and self.fmt not in ("csv", "tsv"):
             raise RunError(f"--layout {self.layout} is for csv and tsv output, not {self.fmt}")
 
@@ -189,8 +193,17 @@ class _TagRun:
                 stream = target.open()
             else:  # looked up now: a test runner swaps sys.stdout per invocation
                 stream = self.req.stream if self.req.stream is not None else sys.stdout
-            self.writer = ResultWriter(stream, self.fmt, console=self.req.table_console, table_header=target is not None,
-                                       layout=self.layout, vocabulary=self.net.config.tags)
+            if self.fmt == "parquet":
+                from ..parquet_output import ParquetResultWriter, ParquetUnavailable
+
+                try:
+                    self.writer = ParquetResultWriter(stream, self.net.config.tags, self.model_name)
+                except ParquetUnavailable as exc:
+                    raise RunError(str(exc)) from None
+            else:
+                self.writer = ResultWriter(stream, self.fmt, console=self.req.table_console,
+                                           table_header=target is not None, layout=self.layout,
+                                           vocabulary=self.net.config.tags)
             for record in self.kept:
                 self.writer.write_record(record)
             if target is not None:

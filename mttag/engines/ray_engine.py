@@ -1,0 +1,471 @@
+"""A whole catalogue on a Ray cluster with Ray Data: tracks in, a Parquet dataset out.
+
+The pipeline (each stage a Ray Data operator, streamed, so decoding never runs far ahead
+of the model: Ray Data's backpressure holds each operator's output queue within its
+share of the object store)::
+
+    list (driver) -> decode (CPU tasks) -> model (pool of actors) -> write parts (tasks)
+
+* **list**: :func:`mttag.engines.sources.list_tracks` on the driver; the track names
+  become blocks of a dataset, which Ray spreads over the cluster.
+* **decode**: each task reads a track's bytes (a local or shared path as it is, an
+  object-store file copied to a temporary file) and decodes only the windows the model
+  will see, with the single-machine decoder (:func:`mttag.audio.iter_windows`), so an
+  hour-long track costs its windows, not its samples. A track that cannot be decoded
+  becomes a row with its error, exactly as on one machine.
+* **model**: stateful actors, each holding the model once (``map_batches`` with a
+  callable class), batched across tracks; one GPU each when the cluster has GPUs, else
+  ``threads`` CPU cores each. The per-track arithmetic is :class:`mttag.tagging.Tagger`'s
+  own (its ``_predict`` and ``_result``), so both engines give the same numbers.
+* **write**: rows grouped into parts of ``rows_per_part`` tracks, each written whole
+  (:func:`mttag.parquet_output.write_part`: a temporary name and a rename on a local
+  disk) under a name derived from the tracks it holds.
+
+Nothing lost, nothing twice: a killed task or actor is retried by Ray (Ray Data's
+defaults: a task up to 3 times for a lost worker or node, an actor restarted and its
+calls retried without limit; a decoding error is not a failure but a row); a retry of a write holds the same tracks and so
+rewrites the same part name; the driver keeps the names of the parts the run reported
+and, at the end, removes any part of this run that no task reported (written by an
+attempt that died before saying so, whose tracks a retry wrote again).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DEFAULT_WINDOWS
+from . import sources
+
+# Tracks per block of the listing: small enough that a lost block costs little work
+# to redo, large enough that a 10-million-track catalogue is not millions of blocks.
+MIN_TRACKS_PER_BLOCK = 4
+MAX_BLOCKS = 20000
+ROWS_PER_PART = 1000
+TRACKS_PER_MODEL_CALL = 8
+# Environment variables that say where storage is and who may read it
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "CLOUDSDK_")
+_TIMING = ("_read_s", "_decode_s", "_model_s")
+
+
+class RayUnavailable(Exception):
+    """ray (or pyarrow) is not installed."""
+
+
+class EngineError(Exception):
+    """The run cannot start; the message says why, in one line."""
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RayUnavailable('--engine ray needs Ray: pip install "mttag[ray]"') from None
+    return ray
+
+
+@dataclass
+class RunSummary:
+    output: str
+    listed: int = 0  # tracks found (before --resume skipped any)
+    skipped: int = 0  # already in the output (--resume)
+    tagged: int = 0
+    failed: int = 0
+    parts: list[str] = field(default_factory=list)  # written by this run
+    removed_orphans: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (track, reason)
+    actors: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # list, read, decode, model, write (summed over workers)
+    model_name: str | None = None
+
+
+# -- stage 2: decode ---------------------------------------------------------------------------
+
+
+def decode_track(track: str, sample_rate: int, crop_seconds: float, windows: int | None,
+                 filesystems: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One track's model windows, decoded exactly as :class:`mttag.tagging.Tagger` does,
+    as a row: ``path``, ``duration``, ``n`` windows, ``audio`` (``n × samples`` float32
+    bytes), ``silent``, ``error`` and the read and decode seconds."""
+    import numpy as np
+
+    from ..audio import AudioError, is_silent, iter_windows
+
+    row: dict[str, Any] = {"path": track, "duration": None, "n": 0, "audio": b"", "silent": True, "error": None,
+                           "_read_s": 0.0, "_decode_s": 0.0}
+    out: list[np.ndarray] = []
+    try:
+        start = time.perf_counter()
+        with sources.LocalCopy(track, filesystems) as local:
+            row["_read_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            info, gen = iter_windows(local, sample_rate, crop_seconds, windows)
+            row["duration"] = info.duration
+            for w in gen:
+                out.append(np.asarray(w, dtype=np.float32))
+                if row["silent"] and not is_silent(w):
+                    row["silent"] = False
+            row["_decode_s"] = time.perf_counter() - start
+    except AudioError as exc:
+        row["error"] = exc.reason
+    except (MemoryError, OSError, ValueError, RuntimeError) as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    if row["error"] is None and out:
+        row["n"] = len(out)
+        row["audio"] = np.stack(out).tobytes()
+    return row
+
+
+def _decode_batch(batch, *, sample_rate, crop_seconds, windows, filesystems) -> Iterator[Any]:
+    """Ray task body: one output table per track, so a block of long tracks never sits in
+    memory at once (Ray packs the small tables into blocks)."""
+    import pyarrow as pa
+
+    for track in batch.column("path").to_pylist():
+        yield pa.Table.from_pylist([decode_track(track, sample_rate, crop_seconds, windows, filesystems)],
+                                   schema=_DECODED_SCHEMA())
+
+
+def _DECODED_SCHEMA():
+    import pyarrow as pa
+
+    return pa.schema([("path", pa.string()), ("duration", pa.float64()), ("n", pa.int32()),
+                      ("audio", pa.large_binary()), ("silent", pa.bool_()), ("error", pa.string()),
+                      ("_read_s", pa.float64()), ("_decode_s", pa.float64())])
+
+
+# -- stage 3: the model ------------------------------------------------------------------------
+
+
+class ModelActor:
+    """Holds one copy of the model; tags the decoded tracks of a batch together (their
+    windows share forward passes) and returns one result row per track."""
+
+    def __init__(self, model_ref, *, device: str, precision: str, batch_size: int | None, windows: int | None,
+                 model_name: str, top: int | None, threshold: float | None, embeddings: bool, threads: int,
+                 fault_marker: str | None = None):
+        import ray
+        import torch
+
+        from ..tagging import Tagger
+
+        torch.set_num_threads(max(1, threads))
+        net = ray.get(model_ref[0])
+        if device == "auto":
+            device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.tagger = Tagger(net, device, batch_size=batch_size, windows=windows, model_name=model_name,
+                             embeddings=embeddings, model_threads=1, precision=precision)
+        self.top, self.threshold, self.embeddings = top, threshold, embeddings
+        self.fault_marker = fault_marker
+
+    def __call__(self, batch):
+        import numpy as np
+        import pyarrow as pa
+
+        from ..embedding import pool
+        from ..parquet_output import row_from_result, schema
+        from ..tagging import _Track
+
+        if self.fault_marker and not os.path.exists(self.fault_marker):
+            # tests: this process dies mid-run, once, as a preempted node would
+            open(self.fault_marker, "w").close()
+            os._exit(1)
+        tagger = self.tagger
+        config = tagger.config
+        samples = config.crop_samples
+        rows = batch.to_pylist()
+        tracks: list[_Track] = []
+        windows: list[tuple[_Track, np.ndarray]] = []
+        for i, r in enumerate(rows):
+            t = _Track(i, r["path"], duration=r["duration"], error=r["error"], complete=True,
+                       peak_silent=bool(r["silent"]), decode_seconds=r["_decode_s"] or 0.0)
+            if t.error is None and r["n"]:
+                audio = np.frombuffer(r["audio"], dtype=np.float32).reshape(r["n"], samples)
+                windows.extend((t, w) for w in audio)
+                t.submitted = r["n"]
+            tracks.append(t)
+        step = tagger.batch_size
+        for lo in range(0, len(windows), step):
+            chunk = windows[lo : lo + step]
+            start = time.perf_counter()
+            if self.embeddings:
+                probs, embs = tagger._predict_with_embeddings([w for _, w in chunk])
+            else:
+                probs, embs = tagger._predict([w for _, w in chunk]), [None] * len(chunk)
+            share = (time.perf_counter() - start) / len(chunk)
+            # summed per track in window order in float64, as Tagger.tag_files does
+            for (t, _), p, e in zip(chunk, probs, embs):
+                t.model_seconds += share
+                t.prob_sum = p.astype(np.float64) if t.prob_sum is None else t.prob_sum + p
+                t.done += 1
+                if e is not None:
+                    t.window_embs.append(e)
+        out = []
+        for t, r in zip(tracks, rows):
+            result = tagger._result(t, config.tags, self.top, self.threshold)
+            vector = None
+            if self.embeddings and result.ok:
+                try:
+                    vector = pool(result.window_embeddings)
+                except ValueError as exc:
+                    result.error = str(exc)
+            row = row_from_result(result, vector)
+            row["path"] = t.path  # the track's own name (a URI stays a URI)
+            row.update(_read_s=r["_read_s"] or 0.0, _decode_s=r["_decode_s"] or 0.0, _model_s=t.model_seconds)
+            out.append(row)
+        base = schema(config.tags, tagger.model_name)
+        timing = [pa.field(c, pa.float64()) for c in _TIMING]
+        return pa.Table.from_pylist(out, schema=pa.schema(list(base) + timing))
+
+
+# -- stage 4: write ----------------------------------------------------------------------------
+
+
+def _write_batch(batch, *, fs, folder: str, tags: list[str], model: str, fault_marker: str | None = None):
+    """Ray task body: the batch's rows as one part; returns what the driver counts."""
+    import pyarrow as pa
+
+    from ..parquet_output import COLUMNS, write_part
+
+    start = time.perf_counter()
+    rows = batch.select(COLUMNS).to_pylist()
+    name = write_part(fs, folder, rows, tags, model)
+    if fault_marker and not os.path.exists(fault_marker):
+        # tests: the part is on disk but the task dies before reporting it; Ray's retry
+        # writes the same tracks under the same name
+        open(fault_marker, "w").close()
+        os._exit(1)
+    errors = [(r["path"], r["error"]) for r in rows if r["error"] is not None]
+    sums = {c: float(sum(v or 0.0 for v in batch.column(c).to_pylist())) for c in _TIMING}
+    return pa.Table.from_pylist([{
+        "part": name, "rows": len(rows), "failed": len(errors),
+        "error_paths": [p for p, _ in errors], "error_reasons": [e for _, e in errors],
+        "read_s": sums["_read_s"], "decode_s": sums["_decode_s"], "model_s": sums["_model_s"],
+        "write_s": time.perf_counter() - start,
+    }])
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+def connect(address: str | None = None, quiet: bool = True, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``;
+    ``None``: ``$RAY_ADDRESS``, else a Ray started on this machine), unless already joined."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING if quiet else logging.INFO,
+                              "log_to_driver": not quiet}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise EngineError(f"--address {address or os.environ.get('RAY_ADDRESS') or 'local'}: "
+                          f"cannot join the Ray cluster ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _cluster_plan(ray, device: str, actors: int | None, threads: int | None) -> tuple[int, float, float, int, float]:
+    """``(actors, GPUs per actor, CPUs per actor, torch threads per actor, CPUs per decode
+    task)``: one actor per GPU when the cluster has GPUs (and the device allows them); on
+    CPUs, actors of ``threads`` cores each, leaving at least one core (by default about
+    half of them) for decoding."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    if gpus and device in ("auto", "cuda") or device.startswith("cuda"):
+        if not gpus:
+            raise EngineError(f"--device {device}: the Ray cluster has no GPU")
+        return actors or gpus, 1.0, 1.0, threads or 1, 1.0
+    if cpus == 1:  # one core: the actor and decoding share it, or neither could start
+        return 1, 0.0, 0.5, 1, 0.5
+    # with every core an actor's, no decode task could be scheduled and the run would stall
+    threads = min(threads or 1, cpus - 1)
+    default = max(1, (cpus // 2) // threads)
+    n = actors or default
+    if n * threads >= cpus:
+        n = max(1, (cpus - 1) // threads)
+    return n, 0.0, float(min(threads, cpus)), threads, 1.0
+
+
+def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tuple[set[str], set[str]]:
+    """``(parts there, tracks they hold)``; refuses a folder that is not a results dataset,
+    one holding results without ``resume``, and one made with another vocabulary."""
+    from ..parquet_output import list_parts, other_files, read_part_column, read_part_metadata
+
+    parts = list_parts(fs, folder)
+    others = other_files(fs, folder)
+    if others:
+        raise EngineError(f"--output {output}: holds {others[0]}, which is not an mttag results part; "
+                          f"refusing to write into it (choose an empty or new folder)")
+    if parts and not resume:
+        raise EngineError(f"--output {output}: holds {len(parts)} parts of earlier results; add --resume "
+                          f"to go on from them, or choose another folder")
+    done: set[str] = set()
+    for name in parts:
+        meta = read_part_metadata(fs, f"{folder}/{name}")
+        if meta is None:
+            raise EngineError(f"--output {output}: {name} is not an mttag results part")
+        if meta.get("tags") != list(tags):
+            raise EngineError(f"--output {output}: its results are another model's tags "
+                              f"({meta.get('model')}); resume with the same model")
+        done.update(read_part_column(fs, f"{folder}/{name}", "path"))
+    return set(parts), done
+
+
+def run(
+    inputs: Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike | Any | None = None,
+    model_name: str | None = None,
+    windows: int | None = DEFAULT_WINDOWS,
+    batch_size: int | None = None,
+    top: int | None = 5,
+    threshold: float | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    embeddings: bool = False,
+    resume: bool = False,
+    address: str | None = None,
+    actors: int | None = None,
+    threads: int | None = None,
+    rows_per_part: int = ROWS_PER_PART,
+    tracks_per_call: int = TRACKS_PER_MODEL_CALL,
+    quiet: bool = True,
+    on_part: Callable[[RunSummary], None] | None = None,
+    _faults: dict[str, str] | None = None,
+) -> RunSummary:
+    """Tag (``embeddings=True``: also embed) every track under ``inputs`` on a Ray cluster
+    into the Parquet dataset ``output`` (a folder or an object-store URI); see the module's
+    docstring for the pipeline and docs/scale.md for the schema. ``model``: a loaded model,
+    or anything :func:`mttag.load_model` takes. ``on_part`` is called after each part."""
+    from ..display import printable
+    from ..parquet_output import list_parts
+    from ..pretrained import load_model
+    from ..tagging import model_label
+
+    ray = _ray()
+    from torch import nn
+
+    began = time.perf_counter()
+    out_text = os.fspath(output)
+    summary = RunSummary(output=out_text)
+    net = model if isinstance(model, nn.Module) else load_model(model, device="cpu", progress=False if quiet else None)
+    name = model_name or (os.fspath(model) if model is not None and not isinstance(model, nn.Module) else model_label(net))
+    summary.model_name = name
+    tags = list(net.config.tags)
+    if embeddings and not hasattr(net, "forward_with_embedding"):
+        raise EngineError(f"{type(net).__name__} models give no embeddings (no forward_with_embedding)")
+
+    try:
+        fs, folder = sources.filesystem(out_text)
+        fs.create_dir(folder, recursive=True)
+        before, done = _existing(fs, folder, resume, tags, printable(out_text))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"--output {printable(out_text)}: cannot use it ({str(exc).splitlines()[0][:200]})") from None
+
+    start = time.perf_counter()
+    listing = sources.list_tracks(inputs)
+    summary.stage_seconds["list"] = time.perf_counter() - start
+    summary.listed = len(listing.tracks) + len(listing.problems)
+    todo = [t for t in listing.tracks if t not in done]
+    problems = [(p, reason) for p, reason in listing.problems if p not in done]
+    summary.skipped = summary.listed - len(todo) - len(problems)
+
+    if todo:  # a resumed run with nothing left to do starts no cluster
+        connect(address, quiet=quiet)
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = not quiet
+        # Ray Data's per-operator INFO lines every few seconds would bury mttag's own output
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        n_actors, gpus, cpus, n_threads, decode_cpus = _cluster_plan(ray, device, actors, threads)
+        summary.actors = n_actors
+        summary.device = "cuda" if gpus else "cpu"
+    filesystems = {}
+    for t in todo:
+        if sources.is_uri(t) and sources.bucket_root(t) not in filesystems:
+            # resolved here, with the driver's environment (credentials, endpoint), and
+            # shipped to the workers, whose environment may lack them
+            filesystems[sources.bucket_root(t)] = sources.filesystem(sources.bucket_root(t) + "/")[0]
+    # the tasks that touch storage see the driver's credentials and endpoints: the worker
+    # processes of a cluster started earlier (or elsewhere) were not started with them
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    storage = {"runtime_env": {"env_vars": env}} if env else {}
+    faults = _faults or {}
+    reported: set[str] = set()
+
+    def finish(table) -> None:
+        for r in table.to_pylist():
+            reported.add(r["part"])
+            summary.parts.append(r["part"])
+            summary.tagged += r["rows"] - r["failed"]
+            summary.failed += r["failed"]
+            summary.errors.extend(zip(r["error_paths"], r["error_reasons"]))
+            for stage in ("read", "decode", "model", "write"):
+                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + r[f"{stage}_s"]
+            if on_part is not None:
+                on_part(summary)
+
+    if problems:  # unlistable sources: rows with their errors, like a track that fails
+        import pyarrow as pa
+
+        from ..parquet_output import write_part
+
+        rows = [{"path": p, "model": name, "duration": None, "windows": 0, "tags": [], "scores": None,
+                 "embedding": None, "error": reason} for p, reason in problems]
+        part = write_part(fs, folder, rows, tags, name)
+        finish(pa.Table.from_pylist([{"part": part, "rows": len(rows), "failed": len(rows),
+                                      "error_paths": [r["path"] for r in rows], "error_reasons": [r["error"] for r in rows],
+                                      "read_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "write_s": 0.0}]))
+
+    if todo:
+        blocks = max(1, min(MAX_BLOCKS, math.ceil(len(todo) / MIN_TRACKS_PER_BLOCK)))
+        ds = ray.data.from_items([{"path": t} for t in todo], override_num_blocks=blocks)
+        config = net.config
+        ds = ds.map_batches(
+            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=decode_cpus, **storage,
+            fn_kwargs={"sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
+                       "windows": windows, "filesystems": filesystems})
+        # the actors place their copy themselves; a caller's model on a GPU stays where it is
+        on_cpu = all(t.device.type == "cpu" for t in net.parameters())
+        model_ref = [ray.put(net if on_cpu else copy.deepcopy(net).cpu())]
+        ds = ds.map_batches(
+            ModelActor, batch_format="pyarrow", batch_size=tracks_per_call,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=cpus, num_gpus=gpus,
+            fn_constructor_kwargs={"model_ref": model_ref, "device": device if not gpus else "auto",
+                                   "precision": precision, "batch_size": batch_size, "windows": windows,
+                                   "model_name": name, "top": top, "threshold": threshold,
+                                   "embeddings": embeddings, "threads": n_threads,
+                                   "fault_marker": faults.get("model")})
+        # Writing is I/O and takes no core of its own: with any, it would wait for a free one
+        # while decode tasks hold every core the actors leave, and parts (so --resume's
+        # progress) would come only once decoding is done.
+        ds = ds.map_batches(
+            _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0, **storage,
+            fn_kwargs={"fs": fs, "folder": folder, "tags": tags, "model": name,
+                       "fault_marker": faults.get("write")})
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            finish(table)
+        # a part on disk that no task reported was written by an attempt that died before
+        # reporting it; a retry wrote its tracks again (under the same name, unless Ray
+        # grouped the retry's rows differently): an unreported one would be a duplicate
+        for part in sorted(set(list_parts(fs, folder)) - before - reported):
+            fs.delete_file(f"{folder}/{part}")
+            summary.removed_orphans.append(part)
+    summary.precision = precision
+    summary.seconds = time.perf_counter() - began
+    return summary

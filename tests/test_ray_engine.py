@@ -1,0 +1,212 @@
+"""``--engine ray`` on a real Ray started by this module on 127.0.0.1 (2 CPUs): the same
+numbers as the single-machine engine, a bad file among good ones, a model actor and a
+writer killed mid-run with nothing lost or twice, --resume adding no rows, manifests, and
+object-store input and output against moto's S3 server. One cluster for the module: Ray
+takes ~10 s to start on two cores."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pa = pytest.importorskip("pyarrow")
+import pyarrow.dataset as pads  # noqa: E402
+
+from conftest import synth, write_audio  # noqa: E402
+
+from mttag.engines import ray_engine  # noqa: E402
+from mttag.tagging import Tagger  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TRACKS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    root = tmp_path_factory.mktemp("library")
+    good = [write_audio(root / "music" / f"t{i}.wav", synth(4.0 + i, sr=22050, seed=i), 22050) for i in range(TRACKS)]
+    bad = root / "music" / "broken.wav"
+    bad.write_bytes(b"RIFF not really a wave file" * 4)
+    return root, good, bad
+
+
+def dataset_rows(folder) -> list[dict]:
+    return pads.dataset(str(folder), format="parquet").to_table().to_pylist()
+
+
+def local_results(model, paths, windows):
+    tagger = Tagger(model, "cpu", windows=windows, precision="fp32", model_threads=1)
+    return {os.path.abspath(r.path): r for r in tagger.tag_files(paths, top=5)}
+
+
+def test_same_numbers_as_one_machine_a_bad_file_and_resume(cluster, library, tiny_model, tmp_path):
+    root, good, bad = library
+    out = tmp_path / "tags.parquet"
+    summary = ray_engine.run([root / "music"], out, model=tiny_model, model_name="tiny", windows=None,
+                             precision="fp32", rows_per_part=2, tracks_per_call=3)
+    assert (summary.tagged, summary.failed) == (TRACKS, 1)
+    rows = dataset_rows(out)
+    paths = [r["path"] for r in rows]
+    assert sorted(paths) == sorted(os.path.abspath(p) for p in [*good, bad])  # each track once
+    by_path = {r["path"]: r for r in rows}
+    assert by_path[str(bad)]["error"] and by_path[str(bad)]["scores"] is None
+
+    expected = local_results(tiny_model, good, windows=None)
+    worst = 0.0
+    for p, r in expected.items():
+        row = by_path[p]
+        assert row["error"] is None and row["windows"] == r.n_windows > 1
+        worst = max(worst, float(np.max(np.abs(np.asarray(row["scores"], np.float32) - r.probabilities))))
+        assert [t["tag"] for t in row["tags"]] == [t for t, _ in r.tags]
+        assert row["duration"] == pytest.approx(r.duration)
+    print(f"ray vs one machine: largest score difference {worst:.3g} over {len(expected)} tracks")
+    assert worst <= 1e-4, worst
+
+    # --resume: nothing new, nothing rewritten
+    parts = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = ray_engine.run([root / "music"], out, model=tiny_model, model_name="tiny", windows=None,
+                           precision="fp32", resume=True)
+    assert (again.skipped, again.tagged, again.failed, again.parts) == (TRACKS + 1, 0, 0, [])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == parts
+    assert len(dataset_rows(out)) == TRACKS + 1
+
+    # without --resume an existing dataset is refused, not added to
+    with pytest.raises(ray_engine.EngineError, match="--resume"):
+        ray_engine.run([root / "music"], out, model=tiny_model, windows=None, precision="fp32")
+
+
+def test_killed_actor_and_writer_lose_nothing_and_write_nothing_twice(cluster, library, tiny_model, tmp_path):
+    root, good, bad = library
+    out = tmp_path / "ds"
+    markers = {"model": str(tmp_path / "model-died"), "write": str(tmp_path / "writer-died")}
+    summary = ray_engine.run([root / "music"], out, model=tiny_model, windows=2, precision="fp32",
+                             rows_per_part=2, tracks_per_call=2, _faults=markers)
+    assert all(os.path.exists(m) for m in markers.values())  # both processes really died
+    rows = dataset_rows(out)
+    assert len(rows) == TRACKS + 1 == len({r["path"] for r in rows})
+    assert summary.tagged + summary.failed == TRACKS + 1
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no half-written part left
+    expected = local_results(tiny_model, good, windows=2)
+    for r in rows:
+        if r["path"] in expected:
+            assert np.allclose(r["scores"], expected[r["path"]].probabilities, atol=1e-4)
+
+
+def test_cli_manifest_embeddings_and_refusals(cluster, library, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from mttag.cli import app
+
+    root, good, bad = library
+    manifest = root / "list.txt"
+    manifest.write_text("# two tracks and a missing one\nmusic/t0.wav\nmusic/t1.wav\nmusic/gone.wav\n")
+    runner = CliRunner()
+    out = tmp_path / "emb"
+    res = runner.invoke(app, ["embed", str(manifest), "--engine", "ray", "-o", str(out), "-m", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 1, res.output  # gone.wav fails; the others are embedded
+    rows = {Path(r["path"]).name: r for r in dataset_rows(out)}
+    assert set(rows) == {"t0.wav", "t1.wav", "gone.wav"}
+    assert "no such file" in rows["gone.wav"]["error"]
+    assert np.linalg.norm(rows["t0.wav"]["embedding"]) == pytest.approx(1.0, abs=1e-5)
+
+    res = runner.invoke(app, ["tag", str(root / "music"), "--engine", "ray", "-o", str(tmp_path / "x"), "--write"])
+    assert res.exit_code == 2 and "--write is not available with --engine ray" in res.output
+    res = runner.invoke(app, ["tag", str(root / "music"), "--address", "auto", "-o", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "--engine ray" in res.output
+
+
+@pytest.mark.parametrize("cpus, gpus, actors, expected", [
+    (2, 0, None, (1, 0.0, 1.0, 1, 1.0)),
+    (2, 0, 2, (1, 0.0, 1.0, 1, 1.0)),  # two actors on two cores would leave decoding none
+    (1, 0, None, (1, 0.0, 0.5, 1, 0.5)),
+    (16, 0, None, (8, 0.0, 1.0, 1, 1.0)),
+    (16, 2, None, (2, 1.0, 1.0, 1, 1.0)),
+])
+def test_the_cluster_plan_always_leaves_cores_for_decoding(cpus, gpus, actors, expected):
+    class FakeRay:
+        @staticmethod
+        def cluster_resources():
+            return {"CPU": float(cpus), "GPU": float(gpus)}
+
+    assert ray_engine._cluster_plan(FakeRay, "auto", actors, None) == expected
+
+
+def test_uris_survive_the_command_line(tmp_path):
+    from mttag.engines.cli import as_source
+
+    # typer hands PATHS over as Path objects, which fold the double slash of a URI
+    assert as_source(Path("s3://bucket/music")) == "s3://bucket/music"
+    assert as_source(Path("gs://b/x.mp3")) == "gs://b/x.mp3"
+    local = tmp_path / "a:" / "b"
+    local.mkdir(parents=True)
+    assert as_source(local) == str(local)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    from moto.s3.responses import S3Response
+
+    serialized = getattr(S3Response, "serialized", None)
+
+    def fixed(self, result):
+        # moto 5.2.1 names the CompleteMultipartUpload answer's root element wrongly, which
+        # pyarrow (rightly) takes for an error (getmoto/moto#10055); real S3 does not
+        status, headers, body = serialized(self, result)
+        if self.data.get("Action") == "CompleteMultipartUpload" and isinstance(body, str):
+            body = body.replace("CompleteMultipartUploadResponse", "CompleteMultipartUploadResult")
+        return status, headers, body
+
+    if serialized is not None:
+        monkeypatch.setattr(S3Response, "serialized", fixed)
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="catalogue")
+    yield client
+    server.stop()
+
+
+def test_object_store_in_and_out(cluster, library, tiny_model, s3, tmp_path):
+    from pyarrow import fs as pafs
+
+    root, good, bad = library
+    for p in good[:2]:
+        s3.upload_file(str(p), "catalogue", f"in/{p.name}")
+    s3.put_object(Bucket="catalogue", Key="in/deep/broken.wav", Body=bad.read_bytes())
+    summary = ray_engine.run(["s3://catalogue/in"], "s3://catalogue/out/tags", model=tiny_model, windows=None,
+                             precision="fp32")
+    assert (summary.tagged, summary.failed) == (2, 1)
+    fs, _ = pafs.FileSystem.from_uri("s3://catalogue/out/tags")
+    rows = pads.dataset("catalogue/out/tags", filesystem=fs, format="parquet").to_table().to_pylist()
+    by_path = {r["path"]: r for r in rows}
+    assert set(by_path) == {"s3://catalogue/in/t0.wav", "s3://catalogue/in/t1.wav", "s3://catalogue/in/deep/broken.wav"}
+    assert by_path["s3://catalogue/in/deep/broken.wav"]["error"]
+    expected = local_results(tiny_model, good[:2], windows=None)
+    for p in good[:2]:
+        got = np.asarray(by_path[f"s3://catalogue/in/{p.name}"]["scores"], np.float32)
+        assert np.max(np.abs(got - expected[os.path.abspath(p)].probabilities)) <= 1e-4
