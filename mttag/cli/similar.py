@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from ..display import printable
+from ..display import json_printable, printable, reaches_terminal
 from ..errors import ModelLoadError
 from ._common import EXIT_OK, EXIT_SOME_FAILED, app, console, fail, parse_windows, warn
 
@@ -94,8 +94,6 @@ def similar(
 
     Exit codes: 0 tracks found; 1 none found (filters too strict, empty index) or the query file failed; 2 usage error.
     """
-    import numpy as np
-
     from ..embedding import EmbeddingIndex, EmbeddingIndexError, write_playlist
     from ..output import display_tag, path_text
 
@@ -116,26 +114,36 @@ def similar(
     row = idx.row_of(query)
     exclude: list[int] = []
     if row is not None:
-        vector, duration = np.asarray(idx.vectors[row]), float(idx.durations[row])
+        try:
+            vector, duration = idx.vector(row), float(idx.durations[row])
+        except EmbeddingIndexError as exc:
+            fail(f"--index {exc}", EXIT_SOME_FAILED)
         if not include_query:
             exclude.append(row)
     elif os.path.lexists(query):
         vector, duration = _embed_query(query, idx, model, device, windows)
     else:
         fail(f"{printable(query)}: no such file, and not a track of {printable(index)}")
-    hits = idx.search(vector, top, exclude=exclude, tags=filters, min_duration=min_duration, max_duration=max_duration)
+    try:
+        hits = idx.search(vector, top, exclude=exclude, tags=filters, min_duration=min_duration,
+                          max_duration=max_duration)
+    except ValueError as exc:  # a query of another size than the index's (its dim does not match the model)
+        fail(f"{printable(query)}: {exc}", EXIT_SOME_FAILED)
 
     label = path_text(os.path.abspath(query))
     if fmt is Format.table:
         _print_table(os.fspath(query), hits)
     elif fmt is Format.csv:
+        # a path can hold escape sequences: shown escaped wherever the csv can reach a terminal,
+        # exact (the index's path text) in a file
+        cell = printable if reaches_terminal(sys.stdout) else str
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(["rank", "score", "duration", "path"])
-        w.writerows([h.rank, f"{h.score:.4f}", h.duration, h.path] for h in hits)
+        w.writerows([h.rank, f"{h.score:.4f}", h.duration, cell(h.path)] for h in hits)
     else:
         doc = {"query": label, "index": path_text(os.path.abspath(index)), "model": idx.model.get("name"),
                "results": [h.to_dict() for h in hits]}
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+        sys.stdout.write(json_printable(json.dumps(doc, ensure_ascii=False, indent=1)) + "\n")
     sys.stdout.flush()
 
     if playlist is not None:
