@@ -115,15 +115,18 @@ def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, l
     ``os.walk(top, followlinks=True)`` with sorted folders, but with a stack of its own:
     ``os.walk`` recurses (before Python 3.12) and a tree 1,000 folders deep raised
     RecursionError."""
-    visited: set[str] = set()
+    visited: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
         folder = stack.pop()
-        real = os.path.realpath(folder)
-        if real in visited:
-            continue
-        visited.add(real)
         try:
+            # a folder is known by its device and inode: os.path.realpath walks the path a
+            # component at a time in Python, which made a deep tree quadratic
+            st = os.stat(folder)
+            real = (st.st_dev, st.st_ino)
+            if real in visited:
+                continue
+            visited.add(real)
             with os.scandir(folder) as entries:
                 listed = list(entries)
         except OSError as exc:
