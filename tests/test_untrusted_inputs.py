@@ -136,6 +136,19 @@ def test_a_piped_flac_is_tagged_and_embedded_in_bounded_memory(flacs, tiny_model
     assert np.allclose(idx.vectors[0], idx.vectors[1], atol=1e-6)
 
 
+@pytest.mark.skipif(not audio.ffmpeg_available(), reason="needs ffmpeg")
+def test_a_stream_without_duration_is_measured_not_refused(flacs, tmp_path):
+    """ffmpeg writing Matroska to a pipe leaves no duration: refused before as "unknown duration"."""
+    good, _ = flacs
+    piped = tmp_path / "piped.mka"
+    with open(piped, "wb") as out:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(good), "-c:a", "flac", "-f", "matroska", "-"],
+                       stdout=out, check=True, timeout=60)
+    info = audio.probe(piped)
+    assert info.backend == "ffmpeg" and info.frames == 25 * 22050
+    assert np.allclose(audio.load_audio(piped, 16000), audio.load_audio(good, 16000), atol=1e-3)
+
+
 def test_lengths_no_file_of_that_size_could_hold_are_not_believed():
     assert audio.plausible_length(44100 * 3600, 44100, 30_000_000, "FLAC")  # an hour in 30 MB
     assert audio.plausible_length(44100 * 600, 44100, 5_000_000, "MP3")
