@@ -7,7 +7,9 @@ about a user's file goes through :func:`printable`.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 
 # C0 and C1 control characters, DEL, and the Unicode bidi overrides that can make
 # a name display as another
@@ -43,9 +45,6 @@ def reaches_terminal(stream) -> bool:
     """Whether text written to ``stream`` can end up on a terminal: anything but a regular
     file (a terminal, or a pipe into ``less`` or ``head``). A stream without a file
     descriptor (``io.StringIO``, a test runner's capture) is kept exact, as a file is."""
-    import os
-    import stat
-
     try:
         return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
     except (AttributeError, OSError, ValueError):
