@@ -98,14 +98,7 @@ def iter_audio_files(paths: Iterable[str | os.PathLike],
             if first_time(root):
                 yield root
             continue
-        visited_dirs: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=report):
-            real = os.path.realpath(dirpath)
-            if real in visited_dirs:
-                dirnames[:] = []
-                continue
-            visited_dirs.add(real)
-            dirnames.sort()
+        for dirpath, filenames in _walk(os.fspath(root), report):
             for name in sorted(filenames):
                 if name.startswith(".") or Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
                     continue
@@ -114,6 +107,42 @@ def iter_audio_files(paths: Iterable[str | os.PathLike],
                     yield path
     if problems:
         raise problems[0]
+
+
+def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, file names)`` top-down, sub-folders in sorted order, following symbolic
+    links to folders but entering each real folder once (no loop). The order of
+    ``os.walk(top, followlinks=True)`` with sorted folders, but with a stack of its own:
+    ``os.walk`` recurses (before Python 3.12) and a tree 1,000 folders deep raised
+    RecursionError."""
+    visited: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            # a folder is known by its device and inode: os.path.realpath walks the path a
+            # component at a time in Python, which made a deep tree quadratic
+            st = os.stat(folder)
+            real = (st.st_dev, st.st_ino)
+            if real in visited:
+                continue
+            visited.add(real)
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = folder
+            onerror(exc)
+            continue
+        dirs, files = [], []
+        for entry in listed:
+            try:
+                is_dir = entry.is_dir()  # follows a link: a linked folder is searched too
+            except OSError:
+                is_dir = False  # as os.walk: what cannot be checked is taken for a file
+            (dirs if is_dir else files).append(entry.name)
+        yield folder, files
+        stack.extend(os.path.join(folder, d) for d in sorted(dirs, reverse=True))
 
 
 def ffmpeg_available() -> bool:
@@ -158,13 +187,18 @@ def _ffprobe(path: Path) -> AudioInfo:
     if out.returncode != 0 or "sample_rate" not in fields:
         reason = (out.stderr.strip().splitlines() or ["no audio stream"])[-1]
         raise AudioError(path, f"not a decodable audio file ({_short(reason, path)})")
-    sr = int(fields["sample_rate"])
-    duration = float(fields.get("duration", 0) or 0)
-    if sr <= 0:
+    try:
+        sr = int(fields["sample_rate"])
+        channels = int(fields.get("channels", 1))
+        duration = float(fields.get("duration", 0) or 0)
+    except ValueError:
+        raise AudioError(path, "not a decodable audio file (ffprobe gave no usable stream description)") from None
+    if sr <= 0 or not 0 < channels <= 1024:
         raise AudioError(path, "not a decodable audio file (no audio stream could be parsed)")
-    if duration <= 0:
-        raise AudioError(path, "unknown duration (truncated or streaming file)")
-    return AudioInfo(str(path), sr, int(fields.get("channels", 1)), int(duration * sr), "ffmpeg")
+    if duration <= 0 or not plausible_length(duration * sr, sr, _file_size(path)):
+        # no duration (a stream written through a pipe) or one the file cannot hold: measure it
+        return _counted_info(path, sr, channels, "gives no length" if duration <= 0 else f"claims {duration:g} s")
+    return AudioInfo(str(path), sr, channels, int(duration * sr), "ffmpeg")
 
 
 def libsndfile_path(path: str | os.PathLike) -> str | bytes:
@@ -179,8 +213,78 @@ def _short(message: str, path: Path) -> str:
     return message[:160]
 
 
+# The most audio one byte of a file can hold. A header can claim any length (a FLAC
+# written through a pipe leaves STREAMINFO's total at 0, which libsndfile reports as
+# 2**63 - 1 frames), and the window plan, the reads and their buffers all follow the
+# length: one that no file of that size could hold is not believed. Generous bounds, far
+# above what encoders reach on digital silence: a FLAC block of up to 65,535 frames takes
+# at least ~10 bytes, an Opus or Vorbis packet of up to 5,760 frames at least ~1-2 bytes,
+# an MPEG-2 layer III frame at least 24 bytes for its 576 frames.
+MAX_FRAMES_PER_BYTE = {"MP3": 64}
+DEFAULT_MAX_FRAMES_PER_BYTE = 8192
+# ... and at most this many seconds per byte whatever the rate it claims (a header
+# claiming 1 Hz would otherwise turn a plausible frame count into a year of windows).
+MAX_SECONDS_PER_BYTE = 1.0
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise AudioError(path, f"cannot read ({exc.strerror})") from None
+
+
+def plausible_length(frames: float, sample_rate: float, size: int, fmt: str = "") -> bool:
+    """Whether ``frames`` at ``sample_rate`` could come out of a file of ``size`` bytes."""
+    if not (math.isfinite(frames) and math.isfinite(sample_rate)) or frames < 0 or sample_rate <= 0:
+        return False
+    per_byte = MAX_FRAMES_PER_BYTE.get(fmt, DEFAULT_MAX_FRAMES_PER_BYTE)
+    return frames <= size * per_byte and frames / sample_rate <= size * MAX_SECONDS_PER_BYTE
+
+
+def _counted_info(path: Path, sample_rate: int, channels: int, claim: str) -> AudioInfo:
+    """The file's real length, by decoding it once with ffmpeg (no header to trust), as an
+    ffmpeg-backend :class:`AudioInfo`: ffmpeg seeks in such a file and stops at its real end."""
+    if not ffmpeg_available():
+        raise AudioError(path, f"its header {claim}, which cannot be right for a file of this size "
+                               f"(a FLAC written through a pipe has no length); install ffmpeg to read it")
+    size = _file_size(path)
+    limit = size * DEFAULT_MAX_FRAMES_PER_BYTE
+    # one byte per frame (mono, 8-bit): the count is all that is kept
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0", "-ac", "1",
+           "-ar", str(sample_rate), "-f", "u8", "-"]
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as exc:
+            raise AudioError(path, f"cannot run ffmpeg ({exc.strerror})") from None
+        timer = threading.Timer(FFMPEG_TIMEOUT, proc.kill)
+        timer.start()
+        frames = 0
+        try:
+            while frames <= limit:
+                chunk = proc.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                frames += len(chunk)
+        finally:
+            proc.stdout.close()  # past the limit: ffmpeg then exits on a broken pipe
+            killed = proc.wait() != 0 and not timer.is_alive()
+            timer.cancel()
+        if frames > limit:
+            raise AudioError(path, "decodes to more audio than a file of this size can hold")
+        if killed and not frames:
+            raise AudioError(path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s")
+        if frames == 0:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines() or ["no audio samples"]
+            raise AudioError(path, f"not a decodable audio file ({_short(lines[-1], path)})")
+    return AudioInfo(str(path), int(sample_rate), max(1, int(channels)), frames, "ffmpeg")
+
+
 def probe(path: str | os.PathLike) -> AudioInfo:
-    """Sample rate, channels and length, from the header, without decoding."""
+    """Sample rate, channels and length, from the header, without decoding; a length the
+    file's size rules out (see :data:`MAX_FRAMES_PER_BYTE`) is measured instead, by decoding."""
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() not in FFMPEG_EXTENSIONS:
@@ -188,6 +292,9 @@ def probe(path: str | os.PathLike) -> AudioInfo:
             with _decoder_section(str(path)):
                 info = sf.info(libsndfile_path(path))
             if info.frames > 0 and info.samplerate > 0:
+                if not plausible_length(info.frames, info.samplerate, _file_size(path), info.format):
+                    return _counted_info(path, int(info.samplerate), int(info.channels),
+                                         f"claims {info.frames:,} frames")
                 return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), "soundfile")
             if info.frames == 0 and not ffmpeg_available():
                 raise AudioError(path, "contains no audio samples")
@@ -501,13 +608,18 @@ def window_starts(duration: float, window: float, n_windows: int | None) -> list
         return [0.0]
     # windows needed to cover the track without gaps (the epsilon absorbs float error in 30.0/10.0)
     covering = math.ceil(duration / window - 1e-9)
-    grid = [min(i * window, duration - window) for i in range(covering)]
+
+    def grid(i: int) -> float:
+        return min(i * window, duration - window)
+
     if n_windows is None or n_windows >= covering:
-        return grid
+        return [grid(i) for i in range(covering)]
     n = max(1, n_windows)
     # run j holds grid windows [j*covering/n, (j+1)*covering/n); take its centre (an
-    # index, rounded half down), in integers so no float error moves it
-    return [grid[((2 * j + 1) * covering - 1) // (2 * n)] for j in range(n)]
+    # index, rounded half down), in integers so no float error moves it. Only the n
+    # windows taken are computed: the plan's size follows the count asked for, not the
+    # length the file claims.
+    return [grid(((2 * j + 1) * covering - 1) // (2 * n)) for j in range(n)]
 
 
 def check_duration(info: AudioInfo) -> None:

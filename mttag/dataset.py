@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError, check_decoded, check_duration, even_starts, iter_audio_files, probe, read_segment
+from .display import printable
 from .fileio import ExclusiveLock, atomic_write
 from .metadata import clean_tags
 
@@ -423,6 +424,9 @@ def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.Pa
 
     csv_path = Path(csv_path)
     root = str(audio_root) if audio_root is not None else str(csv_path.parent)
+    if os.path.exists(csv_path) and not csv_path.is_file():
+        # a FIFO would block the reader forever; a folder or a device is no annotations file
+        raise ValueError(f"{printable(csv_path)}: not a regular file; annotations are a CSV or TSV file")
     shown = encoding
     if encoding is None:
         encoding, note = annotation_encoding(csv_path)
@@ -449,6 +453,31 @@ def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.Pa
                          "(e.g. cp1252, latin-1, utf-16)") from None
 
 
+class _bounded_rows:
+    """A ``csv.reader`` whose "field larger than field limit (131072)" is a one-line
+    ``ValueError`` naming the file and line. Such a field is almost always a quote left
+    open, which swallows the lines after it: the rows read past it cannot be trusted, so
+    the file is refused rather than read on. (The limit is process-wide: not raised here.)"""
+
+    def __init__(self, reader, path: Path):
+        self._reader = reader
+        self._path = path
+
+    @property
+    def line_num(self) -> int:
+        return self._reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return next(self._reader)
+        except csv.Error as exc:
+            raise ValueError(f"{printable(self._path)}:{self._reader.line_num}: {exc} "
+                             f"(a quote left open?); not a usable annotations file") from None
+
+
 def _read_annotations(csv_path, root, encoding, path_col, tags_col, sep, artist_col, split_col, delimiter,
                       normalize, normalize_artist) -> Iterator[TrackSpec]:
     with open(csv_path, newline="", encoding=encoding) as f:
@@ -459,7 +488,7 @@ def _read_annotations(csv_path, root, encoding, path_col, tags_col, sep, artist_
         f.seek(0)
         if header_line.startswith("\ufeff"):
             f.read(1)
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = _bounded_rows(csv.reader(f, delimiter=delimiter), csv_path)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -242,16 +243,60 @@ def _error(path: Path, reason: str) -> EmbeddingIndexError:
     return EmbeddingIndexError(f"{printable(path)}: {reason}")
 
 
+# Sizes past which an index file is not mttag's: a manifest is a few hundred kB even with
+# a vocabulary of thousands of tags, and a tracks.jsonl line is one path (PATH_MAX 4,096
+# bytes, at most 4x that escaped) and three numbers. Reading stops there, not at memory's end.
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_TRACK_LINE_BYTES = 64 << 10
+MAX_INDEX_WINDOWS = 1_000_000
+# A row of vectors.f32 is unit length (float32 rounding is ~1e-7); a row that is not was
+# not written as one: a dim that does not match the file, or damage.
+_UNIT_TOLERANCE = 1e-3
+
+
+def _open_regular(index: Path, name: str):
+    """``index/name`` opened for reading in binary, refused in one line unless it is a
+    regular file: a FIFO would block the reader forever, a folder or a device is not an
+    index file. Opened without blocking and checked on the descriptor, so no FIFO can be
+    swapped in between a check and the open."""
+    file = index / name
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise _error(index, f"{name} is missing; the index is incomplete") from None
+    except IsADirectoryError:
+        raise _error(index, f"{name} is a folder, not a file; the index is damaged") from None
+    except OSError as exc:
+        raise _error(index, f"{name} cannot be read ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise _error(index, f"{name} is {kind}, not a file; the index is damaged")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of the index at ``path``, checked; None when there is no index there yet."""
     path = Path(path)
     file = path / MANIFEST
-    if not file.is_file():
+    if not os.path.lexists(file) or (file.is_symlink() and not file.exists()):
         return None
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        with _open_regular(path, MANIFEST) as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise _error(path, f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MB; it is not an mttag index manifest")
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _error(path, f"{MANIFEST} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    except RecursionError:
+        raise _error(path, f"{MANIFEST} cannot be read (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _error(path, f"{MANIFEST} is not an mttag embedding index manifest")
     version = data.get("format_version")
@@ -260,19 +305,32 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
                            f"({FORMAT_VERSION}); upgrade with: pip install -U mttag")
     model, dim, tags = data.get("model"), data.get("dim"), data.get("tags")
     if (not isinstance(model, dict) or not isinstance(model.get("revision"), str)
-            or not isinstance(dim, int) or not 1 <= dim <= 65536
+            or not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 65536
             or not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags)):
         raise _error(path, f"{MANIFEST} is damaged (model, dim or tags missing or invalid)")
+    name = model.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise _error(path, f"{MANIFEST} is damaged (the model's name is not text)")
+    if model.get("dim", dim) != dim:
+        raise _error(path, f"{MANIFEST} is damaged (dim {dim}, but its model's embeddings have {printable(model.get('dim'))})")
+    windows = data.get("windows")
+    if windows is not None and (not isinstance(windows, int) or isinstance(windows, bool)
+                                or not 1 <= windows <= MAX_INDEX_WINDOWS):
+        raise _error(path, f"{MANIFEST} is damaged (windows is {printable(json.dumps(windows))[:40]}: "
+                           f"a count of windows, or null for all)")
     return data
 
 
 def _parse_track(line: bytes, row: int) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
     if (not isinstance(record, dict) or record.get("row") != row or not isinstance(record.get("path"), str)
-            or not isinstance(record.get("duration"), (int, float))):
+            or not isinstance(record.get("duration"), (int, float)) or isinstance(record.get("duration"), bool)):
+        return None
+    # json reads NaN and Infinity: no track lasts that long, and they would pass every filter
+    if not (math.isfinite(record["duration"]) and record["duration"] >= 0):
         return None
     return record
 
@@ -284,14 +342,12 @@ def _committed(path: Path, dim: int, n_tags: int) -> tuple[list[str], np.ndarray
 
     Only the last line may be unfinished or damaged (the run was killed while writing it); a
     damaged line before it is refused rather than silently cutting the index short there."""
-    try:
-        vector_rows = (path / VECTORS).stat().st_size // (4 * dim)
-        score_rows = (path / SCORES).stat().st_size // (2 * n_tags)
-        f = open(path / TRACKS, "rb")
-    except FileNotFoundError as exc:
-        raise _error(path, f"{Path(exc.filename).name} is missing; the index is incomplete") from None
-    except OSError as exc:
-        raise _error(path, f"cannot read it ({exc.strerror or exc})") from None
+    sizes = []
+    for name in (VECTORS, SCORES):
+        with _open_regular(path, name) as data:
+            sizes.append(os.fstat(data.fileno()).st_size)
+    vector_rows, score_rows = sizes[0] // (4 * dim), sizes[1] // (2 * n_tags)
+    f = _open_regular(path, TRACKS)
     # a power cut can keep a line whose vector never reached the disk: rows past the data are dropped
     limit = min(vector_rows, score_rows)
     paths: list[str] = []
@@ -299,9 +355,13 @@ def _committed(path: Path, dim: int, n_tags: int) -> tuple[list[str], np.ndarray
     end = 0
     damaged: int | None = None
     with f:
-        for number, line in enumerate(f, 1):
+        # each line read up to a bound, so a file with no line breaks is not held whole
+        for number, line in enumerate(iter(lambda: f.readline(MAX_TRACK_LINE_BYTES + 1), b""), 1):
             if damaged is not None:
                 raise _error(path, f"{TRACKS} line {damaged} is damaged; the index cannot be trusted past it")
+            if len(line) > MAX_TRACK_LINE_BYTES:
+                raise _error(path, f"{TRACKS} line {number} is longer than {MAX_TRACK_LINE_BYTES >> 10} kB; "
+                                   f"the index is damaged")
             if not line.endswith(b"\n") or len(paths) >= limit:
                 break  # the unfinished last line, or rows whose data is missing
             record = _parse_track(line, len(paths))
@@ -551,12 +611,33 @@ class EmbeddingIndex:
         if n:
             self.vectors = np.memmap(self.path / VECTORS, dtype="<f4", mode="r", shape=(n, self.dim))
             self.scores = np.memmap(self.path / SCORES, dtype="<f2", mode="r", shape=(n, len(self.tags)))
+            # Rows are unit vectors; read with the wrong dim, none is (each is a piece of one row
+            # and the next), and every track query would answer silently wrong. A few rows
+            # spread over the file tell, at the cost of a few reads; one damaged row only is
+            # left out of searches (:meth:`search`) and refused as a query (:meth:`vector`).
+            sample = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(np.int64))
+            if not any(self._unit(int(r)) for r in sample):
+                raise _error(self.path, f"{VECTORS} does not hold unit vectors of {self.dim} values (checked "
+                                        f"{len(sample)} of {n} rows): its dim does not match {MANIFEST}, or it "
+                                        f"is damaged; embed the tracks again")
         else:
             self.vectors = np.zeros((0, self.dim), dtype=np.float32)
             self.scores = np.zeros((0, len(self.tags)), dtype=np.float16)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _unit(self, row: int) -> bool:
+        norm = float(np.linalg.norm(np.asarray(self.vectors[row], dtype=np.float64)))
+        return math.isfinite(norm) and abs(norm - 1) <= _UNIT_TOLERANCE
+
+    def vector(self, row: int) -> np.ndarray:
+        """The vector of ``row``, refused (:class:`EmbeddingIndexError`) if it is not the unit
+        vector the index stores: a damaged row would answer a query with noise."""
+        if not self._unit(row):
+            raise _error(self.path, f"the vector of {printable(path_from_text(self.paths[row]))} (row {row}) is "
+                                    f"damaged (zero, not finite or not unit length); embed it again")
+        return np.asarray(self.vectors[row], dtype=np.float32)
 
     def row_of(self, path: str | os.PathLike) -> int | None:
         """The row of a file (matched by absolute path, as ``mttag tag --resume`` matches), or None."""
@@ -595,7 +676,11 @@ class EmbeddingIndex:
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
             s = self.vectors[a:b] @ q
-            keep = np.ones(b - a, dtype=bool)
+            # a damaged row (NaN, zero, not unit) has no similarity to give: left out, not ranked
+            keep = np.isfinite(s) & (np.abs(s) <= 1 + _UNIT_TOLERANCE)
+            zero = np.flatnonzero(keep & (s == 0))
+            if len(zero):
+                keep[zero[~np.any(self.vectors[a + zero] != 0, axis=1)]] = False
             for column, minimum in tags:
                 keep &= self.scores[a:b, column].astype(np.float32) >= minimum
             if min_duration is not None:

@@ -111,8 +111,18 @@ def tag_kind(tag: str, kinds: Mapping[str, str] | None = None) -> str:
 def load_kinds(path: str | os.PathLike) -> dict[str, str]:
     """A ``tag,kind`` CSV (one pair a line, ``#`` comments) → ``{tag: kind}``."""
     out: dict[str, str] = {}
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{printable(path)}: not a regular file")  # a FIFO would block forever
     with open(path, encoding="utf-8", newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
+        reader = csv.reader(f)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # a field over 131,072 characters: a quote left open
+                raise ValueError(f"{printable(path)} line {reader.line_num}: {exc}") from None
+            n = reader.line_num
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
             if len(row) < 2 or row[1].strip().lower() not in TAG_KINDS:

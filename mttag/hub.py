@@ -316,6 +316,9 @@ def _config_files(config_path: Path, label: str) -> list[str]:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{label}: {CONFIG_NAME} is not valid JSON ({exc})") from None
+    except RecursionError:
+        # a server can send arrays nested thousands deep: Python's parser recurses per level
+        raise ModelLoadError(f"{label}: {CONFIG_NAME} is nested too deeply to be a model config") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{label}: {CONFIG_NAME} is not a JSON object")
     source = data.get("files")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .audio import AUDIO_EXTENSIONS
-from .display import printable
+from .display import json_printable, printable, reaches_terminal
 from .fileio import ExclusiveLock, LockedError
 
 if TYPE_CHECKING:  # the writers need no torch: `mttag --help` must not import it
@@ -227,7 +227,7 @@ class ResultWriter:
     the model's ``vocabulary``); call :meth:`close` to finish the file."""
 
     def __init__(self, stream: IO[str], fmt: str, console=None, table_header: bool = False,
-                 layout: str = "track", vocabulary: list[str] | None = None):
+                 layout: str = "track", vocabulary: list[str] | None = None, escape: bool | None = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
         if layout not in LAYOUTS:
@@ -237,6 +237,10 @@ class ResultWriter:
         self.layout = layout
         self.console = console
         self.count = 0
+        # csv/tsv cells with control characters escaped (file names can hold any byte): for
+        # a stream that can reach a terminal (``None``: anything but a regular file). A
+        # results file keeps each path's exact text, which --resume reads back.
+        self.escape = reaches_terminal(stream) if escape is None else escape
         if fmt in ("csv", "tsv"):
             if layout == "wide":
                 if not vocabulary:
@@ -246,7 +250,7 @@ class ResultWriter:
             else:
                 fields = {"long": LONG_FIELDS, "timeline": TIMELINE_FIELDS}.get(layout, CSV_FIELDS)
             self._csv = csv.writer(stream, delimiter=_delimiter(fmt), lineterminator="\n")
-            self._csv.writerow(fields)
+            self._csv.writerow([printable(f) for f in fields] if self.escape else fields)
         elif fmt == "json":
             stream.write("[\n")
         elif fmt == "table" and table_header:
@@ -259,13 +263,16 @@ class ResultWriter:
     def write_record(self, record: dict[str, Any]) -> None:
         record = {k: safe_text(v) if isinstance(v, str) else v for k, v in record.items()}
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+            self.stream.write(json_printable(json.dumps(record, ensure_ascii=False, allow_nan=False)) + "\n")
         elif self.fmt == "json":
             # one record per line so a cut-off file can still be read back for --resume
-            line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+            line = json_printable(json.dumps(record, ensure_ascii=False, allow_nan=False))
             self.stream.write(("" if self.count == 0 else ",\n") + line)
         elif self.fmt in ("csv", "tsv"):
-            self._csv.writerows(self._rows(record))
+            rows = self._rows(record)
+            if self.escape:
+                rows = [[printable(c) if isinstance(c, str) else c for c in row] for row in rows]
+            self._csv.writerows(rows)
         else:
             self._write_table_row(record)
         self.count += 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from ..display import printable
+from ..display import json_printable, printable, reaches_terminal
 from ._common import EXIT_OK, EXIT_SOME_FAILED, ConsoleEvents, app, console, run, warn
 
 
@@ -77,13 +77,16 @@ def similar(
     if fmt is Format.table:
         _print_table(os.fspath(query), hits)
     elif fmt is Format.csv:
+        # a path can hold escape sequences: shown escaped wherever the csv can reach a terminal,
+        # exact (the index's path text) in a file
+        cell = printable if reaches_terminal(sys.stdout) else str
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(["rank", "score", "duration", "path"])
-        w.writerows([h.rank, f"{h.score:.4f}", h.duration, h.path] for h in hits)
+        w.writerows([h.rank, f"{h.score:.4f}", h.duration, cell(h.path)] for h in hits)
     else:
         doc = {"query": label, "index": path_text(os.path.abspath(index)), "model": found.index.model.get("name"),
                "results": [h.to_dict() for h in hits]}
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
+        sys.stdout.write(json_printable(json.dumps(doc, ensure_ascii=False, indent=1)) + "\n")
     sys.stdout.flush()
 
     if playlist is not None:

@@ -44,8 +44,6 @@ class Similar:
 def find_similar(request: SimilarRequest) -> Similar:
     """The index's tracks most like ``request.query``; RunError for a refusal, or (exit code 1)
     for a query file that cannot be embedded."""
-    import numpy as np
-
     from ..embedding import EmbeddingIndex, EmbeddingIndexError
     from ..output import display_tag
 
@@ -67,15 +65,21 @@ def find_similar(request: SimilarRequest) -> Similar:
     row = idx.row_of(req.query)
     exclude: list[int] = []
     if row is not None:
-        vector, duration = np.asarray(idx.vectors[row]), float(idx.durations[row])
+        try:
+            vector, duration = idx.vector(row), float(idx.durations[row])
+        except EmbeddingIndexError as exc:
+            raise RunError(f"--index {exc}", EXIT_SOME_FAILED) from None
         if not req.include_query:
             exclude.append(row)
     elif os.path.lexists(req.query):
         vector, duration = embed_query(req.query, idx, req.model, req.device, req.windows)
     else:
         raise RunError(f"{printable(req.query)}: no such file, and not a track of {printable(req.index)}")
-    hits = idx.search(vector, req.top, exclude=exclude, tags=filters, min_duration=req.min_duration,
-                      max_duration=req.max_duration)
+    try:
+        hits = idx.search(vector, req.top, exclude=exclude, tags=filters, min_duration=req.min_duration,
+                          max_duration=req.max_duration)
+    except ValueError as exc:  # a query of another size than the index's (its dim does not match the model)
+        raise RunError(f"{printable(req.query)}: {exc}", EXIT_SOME_FAILED) from None
     return Similar(hits, idx, duration, bool(filters or req.min_duration or req.max_duration), row is not None, filters)
 
 
