@@ -420,11 +420,11 @@ def test_a_tracks_line_without_end_is_read_to_a_bound(tmp_path):
 
 def test_a_query_of_another_size_is_one_line(tmp_path, monkeypatch):
     """An audio query embedded by a model whose size the index does not have."""
-    import mttag.cli.similar as similar_cli
+    import mttag.runs.similar as similar_run
 
     index = make_index(tmp_path / "q.mttag")
     query = write_audio(tmp_path / "q.wav", synth(2.0, 22050, 1, "music"), 22050)
-    monkeypatch.setattr(similar_cli, "_embed_query", lambda *a: (np.ones(7, np.float32), 2.0))
+    monkeypatch.setattr(similar_run, "embed_query", lambda *a: (np.ones(7, np.float32), 2.0))
     result = run("similar", query, "-i", index)
     assert result.exit_code == 1
     one_line(result.output, "q.wav", "7 dimensions", "the index 4")
