@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from enum import Enum
 from pathlib import Path
@@ -136,6 +137,8 @@ def write(
         log_path = undo_log or filetags.default_undo_log(results)
         if log_path.suffix.lower() in _AUDIO_SUFFIXES():
             fail(f"--undo-log {printable(log_path)}: names an audio file")
+        if not _regular_or_missing(log_path):
+            fail(f"--undo-log {printable(log_path)}: not a regular file")
         from ..fileio import ExclusiveLock, LockedError
 
         try:
@@ -158,25 +161,36 @@ def write(
     seen: set[str] = set()
     try:
         with sigterm_as_interrupt():
-            for path, record in records:
-                if "error" in record:
+            for n, (path, record) in enumerate(records, 1):
+                if "invalid" in record:
+                    outcome = filetags.WriteOutcome(path or f"{results} record {n}", "error",
+                                                    error=f"{printable(results)} record {n}: {record['invalid']}")
+                elif "error" in record:
                     outcome = filetags.WriteOutcome(path, "skipped", note=f"not tagged: {record['error']}")
                 else:
                     real = os.path.realpath(path)
                     if real in seen:  # the same file under two names: once is enough
                         continue
                     seen.add(real)
-                    outcome = filetags.write_tags(path, record.get("tags") or [], options, log)
+                    outcome = filetags.write_tags(path, record.get("tags") or [], options, log,
+                                                  fingerprint=record.get("fingerprint"))
                 counts[outcome.status] = counts.get(outcome.status, 0) + 1
                 _print(outcome, as_json)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        close_error = None
         if log is not None:
-            log.close()
+            try:
+                log.close()
+            except filetags.WriteError as exc:
+                close_error = f"--undo-log: {exc}"
         _release(lock)
 
     failed = counts.get("error", 0)
+    if close_error is not None:
+        console.print(f"[red]error:[/] {escape(printable(close_error))}", highlight=False, soft_wrap=True)
+        failed += 1
     if log is not None and log.count == 0:
         try:  # nothing was written: a log of headers only is noise
             if _only_headers(log.path):
@@ -211,9 +225,24 @@ def _release(lock) -> None:
         lock.release()
 
 
+def _regular_or_missing(path: Path) -> bool:
+    """False for a FIFO, device or folder, where a regular file is expected (reading or
+    appending to a FIFO waits for another process, forever)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True  # the open that follows says why
+
+
 def _read_results(results: Path) -> list[tuple[str, dict]]:
     from ..output import read_records, path_from_text, sniff_format
 
+    if results.is_dir():
+        fail(f"{printable(results)}: is a directory")
+    if not _regular_or_missing(results):
+        fail(f"{printable(results)}: not a regular file")
     try:
         fmt = sniff_format(results)
     except FileNotFoundError:
@@ -225,15 +254,20 @@ def _read_results(results: Path) -> list[tuple[str, dict]]:
     if fmt in (None, "", "table"):
         what = "is empty" if fmt == "" else "is a table" if fmt == "table" else "is not an mttag results file"
         fail(f"{printable(results)} {what}; write results with 'mttag tag ... -o tags.jsonl' (or .json, .csv)")
-    records = read_records(results, fmt)
-    return [(path_from_text(r["path"]), r) for r in records]
+    try:
+        records = read_records(results, fmt)
+    except OSError as exc:
+        fail(f"{printable(results)}: cannot read it ({exc.strerror or exc})")
+    return [(path_from_text(r["path"]) if r.get("path") else "", r) for r in records]
 
 
 def _run_undo(log: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
     from .. import filetags
 
-    if not log.is_file():
+    if not log.exists():
         fail(f"--undo {printable(log)}: no such file")
+    if not log.is_file():
+        fail(f"--undo {printable(log)}: not a regular file")
     try:
         filetags.read_undo_log(log)
     except filetags.WriteError as exc:
@@ -247,6 +281,8 @@ def _run_undo(log: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
                 _print(outcome, as_json)
     except KeyboardInterrupt:
         interrupted = True
+    except filetags.WriteError as exc:  # the undo key cannot be read
+        fail(f"--undo: {exc}")
     if not quiet:
         order = ["would-restore", "restored", "unchanged", "error"]
         summary = ", ".join(f"{counts[k]} {_WORDS.get(k, k)}" for k in order if counts.get(k))
