@@ -1490,12 +1490,12 @@ def _make_copy(real: str, st: os.stat_result) -> tuple[str, str]:
     try:
         with os.fdopen(fd, "wb") as out, open(real, "rb") as src:
             if not os.path.samestat(os.fstat(src.fileno()), st):
-                raise WriteError("the file changed while mttag was writing it; left as it is now")
+                raise WriteError("another program changed the file while mttag was writing it; left as it is now")
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
         if _identity(os.stat(real)) != _identity(st):
-            raise WriteError("the file changed while mttag was writing it; left as it is now")
+            raise WriteError("another program changed the file while mttag was writing it; left as it is now")
         shutil.copystat(real, tmp)  # mode, times, flags, extended attributes
         if hasattr(os, "chown") and (st.st_uid, st.st_gid) != (os.stat(tmp).st_uid, os.stat(tmp).st_gid):
             try:
