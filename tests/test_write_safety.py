@@ -267,7 +267,7 @@ def test_a_second_mttag_run_waits_for_the_file_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(filetags, "LOCK_WAIT", 0.2)
     with filetags.file_lock(os.path.realpath(song)):
         log = filetags.UndoLog(tmp_path / "u.jsonl")
-        outcome = filetags.write_tags(song, TAGS, filetags.WriteOptions(), log, )
+        outcome = filetags.write_tags(song, TAGS, filetags.WriteOptions(), log)
     assert outcome.status == "error" and "another mttag run" in outcome.error
     assert genre(song) == ["Jazz"]
     outcome = filetags.write_tags(song, TAGS, filetags.WriteOptions(), log)
