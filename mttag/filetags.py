@@ -34,8 +34,10 @@ import base64
 import contextlib
 import csv
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import stat
 import struct
@@ -336,9 +338,11 @@ class _ID3Handler(_Handler):
         self.path = path
         self.format = kind
         self.file = None
+        junk: list[str] = []
+        known = _watched_frames(junk)
         if kind == "mp3":
             try:
-                self.tags = ID3(path, translate=False, load_v1=False)
+                self.tags = ID3(path, translate=False, load_v1=False, known_frames=known)
             except ID3NoHeaderError:
                 self.tags = ID3()
                 self.tags.version = (2, 4, 0)
@@ -347,7 +351,7 @@ class _ID3Handler(_Handler):
             import mutagen.wave
 
             cls = mutagen.wave.WAVE if kind == "wav" else mutagen.aiff.AIFF
-            self.file = cls(path, translate=False, load_v1=False)
+            self.file = cls(path, translate=False, load_v1=False, known_frames=known)
             if self.file.tags is None:
                 self.file.add_tags()
                 self.file.tags.version = (2, 4, 0)
@@ -355,6 +359,10 @@ class _ID3Handler(_Handler):
         version = self.tags.version[1] if self.tags.version[0] == 2 else 4
         if version not in (3, 4):
             raise WriteError(f"ID3v2.{version} tag: only ID3v2.3 and v2.4 can be written (convert it with a tagger first)")
+        if junk:
+            # mutagen skips a frame it cannot parse and would save the tag without it
+            raise WriteError(f"ID3 frame {', '.join(sorted(set(junk)))} cannot be parsed (bad text encoding or "
+                             "compression); writing would drop it, so the file is left as it is")
         self.id3_version = version
         self.join = "/" if version == 3 else None
         self._v1 = None
@@ -442,6 +450,29 @@ class _ID3Handler(_Handler):
                 if f.read(3) == b"TAG":
                     f.seek(-128, 2)
                     f.write(self._v1)
+
+
+class _WatchedFrame:
+    """Stands in for a mutagen frame class while a tag loads, noting the frames that
+    mutagen drops as junk (it says nothing and the next save would lose them)."""
+
+    def __init__(self, cls, junk: list[str]):
+        self.cls, self.junk = cls, junk
+
+    def _fromData(self, header, tflags, data):
+        from mutagen.id3 import ID3JunkFrameError
+
+        try:
+            return self.cls._fromData(header, tflags, data)
+        except ID3JunkFrameError:
+            self.junk.append(self.cls.__name__)
+            raise
+
+
+def _watched_frames(junk: list[str]) -> dict[str, Any]:
+    from mutagen.id3 import Frames
+
+    return {name: _WatchedFrame(cls, junk) for name, cls in Frames.items()}
 
 
 class _VorbisHandler(_Handler):
@@ -565,8 +596,9 @@ class _MP4Handler(_Handler):
         self.file.save()
 
 
-def _open(path: str) -> _Handler:
-    """The handler for a file, by its content (not its name)."""
+def _detect(path: str) -> tuple[Any, str | None]:
+    """``(mutagen file, kind)`` by the file's content; kind ``None`` when mutagen knows it
+    but mttag does not write it. Raises :class:`WriteError` for what mutagen cannot read."""
     import mutagen
     from mutagen.aiff import AIFF
     from mutagen.flac import FLAC
@@ -582,24 +614,28 @@ def _open(path: str) -> _Handler:
         raise WriteError(f"damaged or unreadable tags ({_reason(exc)})") from None
     if audio is None:
         raise WriteError("unsupported format (mttag writes mp3, flac, ogg, opus, m4a, wav and aiff)")
+    for cls, kind in ((MP3, "mp3"), (WAVE, "wav"), (AIFF, "aiff"), (FLAC, "flac"), (OggOpus, "opus"),
+                      (OggVorbis, "ogg"), (MP4, "m4a")):
+        if isinstance(audio, cls):
+            return audio, kind
+    return audio, None
+
+
+def _open(path: str) -> _Handler:
+    """The handler for a file, by its content (not its name)."""
+    audio, kind = _detect(path)
     try:
-        if isinstance(audio, MP3):
-            return _ID3Handler(path, "mp3")
-        if isinstance(audio, WAVE):
-            return _ID3Handler(path, "wav")
-        if isinstance(audio, AIFF):
-            return _ID3Handler(path, "aiff")
-        if isinstance(audio, FLAC):
-            return _VorbisHandler(path, audio, "flac")
-        if isinstance(audio, OggOpus):
-            return _VorbisHandler(path, audio, "opus")
-        if isinstance(audio, OggVorbis):
-            return _VorbisHandler(path, audio, "ogg")
-        return _MP4Handler(path, audio)
+        if kind in ("mp3", "wav", "aiff"):
+            return _ID3Handler(path, kind)
+        if kind in ("flac", "opus", "ogg"):
+            return _VorbisHandler(path, audio, kind)
+        if kind == "m4a":
+            return _MP4Handler(path, audio)
     except WriteError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise WriteError(f"damaged or unreadable tags ({_reason(exc)})") from None
+    raise WriteError("unsupported format (mttag writes mp3, flac, ogg, opus, m4a, wav and aiff)")
 
 
 def _reason(exc: BaseException) -> str:
@@ -867,6 +903,187 @@ def _verify_audio(kind: str, old: str, new: str, decode: bool) -> None:
         raise WriteError("the audio would change (mttag bug or unusual file); file left as it was")
 
 
+# MPEG audio frame headers: bit rates (kbit/s) by (MPEG-1 or 2/2.5, layer) and sample rates by version bits
+_MPEG_KBPS = {
+    (1, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (1, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (1, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (2, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (2, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_MPEG_ZEROS = 256 << 10  # zero bytes skipped after the ID3v2 tag (padding some writers leave)
+_MPEG_SLACK = 4096  # where, after them, the first frame must start
+
+
+def _mpeg_frame(head: bytes) -> tuple[int, tuple[int, int, int]] | None:
+    """``(frame length, (version, layer, sample-rate index))`` of an MPEG audio frame header."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    ver, layer, br, sr, pad = (head[1] >> 3) & 3, 4 - ((head[1] >> 1) & 3), head[2] >> 4, (head[2] >> 2) & 3, (head[2] >> 1) & 1
+    if ver == 1 or layer == 4 or br in (0, 15) or sr == 3:
+        return None
+    v1 = ver == 3
+    kbps = _MPEG_KBPS[(1, layer) if v1 else (2, 1 if layer == 1 else 2)][br]
+    rate = _MPEG_RATES[ver][sr]
+    if layer == 1:
+        size = (12 * kbps * 1000 // rate + pad) * 4
+    else:
+        size = (72 if layer == 3 and not v1 else 144) * kbps * 1000 // rate + pad
+    return size, (ver, layer, sr)
+
+
+def _mpeg_audio_start(f, start: int, size: int) -> int:
+    """Where the MPEG audio frames start: past zero padding, within :data:`_MPEG_SLACK`,
+    a frame header followed by five more of the same stream (or by the end of the file).
+    Raises ``ValueError`` for a file that is not MPEG audio (say a program named .mp3,
+    whose tables can hold a few header-like words far into the file)."""
+    zeros = _read_at(f, start, _MPEG_ZEROS)
+    start += len(zeros) - len(zeros.lstrip(b"\0"))
+    window = _read_at(f, start, _MPEG_SLACK + 4)
+    i = window.find(b"\xff")
+    while 0 <= i < len(window) - 3:
+        first = _mpeg_frame(window[i:i + 4])
+        if first is not None:
+            pos, ok = start + i, True
+            for _ in range(6):
+                frame = _mpeg_frame(_read_at(f, pos, 4))
+                if frame is None or frame[1] != first[1]:
+                    ok = pos >= size - 4 and pos > start + i  # a short file ends after its last frame
+                    break
+                pos += frame[0]
+                if pos >= size:
+                    break
+            if ok:
+                return start + i
+        i = window.find(b"\xff", i + 1)
+    raise ValueError("no MPEG audio frames at its start")
+
+
+def _mp3_ranges(f, size: int) -> list[tuple[int, int]]:
+    """The MPEG frames of an mp3: after the ID3v2 tag (and any junk before the first frame),
+    before an ID3v1 tag and an APEv2 tag at the end."""
+    start = _mpeg_audio_start(f, _id3v2_size(f), size)
+    end = size
+    if end - start >= 128 and _read_at(f, end - 128, 3) == b"TAG":
+        end -= 128
+    footer = _read_at(f, end - 32, 32) if end - start >= 32 else b""
+    if footer[:8] == b"APETAGEX":
+        tag_size, flags = struct.unpack("<II", footer[12:20])
+        end -= tag_size + (32 if flags & 0x80000000 else 0)
+    if end <= start:
+        raise ValueError("no MPEG audio frames")
+    return [(start, end)]
+
+
+def _ogg_digest(path: str, headers: int) -> str:
+    """SHA-256 of an Ogg stream's identification header and, page by page, its packets and
+    granule positions after the header packets (comments and page numbering excluded)."""
+    from mutagen.ogg import OggPage
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(OggPage.to_packets(_pages(f, headers))[0])
+        f.seek(_ogg_header_end(f, headers))
+        while True:
+            try:
+                page = OggPage(f)
+            except EOFError:
+                break
+            h.update(struct.pack("<qI", page.position, page.serial))
+            for packet in page.packets:
+                h.update(struct.pack("<I", len(packet)))
+                h.update(packet)
+    return h.hexdigest()
+
+
+def audio_ranges(kind: str, path: str) -> list[tuple[int, int]]:
+    """The byte ranges holding a file's audio (not its tags), by container: MP3 frames,
+    FLAC STREAMINFO and frames, WAV/AIFF format and sample chunks, MP4 ``mdat``. Raises
+    ``ValueError`` when the file is not that container (or is damaged)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if kind == "mp3":
+            return _mp3_ranges(f, size)
+        if kind == "flac":
+            return _flac_ranges(f, size)
+        if kind in ("wav", "aiff"):
+            wanted = (b"fmt ", b"data") if kind == "wav" else (b"COMM", b"SSND")
+            return _chunk_ranges(f, size, kind == "aiff", wanted)
+        if kind == "m4a":
+            return _mp4_layout(f, size)[0]
+    raise ValueError(f"no audio ranges for {kind}")
+
+
+def _check_audio(kind: str, path: str) -> None:
+    """The file is audio of the container its tags say (a program named .mp3 is not)."""
+    try:
+        if kind in ("ogg", "opus"):
+            _ogg_digest(path, 3 if kind == "ogg" else 2)
+        else:
+            audio_ranges(kind, path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means: not this container
+        raise WriteError(f"not a valid {kind} file ({_reason(exc)}); left as it is") from None
+
+
+FINGERPRINT_VERSION = "a1"
+
+
+def audio_fingerprint(path: str | os.PathLike) -> str:
+    """What identifies the recording in a file, whatever its tags:
+    ``a1:SIZE:MTIME_NS:KIND:SHA256`` where the SHA-256 covers the audio bytes only (see
+    :func:`audio_ranges`; Ogg: packets and granule positions), so it stays the same after
+    ``mttag write`` or another tagger changes the tags. Formats mttag does not write, and
+    files whose layout is not understood, are hashed whole (``KIND`` ``file``). Costs one
+    read of the file. Raises ``OSError`` for a file that cannot be read."""
+    path = os.fspath(path)
+    st = os.stat(path)
+    kind = None
+    try:
+        kind = _detect(path)[1]
+    except WriteError:
+        pass
+    digest = None
+    if kind is not None:
+        try:
+            if kind in ("ogg", "opus"):
+                digest = _ogg_digest(path, 3 if kind == "ogg" else 2)
+            else:
+                h = hashlib.sha256()
+                for a, b in audio_ranges(kind, path):
+                    h.update(bytes.fromhex(_range_digest(path, a, b)))
+                digest = h.hexdigest()
+        except Exception:  # noqa: BLE001 - an unusual layout: the whole file identifies it
+            digest = None
+    if digest is None:
+        kind, digest = "file", file_sha256(path)
+    return f"{FINGERPRINT_VERSION}:{st.st_size}:{st.st_mtime_ns}:{kind}:{digest}"
+
+
+def parse_fingerprint(text: Any) -> tuple[str, str] | None:
+    """``(kind, digest)`` of a fingerprint, or ``None`` if ``text`` is not one."""
+    if not isinstance(text, str):
+        return None
+    parts = text.split(":")
+    if len(parts) != 5 or parts[0] != FINGERPRINT_VERSION or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
+        return None
+    if parts[3] not in ("mp3", "flac", "ogg", "opus", "m4a", "wav", "aiff", "file"):
+        return None
+    if len(parts[4]) != 64 or any(c not in "0123456789abcdef" for c in parts[4]):
+        return None
+    return parts[3], parts[4]
+
+
+def _check_fingerprint(real: str, fingerprint: str) -> None:
+    want = parse_fingerprint(fingerprint)
+    if want is None:
+        raise WriteError("its results record has a damaged fingerprint; tag the file again")
+    have = parse_fingerprint(audio_fingerprint(real))
+    if have != want:
+        raise WriteError("its audio changed since it was tagged (the results describe another recording); "
+                         "tag it again")
+
+
 # --------------------------------------------------------------------------------------
 # Byte delta for exact undo: old file = cur[:prefix] + ops + cur[-suffix:]
 
@@ -1008,34 +1225,126 @@ def _copy_range(f, start: int, end: int, out) -> None:
 # --------------------------------------------------------------------------------------
 # The undo log
 
+UNDO_KEY_NAME = "undo.key"
+_HEX = set("0123456789abcdef")
+
+
+def undo_key_path() -> Path:
+    """The per-user secret that signs undo records (``~/.config/mttag/undo.key``)."""
+    from .registry import user_config_dir
+
+    return user_config_dir() / UNDO_KEY_NAME
+
+
+def _undo_key(create: bool) -> bytes | None:
+    """This user's undo key: 32 random bytes, made owner-only (0600) on first use."""
+    path = undo_key_path()
+    for _ in range(2):
+        try:
+            with open(path, "rb") as f:
+                key = f.read(64)
+            if len(key) != 32:
+                raise WriteError(f"{printable(path)} is not an mttag undo key (delete it; old undo logs then stop working)")
+            return key
+        except FileNotFoundError:
+            if not create:
+                return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue  # another run made it first: read theirs
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+    raise WriteError(f"cannot read the undo key {printable(path)}")
+
+
+def _mac(key: bytes, record: Mapping[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in record.items() if k != "mac"}, sort_keys=True, ensure_ascii=True,
+                      separators=(",", ":"))
+    return hmac.new(key, body.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def _regular_or_missing(path: str | os.PathLike) -> bool:
+    """False for a FIFO, device, socket or folder (opening one can hang or mean nothing)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
 
 class UndoLog:
     """An append-only JSONL journal: a header line per run, then one record per file,
-    each flushed and fsynced before the file it describes is replaced."""
+    each flushed and fsynced before the file it describes is replaced. Every record is
+    signed (HMAC-SHA256) with this user's undo key, so :func:`undo` acts only on records
+    that an mttag run of this user wrote, unchanged."""
 
     def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None):
         self.path = Path(path)
         self.count = 0
+        if not _regular_or_missing(self.path):
+            raise WriteError(f"{printable(self.path)} is not a regular file")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not is_undo_log(self.path):
             raise WriteError(f"{printable(self.path)} exists and is not an mttag undo log; refusing to append to it")
-        self.stream = open(self.path, "a", encoding="utf-8")
+        self.key = _undo_key(create=True)
+        # O_NONBLOCK: a FIFO put there since the check fails at once instead of waiting for a reader
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise WriteError(f"{printable(self.path)} is not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        self.stream = os.fdopen(fd, "a", encoding="utf-8")
         self._write({"mttag_undo": UNDO_FORMAT, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {})})
 
     def _write(self, record: Mapping[str, Any]) -> None:
-        self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.stream.flush()
-        os.fsync(self.stream.fileno())
+        end = os.fstat(self.stream.fileno()).st_size
+        try:
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+        except BaseException:
+            # a full disk can leave half a line: cut it off, or the next record would be glued to it
+            try:
+                self.stream = _reopen_truncated(self.stream, end)
+            except OSError:
+                pass
+            raise
+
+    def sign(self, record: dict[str, Any]) -> dict[str, Any]:
+        record["mac"] = _mac(self.key, record)
+        return record
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._write(record)
         self.count += 1
 
     def close(self) -> None:
-        self.stream.close()
+        """Close the log; a failure (a full disk) is a :class:`WriteError` — every record
+        before it was already synced to disk."""
+        try:
+            self.stream.close()
+        except OSError as exc:
+            raise WriteError(f"cannot close {printable(self.path)} ({_reason(exc)}); "
+                             "the records before are on disk") from None
+
+
+def _reopen_truncated(stream, size: int):
+    fd = os.dup(stream.fileno())
+    try:
+        stream.close()
+    except OSError:
+        pass  # the buffer that did not fit is dropped with the close
+    os.ftruncate(fd, size)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def is_undo_log(path: str | os.PathLike) -> bool:
+    if not _regular_or_missing(path):
+        return False
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.readline().startswith('{"mttag_undo":')
@@ -1044,7 +1353,8 @@ def is_undo_log(path: str | os.PathLike) -> bool:
 
 
 def read_undo_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The file records of an undo log, in the order written (a cut-off last line is ignored)."""
+    """The file records of an undo log, in the order written (a cut-off last line is ignored).
+    Records are not checked here: :func:`undo` checks (and refuses) each one."""
     if not is_undo_log(path):
         raise WriteError(f"{printable(path)} is not an mttag undo log")
     out = []
@@ -1054,13 +1364,103 @@ def read_undo_log(path: str | os.PathLike) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "path" in record and "before" in record:
+            if isinstance(record, dict) and "mttag_undo" not in record:
                 out.append(record)
     return out
 
 
+def _is_hex(value: Any, n: int = 64) -> bool:
+    return isinstance(value, str) and len(value) == n and set(value) <= _HEX
+
+
+def _is_int(value: Any, low: int | None = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+
+
+def _record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why an undo record cannot be used as it is (types and ranges), or ``None``."""
+    if not isinstance(record.get("path"), str) or not record["path"]:
+        return "no path"
+    if not _is_hex(record.get("mac")):
+        return "it is not signed (written by hand, or by an mttag from before undo records were signed); refused"
+    kind = record.get("format")
+    if kind not in ("mp3", "wav", "aiff", "flac", "ogg", "opus", "m4a"):
+        return f"unknown format {kind!r}"
+    for name in ("sha256_before", "sha256_after"):
+        if not _is_hex(record.get(name)):
+            return f"{name} is missing or not a SHA-256"
+    if not isinstance(record.get("before"), dict) or not isinstance(record.get("after"), dict):
+        return "before/after are not field maps"
+    for name, captured in record["before"].items():
+        if name not in FIELDS:
+            return f"unknown field {name!r}"
+        if kind == "m4a":
+            ok = isinstance(captured, dict) and all(isinstance(k, str) and isinstance(v, list) for k, v in captured.items())
+        elif kind in ("flac", "ogg", "opus"):
+            ok = isinstance(captured, list) and all(
+                isinstance(x, list) and len(x) == 3 and _is_int(x[0]) and isinstance(x[1], str) and isinstance(x[2], str)
+                for x in captured)
+        else:
+            ok = isinstance(captured, list) and all(
+                isinstance(x, dict) and isinstance(x.get("frame"), str) and isinstance(x.get("text"), list)
+                and all(isinstance(t, str) for t in x["text"]) and _is_int(x.get("encoding")) and x["encoding"] <= 3
+                for x in captured)
+        if not ok:
+            return f"the previous {name} values are damaged"
+    for name, values in record["after"].items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return f"the written {name} values are damaged"
+    if not _is_int(record.get("mtime_ns_before"), None) or not isinstance(record.get("keep_mtime", False), bool):
+        return "mtime_ns_before/keep_mtime are damaged"
+    for name in ("dev", "ino"):
+        if not _is_int(record.get(name)):
+            return f"no {name} (the file mttag wrote)"
+    delta = record.get("delta")
+    if delta is not None:
+        if not isinstance(delta, dict) or not _is_int(delta.get("prefix")) or not _is_int(delta.get("suffix")) \
+                or not isinstance(delta.get("ops"), list):
+            return "the delta is damaged"
+        for op in delta["ops"]:
+            if isinstance(op, str):
+                try:
+                    base64.b64decode(op, validate=True)
+                except ValueError:
+                    return "the delta is damaged"
+            elif not (isinstance(op, list) and len(op) == 2 and _is_int(op[0]) and _is_int(op[1])):
+                return "the delta is damaged"
+    return None
+
+
 # --------------------------------------------------------------------------------------
 # The write pipeline
+
+LOCK_WAIT = 30.0  # seconds a run waits for another mttag run to finish with a file
+
+
+@contextlib.contextmanager
+def file_lock(real: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the per-file lock of mttag runs on ``real``: a hidden ``.NAME.mttag-lock`` beside
+    it (the audio file itself is never touched), waited for up to ``wait`` seconds."""
+    from .fileio import ExclusiveLock, LockedError
+
+    folder, name = os.path.split(real)
+    lock = ExclusiveLock(os.path.join(folder, f".{name}.mttag-lock"), "another mttag run writing this file",
+                         remove=True)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lock.acquire()
+            break
+        except LockedError as exc:
+            if time.monotonic() >= deadline:
+                raise WriteError(f"{exc}; left as it is") from None
+            time.sleep(0.05)
+        except OSError as exc:
+            raise WriteError(f"cannot make its lock file beside it ({_reason(exc)})") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_writable(real: str) -> os.stat_result:
@@ -1082,12 +1482,30 @@ def _check_writable(real: str) -> os.stat_result:
     return st
 
 
-def _make_copy(real: str, st: os.stat_result) -> str:
-    folder = os.path.dirname(real) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(real)}.", suffix=TMP_SUFFIX)
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _temp_beside(real: str) -> tuple[int, str]:
+    """A hidden temporary file beside ``real`` that keeps its extension
+    (``.x.mp3.XXXX.mttag-tmp.mp3``): mutagen uses it to tell some formats apart."""
+    folder, name = os.path.split(real)
+    return tempfile.mkstemp(dir=folder or ".", prefix=f".{name}.", suffix=TMP_SUFFIX + os.path.splitext(name)[1])
+
+
+def _make_copy(real: str, st: os.stat_result) -> tuple[str, str]:
+    """``(copy, SHA-256 of the bytes copied)``; the file must not change while it is copied."""
+    fd, tmp = _temp_beside(real)
+    h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, open(real, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
+            if not os.path.samestat(os.fstat(src.fileno()), st):
+                raise WriteError("another program changed the file while mttag was writing it; left as it is now")
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        if _identity(os.stat(real)) != _identity(st):
+            raise WriteError("another program changed the file while mttag was writing it; left as it is now")
         shutil.copystat(real, tmp)  # mode, times, flags, extended attributes
         if hasattr(os, "chown") and (st.st_uid, st.st_gid) != (os.stat(tmp).st_uid, os.stat(tmp).st_gid):
             try:
@@ -1097,7 +1515,7 @@ def _make_copy(real: str, st: os.stat_result) -> str:
     except BaseException:
         _unlink(tmp)
         raise
-    return tmp
+    return tmp, h.hexdigest()
 
 
 def _unlink(path: str) -> None:
@@ -1128,13 +1546,28 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _still_as_read(real: str, st: os.stat_result, sha: str) -> None:
+    """The file is the one mttag read: same inode, size, mtime and content. Another
+    program's save since then (or a replaced file) stops the write, so its edit survives."""
+    try:
+        same = _identity(os.stat(real)) == _identity(st) and file_sha256(real) == sha \
+            and _identity(os.stat(real)) == _identity(st)
+    except OSError:
+        same = False
+    if not same:
+        raise WriteError("another program changed the file while mttag was writing it; "
+                         "its version is kept and mttag's tags are not written")
+
+
 @contextlib.contextmanager
-def _replacing(tmp: str, real: str) -> Iterator[None]:
-    """Fill the temporary copy ``tmp`` inside the block; then it atomically replaces ``real``
-    and the folder is synced. On any failure or interruption in the block the copy is
-    removed and ``real`` is left exactly as it was."""
+def _replacing(tmp: str, real: str, st: os.stat_result | None = None, sha: str | None = None) -> Iterator[None]:
+    """Fill the temporary copy ``tmp`` inside the block; then, if ``real`` is still what was
+    read (``st``, ``sha``), it is atomically replaced by the copy and the folder synced.
+    On any failure or interruption the copy is removed and ``real`` is left as it is."""
     try:
         yield
+        if st is not None and sha is not None:
+            _still_as_read(real, st, sha)  # last, so the window for a lost edit is a few system calls
         os.replace(tmp, real)
     except BaseException:
         _unlink(tmp)
@@ -1150,28 +1583,43 @@ def _finish_times(tmp: str, st: os.stat_result, keep_mtime: bool) -> None:
 
 
 def write_tags(path: str | os.PathLike, tags: Iterable[Any], options: WriteOptions | None = None,
-               undo_log: UndoLog | None = None) -> WriteOutcome:
+               undo_log: UndoLog | None = None, fingerprint: str | None = None) -> WriteOutcome:
     """Write ``tags`` (``(tag, score)`` pairs or ``{"tag", "score"}`` records, any order)
     into the audio file ``path`` as ``options`` say; never raises for a bad file (the
     outcome says ``error``). Without ``undo_log`` nothing records the old values, so give
-    one unless ``options.dry_run``. A symbolic link is written through (the link stays)."""
+    one unless ``options.dry_run``. A symbolic link is written through (the link stays).
+    ``fingerprint`` (from the results, see :func:`audio_fingerprint`): the file is refused
+    when its audio is no longer what was tagged."""
     options = options or WriteOptions()
     path = os.fspath(path)
-    chosen = select_tags(tags, options.top, options.threshold)
+    try:
+        chosen = select_tags(tags, options.top, options.threshold)
+    except (TypeError, ValueError, KeyError) as exc:
+        return WriteOutcome(path, "error", error=f"bad tags in the results ({_reason(exc)})")
     if not chosen:
         return WriteOutcome(path, "skipped", note="no tags to write")
     try:
-        return _write(path, chosen, options, undo_log)
+        if options.dry_run:
+            return _write(path, chosen, options, None, fingerprint)
+        real = os.path.realpath(path)
+        _check_writable(real)
+        with file_lock(real):  # one mttag run at a time reads, plans and replaces a file
+            return _write(path, chosen, options, undo_log, fingerprint)
     except WriteError as exc:
         return WriteOutcome(path, "error", error=str(exc))
     except OSError as exc:
         return WriteOutcome(path, "error", error=_reason(exc))
 
 
-def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None) -> WriteOutcome:
+def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None,
+           fingerprint: str | None) -> WriteOutcome:
+    # a dry run makes the same checks as a write: "would write" means it would
     real = os.path.realpath(path)
-    st = _check_writable(real)  # also on a dry run: it shows what would fail
+    st = _check_writable(real)
     handler = _open(real)
+    _check_audio(handler.format, real)
+    if fingerprint is not None:
+        _check_fingerprint(real, fingerprint)
     ours = planned_values(chosen, options)
     join = options.join or handler.join
     plan: dict[str, list[str]] = {}
@@ -1191,8 +1639,8 @@ def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None) -
     captured = {name: handler.capture(name) for name in plan}
     others_before = handler.others(list(plan))
 
-    tmp = _make_copy(real, st)
-    with _replacing(tmp, real):
+    tmp, sha_before = _make_copy(real, st)
+    with _replacing(tmp, real, st, sha_before):
         copy = _open(tmp)
         for name, values in plan.items():
             copy.set(name, values)
@@ -1200,16 +1648,16 @@ def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None) -
         _verify_copy(handler.format, real, tmp, plan, others_before, options.verify_audio)
         _finish_times(tmp, st, options.keep_mtime)
         _fsync_file(tmp)
-        if os.stat(real).st_mtime_ns != st.st_mtime_ns or os.path.getsize(real) != st.st_size:
-            raise WriteError("the file changed while mttag was writing it; left as it is now")
+        written = os.stat(tmp)
         record = {
             "path": _path_text(real), "format": handler.format, "id3_version": handler.id3_version,
             "fields": list(plan), "before": captured, "after": plan,
-            "sha256_before": file_sha256(real), "sha256_after": file_sha256(tmp),
+            "sha256_before": sha_before, "sha256_after": file_sha256(tmp),
             "size_before": st.st_size, "mtime_ns_before": st.st_mtime_ns, "keep_mtime": options.keep_mtime,
+            "dev": written.st_dev, "ino": written.st_ino,  # os.replace keeps the copy's inode
             "delta": make_delta(real, tmp),
         }
-        undo_log.write(record)  # on disk before the original is replaced
+        undo_log.write(undo_log.sign(record))  # on disk before the original is replaced
     return WriteOutcome(path, "written", changes, format=handler.format)
 
 
@@ -1219,6 +1667,8 @@ def _verify_copy(kind: str, real: str, tmp: str, plan: Mapping[str, list[str]], 
         check = _open(tmp)
     except WriteError as exc:
         raise WriteError(f"the written copy does not read back ({exc}); file left as it was") from None
+    if check.format != kind:
+        raise WriteError(f"the written copy reads as {check.format}, not {kind}; file left as it was")
     for name, values in plan.items():
         if check.get(name) != values:
             raise WriteError(f"the {name} field did not read back as written; file left as it was")
@@ -1233,42 +1683,80 @@ def _verify_copy(kind: str, real: str, tmp: str, plan: Mapping[str, list[str]], 
 
 def undo(log: str | os.PathLike, *, dry_run: bool = False) -> Iterator[WriteOutcome]:
     """Restore every file an undo log recorded, newest record first (so a log that several
-    runs appended to goes back to the state before the first). Yields one outcome a record."""
+    runs appended to goes back to the state before the first). Yields one outcome a record.
+
+    Only records signed with this user's undo key are used (see :class:`UndoLog`): an undo
+    log is input from anywhere, and a forged or edited record is refused with its reason.
+    A byte-for-byte restore also needs the file to be the very one mttag wrote (its inode
+    and SHA-256) and to open as the same audio container before and after."""
     from .output import path_from_text
 
-    for record in reversed(read_undo_log(log)):
-        path = path_from_text(record["path"])
+    key = _undo_key(create=False)
+    for n, record in reversed(list(enumerate(read_undo_log(log), 1))):
+        raw = record.get("path")
+        path = path_from_text(raw) if isinstance(raw, str) and raw else f"(record {n})"
+        kind = record.get("format") if isinstance(record.get("format"), str) else None
+        problem = _record_problem(record)
+        if problem is None and (key is None or not hmac.compare_digest(_mac(key, record), record["mac"])):
+            problem = ("its signature does not match this user's undo key (edited, forged, or written by another "
+                       "user or machine); refused")
+        if problem is not None:
+            if not problem.endswith("refused"):
+                problem = f"damaged undo record ({problem}); refused"
+            yield WriteOutcome(path, "error", error=f"record {n}: {problem}", format=kind)
+            continue
         try:
-            yield _undo_one(path, record, dry_run)
+            if dry_run:
+                yield _undo_one(path, record, dry_run)
+            else:
+                real = os.path.realpath(path)
+                _check_writable(real)
+                with file_lock(real):
+                    yield _undo_one(path, record, dry_run)
         except WriteError as exc:
-            yield WriteOutcome(path, "error", error=str(exc), format=record.get("format"))
+            yield WriteOutcome(path, "error", error=str(exc), format=kind)
         except OSError as exc:
-            yield WriteOutcome(path, "error", error=_reason(exc), format=record.get("format"))
+            yield WriteOutcome(path, "error", error=_reason(exc), format=kind)
 
 
 def _undo_one(path: str, record: Mapping[str, Any], dry_run: bool) -> WriteOutcome:
-    kind = record.get("format")
+    kind = record["format"]
     real = os.path.realpath(path)
     if not os.path.isfile(real):
         raise WriteError("no such file")
+    st0 = os.stat(real)
     current = file_sha256(real)
     if current == record["sha256_before"]:
         return WriteOutcome(path, "unchanged", format=kind, note="already as before")
+    try:
+        handler = _open(real)
+    except WriteError as exc:
+        raise WriteError(f"not an audio file mttag wrote ({exc}); refused") from None
+    if handler.format != kind:
+        raise WriteError(f"it is now {handler.format}, not the {kind} file mttag wrote; refused")
+    _check_audio(kind, real)
     changes = [FieldChange(name, list(record["after"].get(name, [])), _captured_text(kind, name, value))
                for name, value in record["before"].items()]
-    exact = current == record["sha256_after"] and record.get("delta") is not None
+    exact = (current == record["sha256_after"] and record.get("delta") is not None
+             and (st0.st_dev, st0.st_ino) == (record["dev"], record["ino"]))
     if dry_run:
         return WriteOutcome(path, "would-restore", changes, format=kind,
                             note="byte for byte" if exact else "fields only")
     st = _check_writable(real)
     if exact:
-        folder = os.path.dirname(real) or "."
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(real)}.", suffix=TMP_SUFFIX)
-        with _replacing(tmp, real):
+        fd, tmp = _temp_beside(real)
+        with _replacing(tmp, real, st, current):
             with os.fdopen(fd, "wb") as out:
-                _apply_delta(record["delta"], real, out)
+                try:
+                    _apply_delta(record["delta"], real, out)
+                except (ValueError, TypeError, IndexError) as exc:
+                    raise WriteError(f"the record's delta does not apply ({_reason(exc)}); left as it is") from None
             if file_sha256(tmp) != record["sha256_before"]:
                 raise WriteError("the rebuilt file does not match the recorded one; left as it is")
+            rebuilt = _open(tmp)
+            if rebuilt.format != kind:
+                raise WriteError(f"the rebuilt file is not {kind}; left as it is")
+            _check_audio(kind, tmp)
             shutil.copystat(real, tmp)
             _finish_times(tmp, st, False)
             if record.get("keep_mtime"):
@@ -1281,16 +1769,18 @@ def _undo_one(path: str, record: Mapping[str, Any], dry_run: bool) -> WriteOutco
         return WriteOutcome(path, "restored", changes, format=kind, note="byte for byte")
     # the file changed since (another tagger, a later run): put back only the fields that
     # still hold what mttag wrote
-    handler = _open(real)
     restore = {name: value for name, value in record["before"].items()
                if handler.get(name) == list(record["after"].get(name, []))}
     skipped = sorted(set(record["before"]) - set(restore))
     if not restore:
         return WriteOutcome(path, "unchanged", format=kind, note="fields changed since mttag wrote them; left as they are")
-    tmp = _make_copy(real, st)
-    with _replacing(tmp, real):
+    tmp, sha = _make_copy(real, st)
+    with _replacing(tmp, real, st, sha):
         copy = _open(tmp)
-        copy.restore(restore)
+        try:
+            copy.restore(restore)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise WriteError(f"the record's previous values do not fit the file ({_reason(exc)}); left as it is") from None
         copy.save()
         check = _open(tmp)
         for name in restore:
@@ -1335,4 +1825,5 @@ __all__ = [
     "FIELDS", "DEFAULT_FIELDS", "MODES", "TAG_KINDS", "WriteOptions", "WriteOutcome", "FieldChange", "WriteError",
     "UndoLog", "write_tags", "undo", "read_undo_log", "select_tags", "planned_values", "merge_values", "tag_kind",
     "load_kinds", "display_name", "decoded_digest", "file_sha256", "make_delta", "default_undo_log",
+    "audio_fingerprint", "parse_fingerprint", "audio_ranges", "file_lock", "undo_key_path",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -31,8 +32,10 @@ FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 # track and tag ("long", tidy: sort and filter by tag), one column per vocabulary tag ("wide"),
 # one row per window and tag ("timeline": where in the track each tag is).
 LAYOUTS = ("track", "long", "wide", "timeline")
-CSV_FIELDS = ["path", "model", "duration", "tags", "scores", "error"]
-LONG_FIELDS = ["path", "model", "duration", "rank", "tag", "score", "error"]
+CSV_FIELDS = ["path", "model", "duration", "tags", "scores", "error", "fingerprint"]
+LONG_FIELDS = ["path", "model", "duration", "rank", "tag", "score", "error", "fingerprint"]
+# before the audio fingerprint column (mttag write checks it): still read and resumed
+_V1_CSV_FIELDS, _V1_LONG_FIELDS = CSV_FIELDS[:-1], LONG_FIELDS[:-1]
 WIDE_FIELDS = ["path", "model", "duration", "error"]  # then one column per tag
 TIMELINE_FIELDS = ["path", "model", "start", "end", "tag", "score", "error"]  # one row per window and tag
 _OLD_CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]  # mttag 0.1.0, still resumable
@@ -116,15 +119,49 @@ def read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # the record being written when the run was interrupted
         if isinstance(record, dict) and "path" in record:
+            problem = record_problem(record)
+            if problem is not None:  # kept, so that a reader can say which record is bad and why
+                record = {"path": record["path"] if isinstance(record["path"], str) else "", "invalid": problem}
             records.append(record)
     return records
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a results record read back cannot be used (a field of the wrong type or out of
+    range), or ``None``. Files are input from anywhere: nothing past this check may assume
+    a record's types."""
+    path = record.get("path")
+    if not isinstance(path, str) or not path or "\x00" in path:
+        return "'path' is not a file path"
+    if "invalid" in record:
+        return str(record["invalid"])
+    if "error" in record:
+        return None if isinstance(record["error"], str) else "'error' is not text"
+    duration = record.get("duration")
+    if duration is not None and (not _is_number(duration) or duration < 0):
+        return "'duration' is not a number of seconds"
+    tags = record.get("tags")
+    if not isinstance(tags, list):
+        return "'tags' is not a list of {tag, score}"
+    for t in tags:
+        if not isinstance(t, dict) or not isinstance(t.get("tag"), str) or not t["tag"].strip():
+            return "'tags' holds an entry without a tag name"
+        if not _is_number(t.get("score")) or not 0.0 <= t["score"] <= 1.0:
+            return f"tag {t['tag'][:50]!r} has no score between 0 and 1"
+    if "fingerprint" in record and not isinstance(record["fingerprint"], str):
+        return "'fingerprint' is not text"
+    return None
+
+
 def csv_layout(header: list[str]) -> str | None:
     """The layout a csv/tsv header belongs to, or None if mttag did not write it."""
-    if header in (CSV_FIELDS, _OLD_CSV_FIELDS):
+    if header in (CSV_FIELDS, _V1_CSV_FIELDS, _OLD_CSV_FIELDS):
         return "track"
-    if header == LONG_FIELDS:
+    if header in (LONG_FIELDS, _V1_LONG_FIELDS):
         return "long"
     if header == TIMELINE_FIELDS:
         return "timeline"
@@ -142,12 +179,35 @@ def wide_columns(path: Path, fmt: str) -> list[str]:
 
 
 def _load_rows(text: str, delimiter: str) -> list[dict[str, Any]]:
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = next(reader, None) or []
-    layout = csv_layout(header)
-    # A row cut off mid-write has fewer fields than the header: it is dropped, and its
-    # track tagged again. (A complete row always has every field, if only empty.)
-    rows = [dict(zip(header, r)) for r in reader if len(r) == len(header)]
+    # a hand-edited file can hold a field over csv's default limit (131,072 characters):
+    # read it, and let the record's check refuse what is absurd
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        header = next(reader, None) or []
+        layout = csv_layout(header)
+        # A row cut off mid-write has fewer fields than the header: it is dropped, and its
+        # track tagged again. (A complete row always has every field, if only empty.)
+        rows = [dict(zip(header, r)) for r in reader if len(r) == len(header)]
+    finally:
+        csv.field_size_limit(limit)
+    records = _rows_to_records(rows, layout, header)
+    out = []
+    for record in records:
+        problem = record_problem(record)
+        out.append(record if problem is None else {"path": record.get("path", ""), "invalid": problem})
+    return out
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{what} {text[:30]!r} is not a number") from None
+
+
+def _rows_to_records(rows: list[dict[str, str]], layout: str | None, header: list[str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
 
     def base(row) -> dict[str, Any]:
@@ -157,28 +217,42 @@ def _load_rows(text: str, delimiter: str) -> list[dict[str, Any]]:
         if row.get("error"):
             out["error"] = row["error"]
         elif row.get("duration"):
-            out["duration"] = float(row["duration"])
+            out["duration"] = _number(row["duration"], "duration")
+        if row.get("fingerprint") and not row.get("error"):
+            out["fingerprint"] = row["fingerprint"]
         return out
+
+    def bad(row, exc: ValueError) -> dict[str, Any]:
+        return {"path": row["path"], "invalid": str(exc)}
 
     if layout == "track":
         for row in rows:
-            record = base(row)
-            if "error" not in record:
-                tags = [t for t in row["tags"].split(";") if t]
-                scores = [float(s) for s in row["scores"].split(";") if s]
-                if len(tags) != len(scores) or "duration" not in record:
-                    continue
-                record["tags"] = [{"tag": t, "score": s} for t, s in zip(tags, scores)]
+            try:
+                record = base(row)
+                if "error" not in record:
+                    tags = [t for t in row["tags"].split(";") if t]
+                    scores = [_number(s, "score") for s in row["scores"].split(";") if s]
+                    if len(tags) != len(scores) or "duration" not in record:
+                        continue
+                    record["tags"] = [{"tag": t, "score": s} for t, s in zip(tags, scores)]
+            except ValueError as exc:
+                record = bad(row, exc)
             records.append(record)
     elif layout == "long":
         for row in rows:
-            if records and records[-1]["path"] == row["path"]:
-                if row["tag"]:
-                    records[-1]["tags"].append({"tag": row["tag"], "score": float(row["score"])})
-                continue
-            record = base(row)
-            if "error" not in record:
-                record["tags"] = [{"tag": row["tag"], "score": float(row["score"])}] if row["tag"] else []
+            try:
+                if records and records[-1]["path"] == row["path"]:
+                    if row["tag"] and "tags" in records[-1]:
+                        records[-1]["tags"].append({"tag": row["tag"], "score": _number(row["score"], "score")})
+                    continue
+                record = base(row)
+                if "error" not in record:
+                    record["tags"] = [{"tag": row["tag"], "score": _number(row["score"], "score")}] if row["tag"] else []
+            except ValueError as exc:
+                if records and records[-1]["path"] == row["path"]:
+                    records[-1] = bad(row, exc)
+                    continue
+                record = bad(row, exc)
             records.append(record)
         # A track's rows are written together, but a kill can fall between two of them:
         # the last track may be incomplete, so it is tagged again.
@@ -198,10 +272,13 @@ def _load_rows(text: str, delimiter: str) -> list[dict[str, Any]]:
     elif layout == "wide":
         names = header[len(WIDE_FIELDS):]
         for row in rows:
-            record = base(row)
-            if "error" not in record:
-                scores = [(n, float(row[n])) for n in names if row[n] != ""]
-                record["tags"] = [{"tag": n, "score": v} for n, v in sorted(scores, key=lambda x: -x[1])]
+            try:
+                record = base(row)
+                if "error" not in record:
+                    scores = [(n, _number(row[n], "score")) for n in names if row[n] != ""]
+                    record["tags"] = [{"tag": n, "score": v} for n, v in sorted(scores, key=lambda x: -x[1])]
+            except ValueError as exc:
+                record = bad(row, exc)
             records.append(record)
     return records
 
@@ -218,7 +295,7 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
 
         ok = [r for r in map(record_from_row, read_rows(path)) if "error" not in r]
         return ok, {path_key(path_from_text(r["path"])) for r in ok}
-    ok = [r for r in read_records(path, fmt) if "error" not in r]
+    ok = [r for r in read_records(path, fmt) if "error" not in r and "invalid" not in r]
     return ok, {path_key(path_from_text(r["path"])) for r in ok}
 
 
@@ -283,9 +360,10 @@ class ResultWriter:
         duration = "" if error else record.get("duration")
         tags = [(display_tag(t["tag"]), t["score"]) for t in record.get("tags", [])]
         if self.layout == "long":
+            fingerprint = record.get("fingerprint") or ""
             if error or not tags:
-                return [[path, model, duration, "", "", "", error]]
-            return [[path, model, duration, rank, t, f"{s:.4f}", ""] for rank, (t, s) in enumerate(tags, 1)]
+                return [[path, model, duration, "", "", "", error, fingerprint]]
+            return [[path, model, duration, rank, t, f"{s:.4f}", "", fingerprint] for rank, (t, s) in enumerate(tags, 1)]
         if self.layout == "timeline":
             if error or not record.get("timeline"):
                 return [[path, model, "", "", "", "", error or "no timeline (run with --timeline)"]]
@@ -294,7 +372,8 @@ class ResultWriter:
         if self.layout == "wide":
             scores = dict(tags)
             return [[path, model, duration, error] + [f"{scores[c]:.4f}" if c in scores else "" for c in self.columns]]
-        return [[path, model, duration, ";".join(t for t, _ in tags), ";".join(f"{s:.4f}" for _, s in tags), error]]
+        return [[path, model, duration, ";".join(t for t, _ in tags), ";".join(f"{s:.4f}" for _, s in tags), error,
+                 record.get("fingerprint") or ""]]
 
     def write(self, result: TagResult) -> None:
         record = result.to_dict()

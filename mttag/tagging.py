@@ -116,6 +116,9 @@ class TagResult:
     # with keep_windows: each window's (start, end, tags chosen like ``tags``)
     timeline: list[tuple[float, float, list[tuple[str, float]]]] | None = field(default=None, repr=False)
     tag_names: list[str] | None = field(default=None, repr=False)  # the model's vocabulary, for probabilities
+    # what identifies the audio tagged (mttag.filetags.audio_fingerprint): `mttag write` refuses
+    # a file whose recording changed since; None where it could not be read
+    fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -132,6 +135,8 @@ class TagResult:
             "duration": round(self.duration, 3) if self.duration is not None else None,
             "tags": [{"tag": t, "score": round(s, 4)} for t, s in self.tags],
         }
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
         if self.timeline is not None:
             out["timeline"] = [
                 {"start": round(a, 3), "end": round(b, 3), "tags": [{"tag": t, "score": round(s, 4)} for t, s in tags]}
@@ -159,6 +164,17 @@ def select_tags(probabilities: np.ndarray, names: list[str], top: int | None, th
     return chosen
 
 
+def _fingerprint(path: str) -> str | None:
+    """The audio fingerprint of a file being tagged (one more read of it; the decoder
+    reports a file that cannot be read)."""
+    from .filetags import audio_fingerprint
+
+    try:
+        return audio_fingerprint(path)
+    except OSError:
+        return None
+
+
 @dataclass
 class _Track:
     index: int
@@ -173,6 +189,7 @@ class _Track:
     decode_seconds: float = 0.0
     model_seconds: float = 0.0
     starts: list[float] = field(default_factory=list)  # planned window starts (s)
+    fingerprint: str | None = None
     window_probs: list[np.ndarray] = field(default_factory=list)  # kept only when asked for
     window_embs: list[np.ndarray] = field(default_factory=list)
 
@@ -222,10 +239,11 @@ class Tagger:
         start = time.perf_counter()
         window = self.config.crop_seconds
         info, gen = iter_windows(path, self.config.sample_rate, window, self.windows)
+        fingerprint = _fingerprint(path)
         if len(window_starts(info.duration, window, self.windows)) * window <= _MAX_PREFETCHED_SECONDS:
             windows = list(gen)
-            return info, windows, time.perf_counter() - start
-        return info, gen, time.perf_counter() - start
+            return info, windows, time.perf_counter() - start, fingerprint
+        return info, gen, time.perf_counter() - start, fingerprint
 
     @torch.inference_mode()
     def _predict_with_embeddings(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +355,7 @@ class Tagger:
                 track, fut = futures.popleft()
                 refill()
                 try:
-                    info, windows, track.decode_seconds = fut.result()
+                    info, windows, track.decode_seconds, track.fingerprint = fut.result()
                     track.duration = info.duration
                     track.starts = window_starts(info.duration, self.config.crop_seconds, self.windows)
                     windows = iter(windows)
@@ -384,7 +402,7 @@ class Tagger:
                              model=self.model_name)
         result = TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
                            model=self.model_name, tag_names=list(names), decode_seconds=t.decode_seconds,
-                           model_seconds=t.model_seconds, n_windows=t.done)
+                           model_seconds=t.model_seconds, n_windows=t.done, fingerprint=t.fingerprint)
         if self.keep_windows:
             window = self.config.crop_seconds
             # a truncated file yields fewer windows than planned: the first ones, in order

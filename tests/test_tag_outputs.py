@@ -46,7 +46,7 @@ def test_long_layout_one_row_per_tag(songs, tiny_model_dir, tmp_path):
     result = tag(songs, "--model", tiny_model_dir, "-o", out, "--layout", "long", "--top", "3")
     assert result.exit_code == 1  # the broken file
     table = rows(out.read_text(encoding="utf-8"))
-    assert list(table[0]) == ["path", "model", "duration", "rank", "tag", "score", "error"]
+    assert list(table[0]) == ["path", "model", "duration", "rank", "tag", "score", "error", "fingerprint"]
     good = [r for r in table if not r["error"]]
     assert len(good) == 3 * 3
     for r in good:

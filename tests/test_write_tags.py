@@ -181,6 +181,12 @@ def kinds_available():
     return [k for k in KINDS if k != "m4a" or HAS_FFMPEG]
 
 
+@pytest.fixture(autouse=True)
+def undo_key_home(tmp_path, monkeypatch):
+    """The undo key (signing undo records) lives in a per-test config folder, never the user's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 @pytest.fixture
 def library(tmp_path):
     folder = tmp_path / "music"
@@ -508,7 +514,7 @@ def test_killed_process_leaves_every_file_old_or_new_and_undo_recovers(library, 
             assert fields_of(p)["mttag"] and np.array_equal(decode(p), samples[p])
     assert sha(victim) == before[victim]
     assert written == order.index(victim)  # every file before the victim is new, every one after it old
-    leftovers = list((tmp_path / "music").glob(f".*{filetags.TMP_SUFFIX}"))
+    leftovers = list((tmp_path / "music").glob(f".*{filetags.TMP_SUFFIX}.*"))
     assert len(leftovers) == 1  # the copy being made: hidden, never the only copy
     r = cli("--undo", log)
     assert r.exit_code == 0, r.output

@@ -109,6 +109,8 @@ def write(
                                verify_audio=verify_audio)
         summary = run(run_write, request, events)
         order = ["would-write", "written", "unchanged", "skipped", "error"]
+    for problem in summary.problems:
+        console.print(f"[red]error:[/] {escape(printable(problem))}", highlight=False, soft_wrap=True)
     if not quiet:
         counts = summary.counts
         text = ", ".join(f"{counts[k]} {_WORDS.get(k, k)}" for k in order if counts.get(k))

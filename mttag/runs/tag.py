@@ -323,7 +323,7 @@ class _FileTagWriter:
     def write(self, result):
         from ..filetags import write_tags
 
-        outcome = write_tags(result.path, result.tags, self.options, self._log)
+        outcome = write_tags(result.path, result.tags, self.options, self._log, fingerprint=result.fingerprint)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         return outcome
 

@@ -6,6 +6,7 @@ values into an undo log first; the log is locked for the whole run."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def read_results(results: Path) -> list[tuple[str, dict]]:
     """``(path, record)`` of each track in a results file of ``mttag tag``."""
     from ..output import path_from_text, read_records, sniff_format
 
+    if results.is_dir():
+        raise RunError(f"{printable(results)}: is a directory")
+    if not _regular_or_missing(results):
+        raise RunError(f"{printable(results)}: not a regular file")
     try:
         fmt = sniff_format(results)
     except FileNotFoundError:
@@ -76,8 +81,21 @@ def read_results(results: Path) -> list[tuple[str, dict]]:
     if fmt in (None, "", "table"):
         what = "is empty" if fmt == "" else "is a table" if fmt == "table" else "is not an mttag results file"
         raise RunError(f"{printable(results)} {what}; write results with 'mttag tag ... -o tags.jsonl' (or .json, .csv)")
-    records = read_records(results, fmt)
-    return [(path_from_text(r["path"]), r) for r in records]
+    try:
+        records = read_records(results, fmt)
+    except OSError as exc:
+        raise RunError(f"{printable(results)}: cannot read it ({exc.strerror or exc})") from None
+    # a record that failed validation ("invalid") may have no usable path: it is reported by number
+    return [(path_from_text(r["path"]) if r.get("path") else "", r) for r in records]
+
+
+def _regular_or_missing(path: Path) -> bool:
+    """False for a FIFO, device or folder, where a regular file is expected (reading or
+    appending to a FIFO waits for another process, forever)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # missing (created later) or unreadable: the open that follows says why
 
 
 def _open_log(req: WriteRequest, options):
@@ -91,6 +109,8 @@ def _open_log(req: WriteRequest, options):
     log_path = req.undo_log or filetags.default_undo_log(req.results)
     if log_path.suffix.lower() in set(AUDIO_EXTENSIONS):
         raise RunError(f"--undo-log {printable(log_path)}: names an audio file")
+    if not _regular_or_missing(log_path):
+        raise RunError(f"--undo-log {printable(log_path)}: not a regular file")
     header = {"results": str(req.results.resolve()), "fields": list(options.fields), "mode": options.mode}
     try:
         return open_undo_log(log_path, header, f"another mttag write using {printable(log_path)}")
@@ -118,15 +138,19 @@ def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSumm
     try:
         with interruptible():
             events.started(len(records))
-            for path, record in records:
-                if "error" in record:
+            for n, (path, record) in enumerate(records, 1):
+                if "invalid" in record:
+                    outcome = filetags.WriteOutcome(path or f"{request.results} record {n}", "error",
+                                                    error=f"{printable(request.results)} record {n}: {record['invalid']}")
+                elif "error" in record:
                     outcome = filetags.WriteOutcome(path, "skipped", note=f"not tagged: {record['error']}")
                 else:
                     real = os.path.realpath(path)
                     if real in seen:  # the same file under two names: once is enough
                         continue
                     seen.add(real)
-                    outcome = filetags.write_tags(path, record.get("tags") or [], options, log)
+                    outcome = filetags.write_tags(path, record.get("tags") or [], options, log,
+                                                  fingerprint=record.get("fingerprint"))
                 _count(summary, outcome.status)
                 events.result(outcome)
     except KeyboardInterrupt:
@@ -134,7 +158,11 @@ def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSumm
     finally:
         events.finished()
         if log is not None:
-            log.close()
+            try:
+                log.close()
+            except filetags.WriteError as exc:  # e.g. a full disk at the final sync
+                summary.problems.append(f"--undo-log: {exc}")
+                summary.failed += 1
         if lock is not None:
             lock.release()
     if log is not None:
@@ -150,8 +178,10 @@ def run_undo(log: Path, dry_run: bool = False, events: RunEvents | None = None) 
     from .. import filetags
 
     events = events or RunEvents()
-    if not log.is_file():
+    if not log.exists():
         raise RunError(f"--undo {printable(log)}: no such file")
+    if not log.is_file():
+        raise RunError(f"--undo {printable(log)}: not a regular file")
     try:
         filetags.read_undo_log(log)
     except filetags.WriteError as exc:
@@ -164,6 +194,8 @@ def run_undo(log: Path, dry_run: bool = False, events: RunEvents | None = None) 
                 events.result(outcome)
     except KeyboardInterrupt:
         summary.interrupted = True
+    except filetags.WriteError as exc:  # the undo key cannot be read
+        raise RunError(f"--undo: {exc}") from None
     finally:
         events.finished()
     return finish(summary)
