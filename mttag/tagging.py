@@ -63,7 +63,7 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     if device.type == "cpu":
         return "bf16" if device_module.cpu_has_native_bf16() else "fp32"
     arch = getattr(getattr(model, "config", None), "arch", None)
-    return "bf16" if device.type == "cuda" and arch != "musicnn" else "fp32"
+    return "bf16" if device.type == "cuda" and arch not in ("musicnn", "musicnn-multi") else "fp32"
 
 
 def default_batch_size(device: torch.device) -> int:
