@@ -63,7 +63,7 @@ def _table() -> tuple[dict[str, str], dict[str, str]]:
 def split_source(name: str) -> tuple[str | None, str]:
     """``("msd", "rock")`` for a combined model's ``msd:rock``; ``(None, name)`` for a plain name."""
     source, sep, rest = name.partition(":")
-    if sep and source and rest and " " not in source:
+    if sep and source.isidentifier() and rest and not rest[0].isspace():
         return source, rest
     return None, name
 
