@@ -70,13 +70,43 @@ def new_default(names: list[str], probs: np.ndarray, table, threshold: float) ->
     return [s.tag for s in scores[:5]], genres[:3]
 
 
+def cost(files: list[str], repeats: int, models: list[str]) -> int:
+    """Wall time of whole processes, as benchmarks/vs_musicnn.py measures them: decoding alone
+    against ``mttag tag`` (default windows and precision) with each model, interleaved, medians."""
+    import statistics
+    import tempfile
+
+    from vs_musicnn import DECODE, timed
+
+    tmp = Path(tempfile.mkdtemp(prefix="style_check-"))
+    entries = {"decode": [sys.executable, "-c", DECODE, "16000", *files]}
+    for m in models:
+        entries[m] = [sys.executable, "-m", "mttag", "tag", *files, "--model", m, "--format", "jsonl",
+                      "--output", str(tmp / f"{m}.jsonl"), "--force", "--quiet"]
+    times: dict[str, list[float]] = {k: [] for k in entries}
+    for rep in range(repeats):
+        for name, cmd in entries.items():
+            times[name].append(timed(cmd)[0])
+            print(f"  repeat {rep + 1}: {name:12s} {times[name][-1]:6.1f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("| run | wall s (median) | × decode alone |\n|---|---|---|")
+    for name in entries:
+        print(f"| {name} | {med[name]:.1f} | {med[name] / med['decode']:.2f} |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cost", nargs="*", metavar="AUDIO",
+                    help="instead: time decoding alone against `mttag tag` with the old and the new default on these files")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--manifest", type=Path, default=CHECK)
     ap.add_argument("--threshold", type=float, default=None, help="confidence for GENRE [mttag.calibration.DEFAULT_THRESHOLD]")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--json", type=Path, help="also write every track's tags here")
     a = ap.parse_args()
+    if a.cost is not None:
+        return cost(a.cost or [r["path"] for r in read_manifest(a.manifest)], a.repeats, ["msd-musicnn", "musicnn"])
 
     import mttag
     from mttag import calibration
