@@ -3,8 +3,8 @@
 
 Every track of the reference manifest (``benchmarks/manifests/reference.tsv``: package, path,
 style) is tagged by the bundled ``musicnn`` model (the MSD and MTT networks on one front end,
-whose outputs are exactly those of ``msd-musicnn`` and ``mtt-musicnn``) with the default window
-plan in float32; for each tag the mean and standard deviation of ``logit p`` over the tracks are
+whose outputs are exactly those of ``msd-musicnn`` and ``mtt-musicnn``) with its default window
+plan (12 windows, see ``mttag.tagging.default_windows``) in float32; for each tag the mean and standard deviation of ``logit p`` over the tracks are
 stored for all three models (see :mod:`mttag.calibration` for what a confidence is). Then, on
 the same reference set, for a few thresholds: how many tags and genres a track gets above it.
 
@@ -87,6 +87,7 @@ def tag_tracks(files: list[str], model: str = "musicnn", precision: str = "fp32"
 
     net = mttag.load_model(model)
     tagger = Tagger(net, "cpu", precision=precision)
+    tag_tracks.windows = tagger.windows
     probs, ok = [], []
     for r in tagger.tag_files(files, top=None):
         if r.ok:
@@ -130,7 +131,7 @@ def main() -> int:
         models[single] = {"revision": calibration.revision_of(config),
                           "tags": calibration.fit(list(config.tags), probs[:, cols])}
     for entry in models.values():
-        entry.update(n_tracks=len(ok), windows=mttag.tagging.DEFAULT_WINDOWS, precision="fp32",
+        entry.update(n_tracks=len(ok), windows=tag_tracks.windows, precision="fp32",
                      reference="benchmarks/manifests/reference.tsv")
     data = {
         "calibration_version": 1,

@@ -4,9 +4,8 @@
 The labelled check set (``benchmarks/manifests/check.tsv``: package, path, style family) is real
 music from Debian packages whose files carry a genre tag or whose package and file names
 establish the style; it is never used for tuning (the calibration and the threshold come from
-``benchmarks/calibrate.py``'s reference set). Each track is tagged once by ``musicnn`` with the
-default window plan and precision; its ``msd:`` outputs are exactly ``msd-musicnn``'s, so the old
-default is read from the same run:
+``benchmarks/calibrate.py``'s reference set). Each track is tagged by each model with its
+default window plan (20 windows for ``msd-musicnn``, 12 for ``musicnn``) and precision:
 
 * old default: top 5 by raw probability; would-be GENRE: the genres among those 5 (what
   ``mttag write`` puts in GENRE from a ``mttag tag`` results file today);
@@ -25,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,7 @@ def families_named(tags: list[str]) -> set[str]:
 def old_default(names: list[str], probs: np.ndarray) -> tuple[list[str], list[str]]:
     from mttag import vocab
 
-    cols = [i for i, n in enumerate(names) if n.startswith("msd:")]
-    order = sorted(cols, key=lambda i: -probs[i])[:5]
+    order = sorted(range(len(names)), key=lambda i: -probs[i])[:5]
     top = [vocab.display(names[i]) for i in order]
     return top, [t for t in top if vocab.kind(t) == "genre"]
 
@@ -70,28 +70,47 @@ def new_default(names: list[str], probs: np.ndarray, table, threshold: float) ->
     return [s.tag for s in scores[:5]], genres[:3]
 
 
-def cost(files: list[str], repeats: int, models: list[str]) -> int:
-    """Wall time of whole processes, as benchmarks/vs_musicnn.py measures them: decoding alone
-    against ``mttag tag`` (default windows and precision) with each model, interleaved, medians."""
+def cost(files: list[str], repeats: int, runs: list[str]) -> int:
+    """Whole processes, as benchmarks/vs_musicnn.py measures them: decoding alone against
+    ``mttag tag`` (default precision) for each run ``MODEL`` or ``MODEL@WINDOWS``, interleaved,
+    medians. Wall seconds, and CPU seconds (user + system of the process and its threads), which a
+    machine shared with other work disturbs far less than wall time."""
+    import resource
     import statistics
     import tempfile
 
-    from vs_musicnn import DECODE, timed
+    from vs_musicnn import DECODE
+
+    def timed(cmd: list[str]) -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if r.returncode != 0:
+            raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd[:4])} ...\n{r.stderr[-2000:]}")
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     tmp = Path(tempfile.mkdtemp(prefix="style_check-"))
     entries = {"decode": [sys.executable, "-c", DECODE, "16000", *files]}
-    for m in models:
-        entries[m] = [sys.executable, "-m", "mttag", "tag", *files, "--model", m, "--format", "jsonl",
-                      "--output", str(tmp / f"{m}.jsonl"), "--force", "--quiet"]
-    times: dict[str, list[float]] = {k: [] for k in entries}
+    for run in runs:
+        model, _, windows = run.partition("@")
+        entries[run] = [sys.executable, "-m", "mttag", "tag", *files, "--model", model, "--format", "jsonl",
+                        "--output", str(tmp / f"{run}.jsonl"), "--force", "--quiet",
+                        *(["--windows", windows] if windows else [])]
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in entries}
     for rep in range(repeats):
         for name, cmd in entries.items():
-            times[name].append(timed(cmd)[0])
-            print(f"  repeat {rep + 1}: {name:12s} {times[name][-1]:6.1f} s", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print("| run | wall s (median) | × decode alone |\n|---|---|---|")
+            times[name].append(timed(cmd))
+            print(f"  repeat {rep + 1}: {name:14s} {times[name][-1][0]:6.1f} s wall {times[name][-1][1]:6.1f} s CPU",
+                  flush=True)
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+    print("| run | wall s | × decode alone (wall) | CPU s | × decode alone (CPU) |\n|---|---|---|---|---|")
     for name in entries:
-        print(f"| {name} | {med[name]:.1f} | {med[name] / med['decode']:.2f} |")
+        label = "decode + resample alone" if name == "decode" else f"`mttag tag --model {name.replace('@', ' --windows ')}`"
+        print(f"| {label} | {wall[name]:.1f} | {wall[name] / wall['decode']:.2f} | {cpu[name]:.1f} | "
+              f"{cpu[name] / cpu['decode']:.2f} |")
     return 0
 
 
@@ -100,13 +119,14 @@ def main() -> int:
     ap.add_argument("--cost", nargs="*", metavar="AUDIO",
                     help="instead: time decoding alone against `mttag tag` with the old and the new default on these files")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", default="msd-musicnn,musicnn", help="with --cost: models to time, MODEL or MODEL@WINDOWS")
     ap.add_argument("--manifest", type=Path, default=CHECK)
     ap.add_argument("--threshold", type=float, default=None, help="confidence for GENRE [mttag.calibration.DEFAULT_THRESHOLD]")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--json", type=Path, help="also write every track's tags here")
     a = ap.parse_args()
     if a.cost is not None:
-        return cost(a.cost or [r["path"] for r in read_manifest(a.manifest)], a.repeats, ["msd-musicnn", "musicnn"])
+        return cost(a.cost or [r["path"] for r in read_manifest(a.manifest)], a.repeats, a.runs.split(","))
 
     import mttag
     from mttag import calibration
@@ -115,15 +135,18 @@ def main() -> int:
     threshold = calibration.DEFAULT_THRESHOLD if a.threshold is None else a.threshold
     rows = read_manifest(a.manifest)
     style = {r["path"]: r["style"] for r in rows}
+    # each model with its own default window plan (mttag.tagging.default_windows: 20 and 12)
+    old_names, old_probs, old_ok = tag_tracks([r["path"] for r in rows], model="msd-musicnn", precision=a.precision)
     names, probs, ok = tag_tracks([r["path"] for r in rows], precision=a.precision)
+    assert old_ok == ok, "a track failed with one model only"
     table = calibration.table_for(mttag.load_model("musicnn"))
     if table is None:
         raise SystemExit("musicnn has no calibration table (run benchmarks/calibrate.py)")
     counts: dict[str, dict[str, int]] = {}
     tracks = []
-    for path, p in zip(ok, probs):
+    for path, p, old_p in zip(ok, probs, old_probs):
         fam = style[path]
-        old_top, old_genre = old_default(names, p)
+        old_top, old_genre = old_default(old_names, old_p)
         new_top, new_genre = new_default(names, p, table, threshold)
         c = counts.setdefault(fam, {})
         for key, tags in (("old_top", old_top), ("old_genre", old_genre), ("new_top", new_top), ("new_genre", new_genre)):

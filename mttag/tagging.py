@@ -68,6 +68,22 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     return "bf16" if device.type == "cuda" and arch not in ("musicnn", "musicnn-multi") else "fp32"
 
 
+# A model may ask for fewer windows than DEFAULT_WINDOWS when nothing is given (its config's
+# provenance.default_windows): the bundled musicnn runs two networks per window, and at 12 windows
+# it costs what msd-musicnn alone costs at 20 (docs/tagging.md, "Tags, kinds and confidence").
+AUTO_WINDOWS = "auto"
+
+
+def default_windows(model: nn.Module) -> int:
+    """The windows per track ``model`` is tagged with when none are asked for: its config's
+    ``provenance.default_windows`` (a positive integer) if it has one, else ``DEFAULT_WINDOWS``."""
+    prov = getattr(getattr(model, "config", None), "provenance", None)
+    value = prov.get("default_windows") if isinstance(prov, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000:
+        return value
+    return DEFAULT_WINDOWS
+
+
 def default_batch_size(device: torch.device) -> int:
     return CPU_BATCH_SIZE if device.type == "cpu" else ACCELERATOR_BATCH_SIZE
 
@@ -246,7 +262,7 @@ class Tagger:
         model: nn.Module,
         device: str | torch.device = "auto",
         batch_size: int | None = None,
-        windows: int | None = DEFAULT_WINDOWS,
+        windows: int | str | None = AUTO_WINDOWS,
         workers: int | None = None,
         model_name: str | None = None,
         keep_windows: bool = False,
@@ -260,7 +276,8 @@ class Tagger:
         self.model = place(model, self.device).eval()
         self.config = model.config
         self.batch_size = max(1, batch_size or default_batch_size(self.device))
-        self.windows = windows
+        # "auto": the model's own default (see default_windows); None: every window
+        self.windows = default_windows(model) if windows == AUTO_WINDOWS else windows
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.model_threads = max(1, model_threads or default_model_threads(self.device))
         self.keep_windows = keep_windows
@@ -487,7 +504,7 @@ def tag(
     model: str | os.PathLike | nn.Module | None = None,
     top: int | None = 5,
     threshold: float | None = None,
-    windows: int | None = DEFAULT_WINDOWS,
+    windows: int | str | None = AUTO_WINDOWS,
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -497,7 +514,8 @@ def tag(
 
     ``model`` is a loaded model, a model directory, a registered name or a Hub
     id (``None``: the default model). ``windows``: windows per track averaged
-    (``None``: every window). ``batch_size``: windows per forward pass
+    (``None``: every window; ``"auto"``: the model's default, see :func:`default_windows`: 20,
+    12 for the bundled two-network ``musicnn``). ``batch_size``: windows per forward pass
     (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on a CPU
     with native bf16 and, except for musicnn, on CUDA; float32 elsewhere), ``fp32`` or
     ``bf16``. ``min_confidence``: keep tags of at least this calibrated confidence

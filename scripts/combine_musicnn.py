@@ -37,6 +37,9 @@ def main(out: str) -> int:
         "datasets": ["msd", "mtt"], "dataset_name": "Million Song Dataset + MagnaTagATune (top-50 tags each)",
         "checkpoint_sha256": revision, "networks_checkpoint_sha256": shas,
         "converter": "scripts/combine_musicnn.py v1",
+        # two networks per window: at 12 windows per track it costs what msd-musicnn costs at 20
+        # (mttag.tagging.default_windows; measured in docs/tagging.md)
+        "default_windows": 12,
     }
     model = MusicnnMulti.combine(models, provenance)
     save_model(model, out, card_body=BODY)

@@ -55,7 +55,7 @@ def tag(
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), where it is about 1.8x faster for the Transformers and 1.5-1.7x for musicnn, probabilities moving by up to ~0.01; bf16 on CUDA except for musicnn; float32 elsewhere), fp32 (the original musicnn's numbers on any machine), or bf16."),
-    windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows averaged per track, spread evenly over the track's consecutive model-length windows, or 'all' (every one). Default: {DEFAULT_WINDOWS}; all with --timeline or --plot."),
+    windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows averaged per track, spread evenly over the track's consecutive model-length windows, or 'all' (every one). Default: {DEFAULT_WINDOWS} (12 for the two-network musicnn, the default model); all with --timeline or --plot."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
     write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
     undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="With --write: where to record the previous values (default: mttag-undo-TIME.jsonl beside --output, else here)."),
@@ -75,9 +75,10 @@ def tag(
     from ..output import OutputError, OutputFile, ResultWriter, display_tag, path_key, read_done, wide_columns
     from ..tagging import Tagger, TagResult, model_label
 
-    if windows is None:  # a timeline follows the whole track, window after window
-        windows = "all" if timeline or plot is not None else str(DEFAULT_WINDOWS)
-    n_windows = parse_windows(windows)
+    if windows is None and (timeline or plot is not None):  # a timeline follows the whole track
+        windows = "all"
+    # not given: the model's own default (mttag.tagging.default_windows: 20, 12 for musicnn)
+    n_windows = parse_windows(windows) if windows is not None else "auto"
     if resume and output is None:
         fail("--resume needs --output FILE")
     if force and output is None:
