@@ -122,13 +122,14 @@ def main() -> int:
     names, probs, ok = tag_tracks([r["path"] for r in rows])
     print(f"{len(ok)} reference tracks from {len({r['package'] for r in rows})} packages")
     models = {}
-    combined = mttag.load_model("musicnn").config
-    models["musicnn"] = {"revision": calibration.revision_of(combined), "tags": calibration.fit(names, probs)}
+    models["musicnn"] = {"revision": calibration.revision_of(mttag.load_model("musicnn")),
+                         "tags": calibration.fit(names, probs)}
     for source, single in (("msd", "msd-musicnn"), ("mtt", "mtt-musicnn")):
         cols = [i for i, n in enumerate(names) if n.startswith(source + ":")]
-        config = mttag.load_model(single).config
+        model = mttag.load_model(single)
+        config = model.config
         assert [names[i].split(":", 1)[1] for i in cols] == list(config.tags), single
-        models[single] = {"revision": calibration.revision_of(config),
+        models[single] = {"revision": calibration.revision_of(model),
                           "tags": calibration.fit(list(config.tags), probs[:, cols])}
     for entry in models.values():
         entry.update(n_tracks=len(ok), windows=tag_tracks.windows, precision="fp32",

@@ -17,8 +17,9 @@ a model's outputs, so one threshold (:data:`DEFAULT_THRESHOLD`) serves every tag
 The raw probability stays available next to it.
 
 The tables (``mttag/data/calibration.json``) are keyed by model name and revision (the first 12
-hex digits of the model's ``checkpoint_sha256``); a model without a table, or whose weights
-differ from the revision a table was measured on, has no confidence (``None``).
+hex digits of :func:`mttag.embedding.model_revision`: a hash of the config, less its
+provenance, and of every weight); a model without a table, or whose weights differ from the
+revision a table was measured on, has no confidence (``None``).
 Made by ``benchmarks/calibrate.py``; docs/tagging.md has the method and the measurements.
 """
 
@@ -80,12 +81,13 @@ def _load(path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def revision_of(config) -> str | None:
-    """The revision a calibration table is keyed by: the first 12 hex digits of the model's
-    ``provenance.checkpoint_sha256`` (None when the model's provenance has none)."""
-    prov = getattr(config, "provenance", None)
-    sha = prov.get("checkpoint_sha256") if isinstance(prov, dict) else None
-    return str(sha)[:12] if isinstance(sha, str) and sha else None
+def revision_of(model) -> str:
+    """The revision a calibration table is keyed by: the first 12 hex digits of the loaded
+    model's :func:`mttag.embedding.model_revision` (the same weights loaded any way give the
+    same revision; a retrained model under the same name does not)."""
+    from .embedding import model_revision, short_revision
+
+    return short_revision(model_revision(model))
 
 
 def table(model: str, revision: str | None = None, path: str | Path | None = None) -> Table | None:
@@ -102,14 +104,14 @@ def table(model: str, revision: str | None = None, path: str | Path | None = Non
 
 
 def table_for(model, path: str | Path | None = None) -> Table | None:
-    """The table of a loaded model (or its config): by its provenance name and revision."""
-    config = getattr(model, "config", model)
-    prov = getattr(config, "provenance", None)
+    """The table of a loaded model: by its provenance name and its revision."""
+    prov = getattr(getattr(model, "config", None), "provenance", None)
     name = prov.get("name") if isinstance(prov, dict) else None
-    revision = revision_of(config)
-    if not name or revision is None:
+    if not name or not hasattr(model, "state_dict"):
         return None
-    return table(str(name), revision, path)
+    if table(str(name), None, path) is None:  # no table under that name: no need to hash the weights
+        return None
+    return table(str(name), revision_of(model), path)
 
 
 def confidence(model, tag: str, probability: float) -> float | None:

@@ -17,7 +17,7 @@ def _sigmoid(x):
 
 
 def _write_table(tmp_path, model="m", revision="abc", tags=None):
-    path = tmp_path / "calibration.json"
+    path = tmp_path / f"calibration-{model}-{revision}.json"  # tables are cached by path
     path.write_text(json.dumps({"models": {model: {"revision": revision, "tags": tags or {}}}}))
     return path
 
@@ -48,18 +48,25 @@ def test_fit_and_confidence_are_the_percentile_in_the_reference():
     assert 0.0 <= t.confidence("rock", 1.0) <= 1.0 and 0.0 <= t.confidence("rock", 0.0) <= 1.0
 
 
-def test_tables_are_keyed_by_model_and_revision(tmp_path):
+def test_tables_are_keyed_by_model_and_revision(tmp_path, tiny_model, monkeypatch):
     path = _write_table(tmp_path, tags={"rock": [0.0, 1.0]})
     assert calibration.table("m", "abc", path).confidence("rock", 0.5) == pytest.approx(0.5)
     assert calibration.table("m", "other", path) is None  # other weights: no confidence
     assert calibration.table("nope", None, path) is None
+    # a loaded model finds its table by provenance name and the hash of its weights
+    name = "tiny-test"
+    monkeypatch.setitem(tiny_model.config.provenance, "name", name)
+    path = _write_table(tmp_path, name, calibration.revision_of(tiny_model), {"rock": [0.0, 1.0]})
+    assert calibration.table_for(tiny_model, path) is not None
+    path = _write_table(tmp_path, name, "0" * 12, {"rock": [0.0, 1.0]})
+    assert calibration.table_for(tiny_model, path) is None
 
 
 @pytest.mark.parametrize("name", ["musicnn", "msd-musicnn", "mtt-musicnn"])
 def test_bundled_models_have_tables_for_every_output(name):
     model = mttag.load_model(name)
     table = calibration.table_for(model)
-    assert table is not None and table.revision == model.config.provenance["checkpoint_sha256"][:12]
+    assert table is not None and table.revision == calibration.revision_of(model)
     assert set(table.tags) == set(model.config.tags)
     assert all(sigma > 0 for _, sigma in table.tags.values())
     assert calibration.confidence(name, model.config.tags[0], 0.5) is not None

@@ -83,3 +83,15 @@ def test_bundled_musicnn_equals_msd_and_mtt_musicnn():
     assert (multi.config.sample_rate, multi.config.crop_seconds) == (msd.config.sample_rate, msd.config.crop_seconds)
     x = _waves(2)
     torch.testing.assert_close(multi(x), torch.cat([msd(x), mtt(x)], 1), rtol=0, atol=0)
+
+
+def test_window_plan_defaults_to_the_models_own(tiny_model):
+    from mttag.errors import DEFAULT_WINDOWS
+    from mttag.tagging import Tagger, default_windows
+
+    multi = mttag.load_model("musicnn")
+    # two networks per window: 12 windows cost what msd-musicnn's 20 do
+    assert default_windows(multi) == 12 and Tagger(multi, "cpu").windows == 12
+    assert default_windows(mttag.load_model("msd-musicnn")) == DEFAULT_WINDOWS
+    assert default_windows(tiny_model) == DEFAULT_WINDOWS
+    assert Tagger(multi, "cpu", windows=20).windows == 20 and Tagger(multi, "cpu", windows=None).windows is None
