@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import AudioError, is_silent, iter_windows, window_starts
+from . import calibration as calibration_module
+from . import vocab
+from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
 from . import device as device_module
 from .device import PRECISIONS, select_device
 from .models import place
@@ -63,7 +65,23 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module) ->
     if device.type == "cpu":
         return "bf16" if device_module.cpu_has_native_bf16() else "fp32"
     arch = getattr(getattr(model, "config", None), "arch", None)
-    return "bf16" if device.type == "cuda" and arch != "musicnn" else "fp32"
+    return "bf16" if device.type == "cuda" and arch not in ("musicnn", "musicnn-multi") else "fp32"
+
+
+# A model may ask for fewer windows than DEFAULT_WINDOWS when nothing is given (its config's
+# provenance.default_windows): the bundled musicnn runs two networks per window, and at 12 windows
+# it costs what msd-musicnn alone costs at 20 (docs/tagging.md, "Tags, kinds and confidence").
+AUTO_WINDOWS = "auto"
+
+
+def default_windows(model: nn.Module) -> int:
+    """The windows per track ``model`` is tagged with when none are asked for: its config's
+    ``provenance.default_windows`` (a positive integer) if it has one, else ``DEFAULT_WINDOWS``."""
+    prov = getattr(getattr(model, "config", None), "provenance", None)
+    value = prov.get("default_windows") if isinstance(prov, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 10_000:
+        return value
+    return DEFAULT_WINDOWS
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -89,6 +107,54 @@ def _one_torch_thread(enabled: bool):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class TagScore:
+    """One tag of a result. ``tag``: its one spelling (:func:`mttag.vocab.display`), the same in
+    every output; ``kind``: genre, mood, instrument, voice, era or other; ``name``: the model's
+    own output it comes from (``msd:female vocalists``; of merged near-duplicates, the most
+    confident); ``probability``: that output's raw probability; ``confidence``: calibrated
+    (:mod:`mttag.calibration`; None for a model without a calibration table)."""
+
+    tag: str
+    kind: str
+    name: str
+    probability: float
+    confidence: float | None
+
+
+def score_tags(probabilities: np.ndarray, names: list[str],
+               table: "calibration_module.Table | None" = None) -> list[TagScore]:
+    """Every tag of a model's output, near-duplicates merged, best first: by calibrated
+    confidence when the model has a table, else by raw probability (ties keep the model's order)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    conf = table.confidences(names, probabilities) if table is not None else None
+    scores = []
+    for display, idx in vocab.merge_groups(names).items():
+        if conf is not None:
+            best = max(idx, key=lambda i: (-np.inf if np.isnan(conf[i]) else conf[i], probabilities[i]))
+            c = None if np.isnan(conf[best]) else float(conf[best])
+        else:
+            best, c = max(idx, key=lambda i: probabilities[i]), None
+        scores.append(TagScore(display, vocab.kind(display), names[best], float(probabilities[best]), c))
+    if conf is not None:
+        order = sorted(range(len(scores)), key=lambda i: (-(scores[i].confidence if scores[i].confidence is not None
+                                                             else -1.0), i))
+    else:
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i].probability, i))
+    return [scores[i] for i in order]
+
+
+def select_scores(scores: list[TagScore], top: int | None, threshold: float | None,
+                  min_confidence: float | None = None) -> list[TagScore]:
+    """``scores`` (best first) with a raw probability of at least ``threshold`` and a confidence
+    of at least ``min_confidence``, at most ``top`` of them."""
+    if threshold is not None:
+        scores = [s for s in scores if s.probability >= threshold]
+    if min_confidence is not None:
+        scores = [s for s in scores if s.confidence is not None and s.confidence >= min_confidence]
+    return scores[:top] if top is not None else scores
 
 
 @dataclass
@@ -119,6 +185,9 @@ class TagResult:
     # what identifies the audio tagged (mttag.filetags.audio_fingerprint): `mttag write` refuses
     # a file whose recording changed since; None where it could not be read
     fingerprint: str | None = field(default=None, repr=False)
+    # the chosen tags in full, parallel to ``tags`` (whose names are their ``tag``, scores their
+    # ``probability``): kind, the model's own name, calibrated confidence
+    scores: list[TagScore] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -210,7 +279,7 @@ class Tagger:
         model: nn.Module,
         device: str | torch.device = "auto",
         batch_size: int | None = None,
-        windows: int | None = DEFAULT_WINDOWS,
+        windows: int | str | None = AUTO_WINDOWS,
         workers: int | None = None,
         model_name: str | None = None,
         keep_windows: bool = False,
@@ -224,11 +293,14 @@ class Tagger:
         self.model = place(model, self.device).eval()
         self.config = model.config
         self.batch_size = max(1, batch_size or default_batch_size(self.device))
-        self.windows = windows
+        # "auto": the model's own default (see default_windows); None: every window
+        self.windows = default_windows(model) if windows == AUTO_WINDOWS else windows
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.model_threads = max(1, model_threads or default_model_threads(self.device))
         self.keep_windows = keep_windows
         self.embeddings = embeddings
+        # calibrated confidence for models that have a table (mttag.calibration); None otherwise
+        self.calibration = calibration_module.table_for(model)
         if embeddings and not hasattr(model, "forward_with_embedding"):
             raise ValueError(f"{type(model).__name__} has no forward_with_embedding(): it gives no embeddings")
 
@@ -261,8 +333,16 @@ class Tagger:
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def tag_files(self, paths: Iterable[str | os.PathLike], top: int | None = 5,
-                  threshold: float | None = None) -> Iterator[TagResult]:
-        """Yield a :class:`TagResult` per file, in order, as each completes."""
+                  threshold: float | None = None, min_confidence: float | None = None) -> Iterator[TagResult]:
+        """Yield a :class:`TagResult` per file, in order, as each completes. Tags are merged
+        by their one spelling and ordered by calibrated confidence (by raw probability for a
+        model without a calibration table); ``threshold`` keeps those of at least that raw
+        probability, ``min_confidence`` those of at least that confidence (see
+        :data:`mttag.calibration.DEFAULT_THRESHOLD`)."""
+        if min_confidence is not None and self.calibration is None:
+            raise ValueError(f"{self.model_name} has no calibration table, so no confidence: "
+                             "choose tags by raw probability (threshold) instead")
+        select = (top, threshold, min_confidence)
         paths = [str(p) for p in paths]
         tracks = [_Track(i, p) for i, p in enumerate(paths)]
         names = self.config.tags
@@ -325,7 +405,7 @@ class Tagger:
                 if not (t.complete and t.done == t.submitted):
                     return
                 next_out += 1
-                yield self._result(t, names, top, threshold)
+                yield self._result(t, names, select)
 
         def add(track: _Track, window: np.ndarray) -> None:
             if track.peak_silent and not is_silent(window):
@@ -387,7 +467,10 @@ class Tagger:
             pool.shutdown(wait=True, cancel_futures=True)
             threads.close()
 
-    def _result(self, t: _Track, names, top, threshold) -> TagResult:
+    def _chosen(self, probabilities: np.ndarray, names: list[str], select) -> list[TagScore]:
+        return select_scores(score_tags(probabilities, names, self.calibration), *select)
+
+    def _result(self, t: _Track, names, select) -> TagResult:
         if t.error is None and t.submitted == 0:
             t.error = "no audio could be decoded"
         if t.error is None and t.peak_silent:
@@ -400,15 +483,17 @@ class Tagger:
             # broken weights (or an overflow in reduced precision): no score is better than NaN
             return TagResult(t.path, t.duration, error="the model gave non-finite scores (NaN/inf); its weights may be broken",
                              model=self.model_name)
-        result = TagResult(t.path, t.duration, select_tags(probs, names, top, threshold), probabilities=probs,
+        chosen = self._chosen(probs, names, select)
+        result = TagResult(t.path, t.duration, [(s.tag, s.probability) for s in chosen], probabilities=probs,
                            model=self.model_name, tag_names=list(names), decode_seconds=t.decode_seconds,
-                           model_seconds=t.model_seconds, n_windows=t.done, fingerprint=t.fingerprint)
+                           model_seconds=t.model_seconds, n_windows=t.done, fingerprint=t.fingerprint,
+                           scores=chosen)
         if self.keep_windows:
             window = self.config.crop_seconds
             # a truncated file yields fewer windows than planned: the first ones, in order
             result.window_times = [(s, min(s + window, t.duration)) for s in t.starts[: t.done]]
             result.window_probabilities = np.stack(t.window_probs)
-            result.timeline = [(a, b, select_tags(p, names, top, threshold))
+            result.timeline = [(a, b, [(s.tag, s.probability) for s in self._chosen(p, names, select)])
                                for (a, b), p in zip(result.window_times, result.window_probabilities)]
         if self.embeddings:
             result.window_embeddings = np.stack(t.window_embs).astype(np.float32)
@@ -437,22 +522,26 @@ def tag(
     model: str | os.PathLike | nn.Module | None = None,
     top: int | None = 5,
     threshold: float | None = None,
-    windows: int | None = DEFAULT_WINDOWS,
+    windows: int | str | None = AUTO_WINDOWS,
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "auto",
+    min_confidence: float | None = None,
 ) -> Iterator[TagResult]:
     """Tag audio files and folders (searched recursively); yields one result per file.
 
     ``model`` is a loaded model, a model directory, a registered name or a Hub
     id (``None``: the default model). ``windows``: windows per track averaged
-    (``None``: every window). ``batch_size``: windows per forward pass
+    (``None``: every window; ``"auto"``: the model's default, see :func:`default_windows`: 20,
+    12 for the bundled two-network ``musicnn``). ``batch_size``: windows per forward pass
     (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on a CPU
     with native bf16 and, except for musicnn, on CUDA; float32 elsewhere), ``fp32`` or
-    ``bf16``.
+    ``bf16``. ``min_confidence``: keep tags of at least this calibrated confidence
+    (:data:`mttag.calibration.DEFAULT_THRESHOLD` is the documented choice); each result's
+    ``scores`` has every chosen tag's kind, raw probability and confidence.
     """
     from .runs.tag import tag_results
 
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
     tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision)
-    yield from tag_results(tagger, files, unlistable, top, threshold)
+    yield from tag_results(tagger, files, unlistable, top, threshold, min_confidence)

@@ -393,8 +393,8 @@ def test_push_errors(hf, models, monkeypatch, tmp_path):
 # -- registry ------------------------------------------------------------------------------
 def test_shipped_registry_lists_musicnn_default():
     entries = {e["name"]: e for e in registry.list_models()}
-    assert {"msd-musicnn", "mtt-musicnn"} <= set(entries)
-    assert registry.default_model_name() == "msd-musicnn" and entries["msd-musicnn"]["default"]
+    assert {"musicnn", "msd-musicnn", "mtt-musicnn"} <= set(entries)
+    assert registry.default_model_name() == "musicnn" and entries["musicnn"]["default"]
     for name, entry in entries.items():
         assert entry["status"] in (registry.BUNDLED, registry.NOT_AVAILABLE, registry.CACHED, registry.NOT_DOWNLOADED)
         if "bundled" in entry["location"]:
@@ -462,7 +462,7 @@ def test_cli_models(hf):
     result = cli("models", "--format", "json")
     assert result.exit_code == 0, result.output
     entries = json.loads(result.stdout)
-    assert any(e["name"] == "msd-musicnn" and e["default"] for e in entries)
+    assert any(e["name"] == "musicnn" and e["default"] for e in entries)
     table = cli("models", env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "msd-musicnn" in table.stdout and "status" in table.stdout
 

@@ -213,7 +213,7 @@ def test_shipped_entries_pin_the_authors_files(monkeypatch, tmp_path):
         assert entry["convert"] == {"format": "won2021-ckpt", "tags": "cals", "heads": 8}
         assert entry["arch"] == "transformer" and entry["license"] == "mit" and entry["tags"]["n_tags"] == 50
         assert set(entry["metrics"]) == {"roc_auc", "pr_auc"}
-    assert registry.default_model_name() == "msd-musicnn"  # the offline default is unchanged
+    assert registry.default_model_name() == "musicnn"  # the offline default is unchanged
     # the hash the registry means is git's blob id
     assert download.git_blob_sha1(_write(tmp_path / "hello", b"hello\n")) == "ce013625030ba8dba906f756967f9e9ca394464a"
     assert blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"

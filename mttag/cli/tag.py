@@ -56,7 +56,7 @@ def tag(
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), where it is about 1.8x faster for the Transformers and 1.5-1.7x for musicnn, probabilities moving by up to ~0.01; bf16 on CUDA except for musicnn; float32 elsewhere), fp32 (the original musicnn's numbers on any machine), or bf16."),
-    windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows averaged per track, spread evenly over the track's consecutive model-length windows, or 'all' (every one). Default: {DEFAULT_WINDOWS}; all with --timeline or --plot."),
+    windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows averaged per track, spread evenly over the track's consecutive model-length windows, or 'all' (every one). Default: {DEFAULT_WINDOWS} (12 for the two-network musicnn, the default model); all with --timeline or --plot."),
     all_tags: bool = typer.Option(False, "--all-tags", help="Keep every tag (same as --top with the vocabulary size)."),
     write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
     undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="With --write: where to record the previous values (default: mttag-undo-TIME.jsonl beside --output, else here)."),
@@ -77,7 +77,7 @@ def tag(
     if engine is Engine.ray:
         from ..engines.cli import run_tag as run_on_ray
         run_on_ray(paths, output=output, model=model, top=None if all_tags else top, threshold=threshold,
-                   windows=parse_windows("all" if timeline or plot is not None else (windows or str(DEFAULT_WINDOWS))),
+                   windows=parse_windows("all" if timeline or plot is not None else windows) if windows else "auto",
                    batch_size=batch_size, device=device, precision=precision.value, resume=resume, address=address,
                    quiet=quiet, refused={"--format": fmt not in (None, Format.parquet), "--layout": layout,
                                          "--write": write, "--timeline": timeline, "--plot": plot, "--force": force})

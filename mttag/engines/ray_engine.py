@@ -362,6 +362,10 @@ def run(
     out_text = os.fspath(output)
     summary = RunSummary(output=out_text)
     net = model if isinstance(model, nn.Module) else load_model(model, device="cpu", progress=False if quiet else None)
+    if windows == "auto":  # the model's own default, as the single-machine engine takes it
+        from ..tagging import default_windows
+
+        windows = default_windows(net)
     name = model_name or (os.fspath(model) if model is not None and not isinstance(model, nn.Module) else model_label(net))
     summary.model_name = name
     tags = list(net.config.tags)

@@ -30,11 +30,13 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "transformer": ("mttag.models.transformer", "MusicTaggingTransformer"),
     "resnet": ("mttag.models.resnet", "ShortChunkResNet"),
     "musicnn": ("mttag.models.musicnn", "Musicnn"),
+    "musicnn-multi": ("mttag.models.musicnn", "MusicnnMulti"),
 }
 # Training crop length each architecture was designed for (SPEC §3–4).
 # The ResNet's "3.69 s" is exactly 81,480 samples at 22,050 Hz; musicnn's "3 s" patch is
 # 187 frames of hop 256 at 16 kHz = 2.992 s.
-DEFAULT_CROP_SECONDS = {"transformer": 10.0, "resnet": 81480 / 22050, "musicnn": 187 * 256 / 16000}
+DEFAULT_CROP_SECONDS = {"transformer": 10.0, "resnet": 81480 / 22050, "musicnn": 187 * 256 / 16000,
+                        "musicnn-multi": 187 * 256 / 16000}
 
 
 def _module(arch: str):

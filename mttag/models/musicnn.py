@@ -305,3 +305,84 @@ class Musicnn(nn.Module):
             logmel = self.logmel(waveform.float())
         embedding = self.embeddings(logmel)["penultimate"]
         return self.head(self.dropout(embedding)).float(), embedding.float()
+
+
+def split_sources(tags: list[str]) -> list[tuple[str, list[str]]]:
+    """``[(source, [name, ...]), ...]`` for a multi-network model's tags ``source:name``, in
+    order. Each source's tags must be contiguous (they are the outputs of one head); raises
+    ``ValueError`` (one line) otherwise."""
+    out: list[tuple[str, list[str]]] = []
+    for i, tag in enumerate(tags):
+        source, sep, name = tag.partition(":")
+        if not sep or not source.isidentifier() or not name:
+            raise ValueError(f"tags[{i}] = {tag[:60]!r}: a musicnn-multi model names its tags 'source:name' "
+                             "(source: letters, digits and '_')")
+        if out and out[-1][0] == source:
+            out[-1][1].append(name)
+        elif any(s == source for s, _ in out):
+            raise ValueError(f"tags[{i}] = {tag[:60]!r}: the tags of source {source!r} must be contiguous")
+        else:
+            out.append((source, [name]))
+    return out
+
+
+class MusicnnMulti(nn.Module):
+    """Several musicnn networks (e.g. the MSD and the MagnaTagATune ones) on one front end:
+    waveform ``B×N`` → the networks' logits side by side, ``B×n_tags``.
+
+    All musicnn models take the same 16 kHz log-mel input, so it is computed once per window
+    and each network runs from its batch norm on. The tags are ``source:name`` (``msd:rock``,
+    ``mtt:violin``), one contiguous block per network, in the networks' order; the networks'
+    weights are ``nets.<source>.*``. The embedding is the networks' ``penultimate`` layers
+    side by side (200 per network).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        p: MusicnnParams = config.arch_params
+        self.config = config
+        self.sources = split_sources(config.tags)
+        with computed_buffers():
+            self.frontend = MusicnnLogMel(config.sample_rate, p.n_fft, p.hop_length, p.n_mels, p.pad_mode, p.float16_mel)
+        self.nets = nn.ModuleDict({
+            source: Musicnn(dataclasses.replace(config, arch="musicnn", tags=names, provenance={}))
+            for source, names in self.sources
+        })
+        for net in self.nets.values():
+            del net.frontend  # the shared one above computes the same input
+
+    @classmethod
+    def combine(cls, models: dict[str, "Musicnn"], provenance: dict | None = None) -> "MusicnnMulti":
+        """One model from loaded musicnn networks of the same parameters and audio settings
+        (``{"msd": msd_model, "mtt": mtt_model}``), their weights copied."""
+        first = next(iter(models.values())).config
+        for source, model in models.items():
+            c = model.config
+            if (c.arch, c.params, c.sample_rate, c.crop_seconds) != (first.arch, first.params, first.sample_rate,
+                                                                      first.crop_seconds):
+                raise ValueError(f"{source}: its parameters or audio settings differ from the first network's")
+        tags = [f"{source}:{t}" for source, model in models.items() for t in model.config.tags]
+        config = dataclasses.replace(first, arch="musicnn-multi", tags=tags, preset="teacher",
+                                     provenance=dict(provenance or {}))
+        multi = cls(config)
+        for source, model in models.items():
+            state = {k: v for k, v in model.state_dict().items()}
+            multi.nets[source].load_state_dict(state)
+        return multi.eval()
+
+    def logmel(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.frontend(waveform)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_embedding(waveform)[0]
+
+    def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # as Musicnn.forward_with_embedding: the front end in float32 whatever the autocast
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            logmel = self.logmel(waveform.float())
+        logits, embeddings = [], []
+        for net in self.nets.values():
+            embedding = net.embeddings(logmel)["penultimate"]
+            logits.append(net.head(net.dropout(embedding)).float())
+            embeddings.append(embedding.float())
+        return torch.cat(logits, dim=1), torch.cat(embeddings, dim=1)

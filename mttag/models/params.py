@@ -246,6 +246,8 @@ PARAMS: dict[str, type[ArchParams]] = {
     "transformer": TransformerParams,
     "resnet": ResNetParams,
     "musicnn": MusicnnParams,
+    # several musicnn networks of these parameters on one front end (mttag.models.musicnn.MusicnnMulti)
+    "musicnn-multi": MusicnnParams,
 }
 
 _MUSICNN_RELEASED = MusicnnParams()  # both released checkpoints (MSD_musicnn, MTT_musicnn) have these shapes
@@ -271,6 +273,7 @@ PRESETS: dict[str, dict[str, ArchParams]] = {
         # MSD_musicnn_big of the upstream repository (not in the wheel)
         "big": MusicnnParams(midend_filters=512, backend_units=500),
     },
+    "musicnn-multi": {"teacher": _MUSICNN_RELEASED},
 }
 
 

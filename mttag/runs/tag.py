@@ -21,7 +21,7 @@ from .common import (
 class TagRequest:
     """What to tag and where the results go; the options of ``mttag tag``, by the same names.
 
-    ``windows``: None for the default (DEFAULT_WINDOWS, every window with ``timeline`` or
+    ``windows``: None for the model's default (mttag.tagging.default_windows; every window with ``timeline`` or
     ``plot``), a number, or ``"all"``. ``model``: a name as ``--model`` takes it, or a loaded
     model. ``stream``: where the results go without an ``output`` file (None: ``sys.stdout``;
     a plugin that only wants the ``result`` events passes ``io.StringIO()``).
@@ -53,13 +53,13 @@ class TagRequest:
 
 
 def tag_results(tagger, files: Iterable[str | os.PathLike], unlistable, top: int | None,
-                threshold: float | None) -> Iterator[Any]:
+                threshold: float | None, min_confidence: float | None = None) -> Iterator[Any]:
     """One TagResult per folder that could not be listed (an error record), then one per file."""
     from ..tagging import TagResult
 
     for problem in unlistable:
         yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})", model=tagger.model_name)
-    yield from tagger.tag_files(files, top=top, threshold=threshold)
+    yield from tagger.tag_files(files, top=top, threshold=threshold, min_confidence=min_confidence)
 
 
 def run_tag(request: TagRequest, events: RunEvents | None = None) -> RunSummary:
@@ -116,8 +116,9 @@ class _TagRun:
     def _check_options(self) -> None:
         req = self.req
         if req.windows is None:  # a timeline follows the whole track, window after window
-            req.windows = "all" if req.timeline or req.plot is not None else DEFAULT_WINDOWS
-        self.n_windows = parse_windows(req.windows)
+            # otherwise the model's own default (mttag.tagging.default_windows: 20, 12 for musicnn)
+            req.windows = "all" if req.timeline or req.plot is not None else "auto"
+        self.n_windows = "auto" if req.windows == "auto" else parse_windows(req.windows)
         if req.resume and req.output is None:
             raise RunError("--resume needs --output FILE")
         if req.force and req.output is None:
