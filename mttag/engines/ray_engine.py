@@ -212,7 +212,7 @@ class ModelActor:
                     t.window_embs.append(e)
         out = []
         for t, r in zip(tracks, rows):
-            result = tagger._result(t, config.tags, self.top, self.threshold)
+            result = tagger._result(t, config.tags, (self.top, self.threshold, None))
             vector = None
             if self.embeddings and result.ok:
                 try:
