@@ -447,3 +447,90 @@ def test_param_option_changes_the_architecture_and_is_checked(dataset, teacher_d
         assert res.exit_code == 0, res.output
         got = load_model(tmp_path / name / "model").config.params
         assert {k: got[k] for k in want} == want
+
+
+QUICK = ["--preset", "tiny", "--crop-seconds", "1", "--max-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4",
+         "--eval-chunks", "1", "--workers", "0", "--device", "cpu", "--no-augment", "--quiet"]
+
+
+def test_train_and_distill_keep_files_they_did_not_write(dataset, teacher_dir, tmp_path):
+    """A folder's own model/README.md and metrics.jsonl are neither replaced nor appended to
+    without --force: one line names the file, before anything is written."""
+    folder = tmp_path / "notes"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "README.md").write_text("# my model notes\n")
+    (folder / "metrics.jsonl").write_text('{"run": "mine"}\n')
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    model_dir, _ = teacher_dir
+    for args in (["train", str(dataset), str(folder), *QUICK],
+                 ["distill", str(dataset), str(folder), "--teacher", str(model_dir), "--student", "tiny", *QUICK[2:]]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "--force" in res.output
+        assert "metrics.jsonl (and 1 more): exists and was not written by mttag" in res.output
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # no lock, no checkpoint
+        assert (folder / "metrics.jsonl").read_text() == '{"run": "mine"}\n'
+    (folder / "metrics.jsonl").unlink()
+    res = CliRunner().invoke(app, ["train", str(dataset), str(folder), *QUICK])
+    assert res.exit_code == 2 and f"{folder / 'model' / 'README.md'}: exists" in res.output, res.output
+    with pytest.raises(TrainingError, match="README.md: exists and was not written by mttag"):
+        train(dataset, folder, _config(max_epochs=1, steps_per_epoch=1))
+    assert (folder / "model" / "README.md").read_text() == "# my model notes\n"
+    # --force replaces them; the log holds this run's epochs only
+    (folder / "metrics.jsonl").write_text('{"run": "mine"}\n')
+    res = CliRunner().invoke(app, ["train", str(dataset), str(folder), *QUICK, "--force"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["epoch"] for x in (folder / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert "library_name: mttag" in (folder / "model" / "README.md").read_text()
+    # the folder is mttag's now: --resume (and a later run's lock) find only mttag's files
+    (folder / "finished.json").unlink()
+    res = CliRunner().invoke(app, ["train", str(dataset), str(folder), *QUICK, "--max-epochs", "2", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["epoch"] for x in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_fresh_run_starts_its_own_log(dataset, tmp_path):
+    """A run killed before its first checkpoint leaves an epoch line: the next run into the
+    folder starts the log again rather than appending a second epoch 1."""
+    run = tmp_path / "r"
+    train(dataset, run, _config(max_epochs=1, steps_per_epoch=1))
+    (run / "checkpoint.pt").unlink()
+    (run / "finished.json").unlink()
+    train(dataset, run, _config(max_epochs=1, steps_per_epoch=1))
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def _prepare_like(dataset, out, vocab, keep=lambda i: True):
+    """The dataset's tracks (those ``keep`` accepts), prepared again with ``vocab``'s order."""
+    data = PreparedDataset(dataset)
+    specs = []
+    for i in range(len(data)):
+        info = data.track_info(i)
+        if keep(i):
+            specs.append(TrackSpec(path=info.file, tags=None if info.split == "unlabeled" else list(info.tags),
+                                   group=f"g{i}", split=info.split))
+    prepare_dataset(specs, out, min_count=1, workers=1, tags_vocab=vocab)
+    return out
+
+
+def test_resume_refuses_another_vocabulary_order_or_dataset(dataset, tmp_path):
+    """The checkpoint keeps its tags in order and its dataset's identity: the same tags in
+    another order, or other tracks, are refused in one line instead of training output units
+    on the wrong tags."""
+    run = tmp_path / "r"
+    train(dataset, run, _config(max_epochs=1, steps_per_epoch=1))
+    (run / "finished.json").unlink()
+    reordered = _prepare_like(dataset, tmp_path / "reordered", ["noisy", "high", "low"], keep=lambda i: i < 60)
+    assert sorted(PreparedDataset(reordered).tags) == sorted(TAGS)
+    with pytest.raises(TrainingError, match=r"same 3 tags in another order \(output 1 is 'low' there, 'noisy'"):
+        train(reordered, run, _config(max_epochs=2, steps_per_epoch=1), resume=True)
+    fewer = _prepare_like(dataset, tmp_path / "fewer", TAGS, keep=lambda i: i % 10 != 3)
+    res = CliRunner().invoke(app, ["train", str(fewer), str(run), *QUICK, "--max-epochs", "2", "--resume",
+                                   "--param", "conv_channels=8", "--param", "dim=32", "--batch-size", "8"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "was trained on another dataset" in res.output and "120 tracks" in res.output and "has 108" in res.output
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    # the same tracks prepared again (another folder, same content) are the same dataset
+    again = _prepare_like(dataset, tmp_path / "again", TAGS)
+    train(again, run, _config(max_epochs=2, steps_per_epoch=1), resume=True)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

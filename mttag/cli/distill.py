@@ -69,6 +69,7 @@ def distill(
     seed: int = option("seed"),
     resume: bool = option("resume"),
     quiet: bool = option("quiet"),
+    force: bool = option("force"),
 ) -> None:
     """Knowledge distillation: a student learns from labelled data plus the teacher's soft labels on augmented unlabelled audio."""
     if first is None:
@@ -91,4 +92,4 @@ def distill(
                       lr=lr, max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch, epoch_over=_epoch_over(epoch_over),
                       eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight,
                       device=device, workers=workers, seed=seed, precision=check_precision(precision, device, quiet))
-    run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)
+    run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet, force)
