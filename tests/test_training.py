@@ -254,6 +254,78 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
     assert (out / "model" / "model.safetensors").exists()
 
 
+def _ddp_rank(rank, port, dataset, out, result):
+    """One of two gloo ranks (torch.multiprocessing): the project's own set-up (process group,
+    DistributedDataParallel, sharded sampler) and one training step, then the same step from
+    the same weights, batch and random state without DDP, i.e. without the all-reduce."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    import mttag.training as training
+
+    cfg = _config(max_epochs=1, steps_per_epoch=1, batch_size=4, lr=1e-2)
+    run = training._setup(dataset, out, cfg, None)
+    assert dist.is_initialized() and dist.get_world_size() == 2 and run.rank == rank
+    sampler = run.plan.labeled.sampler
+    sampler.set_epoch(0)
+    tracks = run.plan.labeled.dataset.indices[list(sampler)].tolist()  # the dataset's track numbers
+    start = {k: v.clone() for k, v in run.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    training._train_epoch(run, 0, None)
+    with_ddp = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    run.model.load_state_dict(start)
+    torch.set_rng_state(rng)
+    run.optimizer = torch.optim.Adam(run.model.parameters(), lr=cfg.lr)
+    run.ddp_model = run.model
+    training._train_epoch(run, 0, None)
+    alone = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    torch.save({"tracks": tracks, "ddp": with_ddp, "alone": alone,
+                "start": {k: start[k] for k in with_ddp}}, os.path.join(result, f"{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_ranks_train_disjoint_shards_and_all_reduce_gradients(dataset, tmp_path):
+    """Two gloo ranks on 127.0.0.1: their shards of an epoch are disjoint, and after one step
+    their weights are equal (the gradients were averaged) and differ from what each rank's
+    own gradient alone gives. Fails if the process group is not set up, if both ranks draw
+    the same shard, or if the model is not wrapped for the all-reduce."""
+    import torch.multiprocessing as mp
+
+    result = tmp_path / "ranks"
+    result.mkdir()
+    from mttag.models import build_model, make_config
+
+    # fork where there is one, after building the model and its optimiser once here: the ranks
+    # then start at once, without importing torch, librosa's mel filters (numba) and
+    # torch._dynamo (the first Adam) again, seconds each
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    torch.optim.Adam(build_model(make_config("transformer", TAGS, "tiny", 1.0, **SMALL)).parameters())
+    mp.start_processes(_ddp_rank, args=(_free_port(), str(dataset), str(tmp_path / "run"), str(result)), nprocs=2,
+                       join=True, start_method=method)
+    r0, r1 = (torch.load(result / f"{r}.pt", weights_only=True) for r in (0, 1))
+    train_tracks = set(PreparedDataset(dataset).split("train").tolist())
+    assert len(r0["tracks"]) == len(r1["tracks"]) == 4
+    assert set(r0["tracks"]).isdisjoint(r1["tracks"]) and set(r0["tracks"]) | set(r1["tracks"]) <= train_tracks
+    names = list(r0["ddp"])
+    assert all(torch.equal(r0["start"][k], r1["start"][k]) for k in names)  # rank 0's weights broadcast
+    assert all(torch.allclose(r0["ddp"][k], r1["ddp"][k], rtol=0, atol=1e-7) for k in names)
+    assert max((r0["ddp"][k] - r0["start"][k]).abs().max().item() for k in names) > 1e-3  # a step was taken
+    for r in (r0, r1):  # each rank's own gradient leads elsewhere: the averaged one was applied
+        assert max((r["ddp"][k] - r["alone"][k]).abs().max().item() for k in names) > 1e-3
+    assert max((r0["alone"][k] - r1["alone"][k]).abs().max().item() for k in names) > 1e-3
+
+
 def _write_json(path, obj):
     path.write_text(json.dumps(obj))
     return str(path)
