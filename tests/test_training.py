@@ -606,3 +606,19 @@ def test_resume_refuses_another_vocabulary_order_or_dataset(dataset, tmp_path):
     again = _prepare_like(dataset, tmp_path / "again", TAGS)
     train(again, run, _config(max_epochs=2, steps_per_epoch=1), resume=True)
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_help_lists_every_preset_and_opens_with_an_example():
+    """Every preset --preset/--student accepts is in the help, from the presets themselves;
+    `train --help` shows an example before its 40 options."""
+    from mttag.models.params import PRESETS
+
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for arch in ("transformer", "resnet"):
+        assert f"--arch {arch}: {', '.join(PRESETS[arch])}" in text
+    assert "large" in PRESETS["transformer"]
+    assert -1 < text.find("Example: mttag train ") < text.find("Arguments")
+    res = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "400"})
+    assert f"{', '.join(PRESETS['transformer'])} (the Transformer's presets)" in " ".join(res.output.split())

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import typer
 
+from ..models.params import preset_names
 from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fail, model_param_overrides, one_line,
                       sigterm_as_interrupt, warn_if_bf16_is_emulated)
 
@@ -18,6 +19,11 @@ from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fai
 class Arch(str, Enum):
     transformer = "transformer"
     resnet = "resnet"
+
+
+# From the presets themselves (torch-free), so the help lists every preset --preset accepts.
+PRESET_HELP = "; ".join(f"--arch {a.value}: {', '.join(preset_names(a.value))}" for a in Arch) + \
+    " (tiny: a few 100 k parameters, for CPU; the sizes: docs/training.md)."
 
 
 class RunClock:
@@ -271,7 +277,7 @@ def train(
     dataset: Path = typer.Argument(..., help="A dataset made by `mttag prepare`."),
     out_dir: Path = typer.Argument(..., help="Run directory: checkpoint, metrics.jsonl and the best model in OUT_DIR/model."),
     arch: Arch = typer.Option(Arch.transformer, "--arch", help="Model architecture."),
-    preset: str = typer.Option("teacher", "--preset", help="teacher, small or tiny (a few 100 k parameters, for CPU)."),
+    preset: str = typer.Option("teacher", "--preset", help=PRESET_HELP),
     param: Optional[list[str]] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Change one architecture parameter of the preset (repeatable), e.g. --param depth=6 --param n_mels=96 (the parameters: docs/training.md)."),
     split: Optional[str] = typer.Option(None, "--split", help="'cals': check the dataset was prepared from the CALS split."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Knowledge expansion: a trained model that labels the unlabelled tracks."),
@@ -297,7 +303,14 @@ def train(
     quiet: bool = option("quiet"),
     force: bool = option("force"),
 ) -> None:
-    """Train a tagging model on a prepared dataset (Adam, BCE, random crops, the paper's recipe)."""
+    """Train a tagging model on a prepared dataset (Adam, BCE, random crops, the paper's recipe).
+
+    Example: [bold]mttag train ./cals-ds runs/teacher --preset teacher[/] trains the paper's teacher (on a GPU;
+    days on a CPU); [bold]--preset tiny --crop-seconds 3 --max-epochs 20[/] gives a quick model on a CPU.
+    Stopped (Ctrl+C, a crash)? The same command plus [bold]--resume[/] goes on from the last epoch.
+
+    Knowledge expansion: [bold]mttag train ./cals-ds runs/student --teacher runs/teacher/model --unlabeled ~/Music[/].
+    """
     if split is not None:
         _check_split(dataset, split)
     check_preset(arch.value, preset)
