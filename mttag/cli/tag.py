@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -51,7 +52,7 @@ def tag(
     layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag), wide (one column per tag of the model) or timeline (one per window and tag, as --timeline gives)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv, tsv, json or jsonl; the file says which)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --output file, or --plot PNG, that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), where it is about 1.8x faster for the Transformers and 1.5-1.7x for musicnn, probabilities moving by up to ~0.01; bf16 on CUDA except for musicnn; float32 elsewhere), fp32 (the original musicnn's numbers on any machine), or bf16."),
@@ -60,7 +61,7 @@ def tag(
     write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
     undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="With --write: where to record the previous values (default: mttag-undo-TIME.jsonl beside --output, else here)."),
     timeline: bool = typer.Option(False, "--timeline", help="Also give each window's tags with its start and end time (csv/tsv: one row per window and tag)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\"). An existing PNG is replaced only if mttag drew it (else --force)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per track: windows, decoding time and model time (on stderr)."),
 ) -> None:
@@ -80,8 +81,8 @@ def tag(
     n_windows = parse_windows(windows)
     if resume and output is None:
         fail("--resume needs --output FILE")
-    if force and output is None:
-        fail("--force is about replacing an --output FILE; there is none")
+    if force and output is None and plot is None:
+        fail("--force is about replacing an --output FILE or --plot images; there are none")
     if undo_log is not None and not write:
         fail("--undo-log needs --write")
     if output is None and fmt is None:
@@ -130,7 +131,7 @@ def tag(
 
             try:
                 _pyplot()
-                plot_path = _plot_target(plot, files)
+                plot_path = _plot_target(plot, files, force)
             except (PlotUnavailable, ValueError) as exc:
                 fail(str(exc))
 
@@ -193,6 +194,8 @@ def tag(
             writer.console = progress.console
         decoder = DecoderMessages()
 
+        plots: list[Path] = []  # the taggrams written, for the summary
+
         def report(result: TagResult) -> None:
             nonlocal failed
             if not timeline:
@@ -209,6 +212,7 @@ def tag(
                 png = plot_path(result.path)
                 try:
                     plot_taggram(result, png)
+                    plots.append(png)
                 except (OSError, ValueError) as exc:
                     console.print(f"[yellow]warning:[/] {escape(printable(png))}: cannot write the plot ({escape(printable(exc))})",
                                   highlight=False, soft_wrap=True)
@@ -272,6 +276,9 @@ def tag(
                    f"{ran_on(dev.type, tagger.precision)} with {model_name}")
             if output is not None:
                 msg += f"; results in {printable(output)}"
+            if plot is not None:
+                msg += (f"; taggram in {printable(plots[0])}" if len(plots) == 1 and plot.suffix.lower() == ".png"
+                        else f"; {len(plots)} taggram{'s' if len(plots) != 1 else ''} in {printable(plot)}")
             console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
             if tag_writer is not None:
                 console.print(escape(tag_writer.summary()), highlight=False, soft_wrap=True)
@@ -331,25 +338,40 @@ class _FileTagWriter:
             self._lock = None
 
 
-def _plot_target(plot: Path, files: list[Path]):
+def _plot_target(plot: Path, files: list[Path], force: bool = False):
     """Where each track's taggram goes: ``--plot x.png`` for a single track, else one
     ``NAME.png`` per track in the folder ``--plot`` names (tracks with the same name in
-    different folders get the folder's name too)."""
+    different folders get the folder's name too). Like ``-o``, an existing file there is
+    replaced only if it is a taggram mttag drew, or with ``force``: checked for every track
+    before the run, so that a refusal comes before any tagging."""
+    from ..plot import is_taggram
+
     if plot.suffix.lower() == ".png":
         if len(files) != 1:
             raise ValueError(f"--plot {printable(plot)}: a .png file takes one track, not {len(files)}; give a folder instead")
-        return lambda path: plot
-    if plot.exists() and not plot.is_dir():
-        raise ValueError(f"--plot {printable(plot)}: not a folder")
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[f.name] = counts.get(f.name, 0) + 1
 
-    def target(path: str) -> Path:
-        p = Path(path)
-        name = p.name if counts.get(p.name, 0) <= 1 else f"{p.parent.name} - {p.name}"
-        return plot / f"{name}.png"
+        def target(path: str) -> Path:
+            return plot
+    else:
+        if plot.exists() and not plot.is_dir():
+            raise ValueError(f"--plot {printable(plot)}: not a folder")
+        counts: dict[str, int] = {}
+        for f in files:
+            counts[f.name] = counts.get(f.name, 0) + 1
 
+        def target(path: str) -> Path:
+            p = Path(path)
+            name = p.name if counts.get(p.name, 0) <= 1 else f"{p.parent.name} - {p.name}"
+            return plot / f"{name}.png"
+
+    existing = [t for t in (target(str(f)) for f in files) if os.path.lexists(t)]
+    if any(t.is_dir() for t in existing):
+        raise ValueError(f"--plot {printable(next(t for t in existing if t.is_dir()))}: is a folder, not a PNG")
+    foreign = [t for t in existing if not is_taggram(t)]
+    if foreign and not force:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ValueError(f"--plot {printable(foreign[0])}{more}: exists and is not a taggram mttag drew; "
+                         "refusing to replace it (add --force to replace it)")
     return target
 
 
