@@ -792,10 +792,13 @@ def _check_same_dataset(ckpt_path: Path, saved: Any, now: dict[str, Any] | None)
     """A resumed run goes on with the dataset it began with: same tracks, splits and labels."""
     if not isinstance(saved, dict) or now is None or saved.get("digest") in (None, now["digest"]):
         return
-    raise TrainingError(
-        f"--resume: {ckpt_path} was trained on another dataset ({printable(saved.get('path', '?'))}, "
-        f"{saved.get('tracks', '?')} tracks; {printable(now['path'])} has {now['tracks']}, or other tracks, splits "
-        "or labels); resume with the run's own dataset, or start a new run in another OUT_DIR")
+    was, here = printable(saved.get("path", "?")), printable(now["path"])
+    if saved.get("tracks") != now["tracks"]:
+        how = f"{was}, {saved.get('tracks', '?')} tracks; {here} has {now['tracks']}"
+    else:
+        how = f"{was}; {here} has as many tracks, but other tracks, splits or labels"
+    raise TrainingError(f"--resume: {ckpt_path} was trained on another dataset ({how}); resume with the run's own "
+                        "dataset, or start a new run in another OUT_DIR")
 
 
 def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
