@@ -299,6 +299,11 @@ def _json_object(path: Path) -> Any:
         return None
 
 
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def _is_run_log(path: Path) -> bool:
     """metrics.jsonl as :func:`_save_epoch` writes it: one JSON object with an epoch per line
     (the last line may be torn by a kill)."""
@@ -329,7 +334,7 @@ _RUN_FILES: dict[str, Callable[[Path], bool]] = {
     FINISHED_NAME: lambda p: isinstance(d := _json_object(p), dict) and "epochs" in d
     and set(d) <= {"epochs", "best_valid_loss"},
     # the lock file holds its holder's "pid N: command" line, or nothing once released
-    LOCK_NAME: lambda p: p.stat().st_size == 0 or p.read_bytes()[:4] == b"pid ",
+    LOCK_NAME: lambda p: _head(p, 4) in (b"", b"pid "),
 }
 
 
