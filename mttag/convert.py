@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .models import ModelConfig, build_model, make_config, presets
-from .modelfile import save_model
+from .modelfile import ForeignFileError, check_model_dir, save_model
 
 _BLOCK_KEYS = {
     "0.fn.norm": "attn_norm",
@@ -140,12 +140,19 @@ def convert_checkpoint(
     provenance: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     card_body: str | None = None,
+    force: bool = False,
 ) -> Path:
     """Convert an authors' checkpoint to a model directory; returns the directory.
 
     ``provenance`` adds to (and overrides) what the config records about the source;
     ``metrics`` (e.g. the paper's published ROC-AUC / PR-AUC) go into the model card.
+    A config.json, README.md or model.safetensors in ``out_dir`` that mttag did not write is
+    refused before the checkpoint is read (:class:`ConversionError`), unless ``force``.
     """
+    try:
+        check_model_dir(out_dir, force)
+    except ForeignFileError as exc:
+        raise ConversionError(str(exc)) from None
     state = rename_keys(read_checkpoint(path))
     config = infer_config(state, tags, heads)
     config.provenance.update({
@@ -165,4 +172,7 @@ def convert_checkpoint(
     if missing or unexpected:
         raise ConversionError(f"{path}: keys do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     body = card_body if card_body is not None else "Converted from the authors' released PyTorch Lightning checkpoint."
-    return save_model(model.eval(), out_dir, metrics=metrics, card_body=body)
+    try:
+        return save_model(model.eval(), out_dir, metrics=metrics, card_body=body, force=force)
+    except ForeignFileError as exc:  # a file put there while the checkpoint was read
+        raise ConversionError(str(exc)) from None

@@ -6,6 +6,7 @@ Weights are stored only as safetensors, which cannot run code when loaded.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from .errors import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError  # noqa: F401 (re-exported)
 from . import __version__
+from .display import printable
 from .fileio import atomic_write
 from .models import ModelConfig, build_model, count_parameters, place
 
@@ -65,14 +67,85 @@ def model_card(config: ModelConfig, n_params: int, metrics: dict[str, Any] | Non
     return text
 
 
+class ForeignFileError(FileExistsError):
+    """A file mttag would replace was not written by mttag; the message names it in one line."""
+
+
+def _is_mttag_config(path: Path) -> bool:
+    """A config.json that :meth:`ModelConfig.save` wrote (format_version, arch, tags), not
+    one of the many other tools' config.json files a folder may hold."""
+    try:
+        if path.stat().st_size > 10_000_000:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"format_version", "arch", "tags"} <= set(data)
+
+
+def _is_mttag_card(path: Path) -> bool:
+    """A README.md that :func:`model_card` wrote: its YAML block names mttag as the library."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    if not head.startswith("---\n"):
+        return False
+    meta = head[4:].split("\n---", 1)[0]
+    return any(line.strip() == "library_name: mttag" for line in meta.splitlines())
+
+
+def foreign_model_files(directory: str | Path) -> list[Path]:
+    """The files :func:`save_model` would replace in ``directory`` that mttag did not write:
+    a config.json or README.md that is not mttag's, and model.safetensors (or anything else
+    in the way) unless it sits beside mttag's own config.json. A missing directory has none;
+    a path that is not a directory is itself in the way."""
+    directory = Path(directory)
+    if not os.path.lexists(directory):
+        return []
+    if not directory.is_dir():
+        return [directory]
+    config, weights, card = directory / CONFIG_NAME, directory / WEIGHTS_NAME, directory / CARD_NAME
+    ours = config.is_file() and _is_mttag_config(config)
+    foreign = []
+    if os.path.lexists(config) and not ours:
+        foreign.append(config)
+    # weights carry no mark of their own: they are mttag's when the config beside them is
+    if os.path.lexists(weights) and not (ours and weights.is_file()):
+        foreign.append(weights)
+    if os.path.lexists(card) and not (card.is_file() and _is_mttag_card(card)):
+        foreign.append(card)
+    return foreign
+
+
+def check_model_dir(directory: str | Path, force: bool = False) -> None:
+    """Raise :class:`ForeignFileError` if writing a model into ``directory`` would replace a
+    file mttag did not write (``force``: replace such files, but never a non-directory)."""
+    foreign = foreign_model_files(directory)
+    if foreign and foreign[0] == Path(directory):
+        raise ForeignFileError(f"{printable(directory)}: exists and is not a folder")
+    if foreign and not force:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ForeignFileError(f"{printable(foreign[0])}{more}: exists and was not written by mttag; refusing to "
+                               "replace it (add --force to replace it)")
+
+
 def save_model(
     model: nn.Module,
     directory: str | Path,
     metrics: dict[str, Any] | None = None,
     card_body: str = "",
+    *,
+    force: bool = False,
 ) -> Path:
-    """Write ``model`` (which carries its ``config``) as a model directory."""
+    """Write ``model`` (which carries its ``config``) as a model directory.
+
+    An existing model directory of mttag's is replaced; a config.json, README.md or
+    model.safetensors that mttag did not write is not, unless ``force``
+    (:class:`ForeignFileError`, see :func:`foreign_model_files`)."""
     directory = Path(directory)
+    check_model_dir(directory, force)
     directory.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.config
     config.provenance.setdefault("mttag_version", __version__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -33,7 +34,8 @@ from .device import PRECISIONS, select_device
 from .fileio import ExclusiveLock, LockedError, atomic_write
 from .metrics import tagging_metrics
 from .models import ModelConfig, build_model, crop_seconds_for, make_config, place
-from .modelfile import save_model
+from .display import printable
+from .modelfile import ForeignFileError, foreign_model_files, save_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "metrics.jsonl"
@@ -261,9 +263,117 @@ def run_lock(out_dir: str | Path, what: str | None = None) -> Iterator[None]:
 
 
 def _architecture(config: ModelConfig) -> dict[str, Any]:
-    """What a checkpoint's weights depend on, as plain data (loads with ``weights_only``)."""
+    """What a checkpoint's weights depend on, as plain data (loads with ``weights_only``): the
+    output units are the vocabulary's tags in its order, so the names and order are kept."""
     return {"arch": config.arch, "preset": config.preset, "params": json.loads(json.dumps(config.params)),
-            "num_tags": len(config.tags)}
+            "num_tags": len(config.tags), "tags": list(config.tags)}
+
+
+def dataset_identity(data: PreparedDataset | None) -> dict[str, Any] | None:
+    """What identifies a prepared dataset for ``--resume``: a digest of its track list (each
+    track's path as given in its source, split and label row, in path order, so that preparing
+    the same sources again gives the same digest) and its vocabulary, with its size and the
+    path it was opened from (for messages). Read from the documented on-disk files."""
+    if data is None:
+        return None
+    root = Path(data.path)
+    index = np.load(root / "index.npy")
+    blob = (root / "paths.bin").read_bytes()
+    labels = np.load(root / "labels.npy")
+    keys = []
+    for row, lab in zip(index, labels):
+        start, size = int(row["path_start"]), int(row["path_len"])
+        keys.append(blob[start : start + size] + b"\0" + bytes([int(row["split"]) & 0xFF]) + lab.tobytes())
+    digest = hashlib.sha256(json.dumps(list(data.tags), ensure_ascii=False).encode("utf-8"))
+    for key in sorted(keys):
+        digest.update(len(key).to_bytes(4, "little") + key)
+    return {"digest": digest.hexdigest(), "tracks": len(keys), "path": str(data.path)}
+
+
+def _json_object(path: Path) -> Any:
+    try:
+        if path.stat().st_size > 10_000_000:
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _is_run_log(path: Path) -> bool:
+    """metrics.jsonl as :func:`_save_epoch` writes it: one JSON object with an epoch per line
+    (the last line may be torn by a kill)."""
+    try:
+        if path.stat().st_size > 100_000_000:
+            return False
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return False
+    for k, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if k == len(lines) - 1:
+                continue
+            return False
+        if not (isinstance(record, dict) and "epoch" in record and "valid_loss" in record):
+            return False
+    return True
+
+
+# The files of a run directory other than its checkpoint and model, and how to know mttag's own.
+_RUN_FILES: dict[str, Callable[[Path], bool]] = {
+    # fields every mttag version has written (later ones add more)
+    "train_config.json": lambda p: isinstance(d := _json_object(p), dict)
+    and {"arch", "preset", "batch_size", "lr", "max_epochs"} <= set(d),
+    LOG_NAME: _is_run_log,
+    FINISHED_NAME: lambda p: isinstance(d := _json_object(p), dict) and "epochs" in d
+    and set(d) <= {"epochs", "best_valid_loss"},
+    # the lock file holds its holder's "pid N: command" line, or nothing once released
+    LOCK_NAME: lambda p: _head(p, 4) in (b"", b"pid "),
+}
+
+
+def foreign_run_files(out_dir: str | Path) -> list[Path]:
+    """The files a run in ``out_dir`` would replace or append to that mttag did not write
+    (train_config.json, metrics.jsonl, finished.json, .lock, and the model directory's
+    files); ``[out_dir]`` itself when it is not a directory."""
+    out_dir = Path(out_dir)
+    if not os.path.lexists(out_dir):
+        return []
+    if not out_dir.is_dir():
+        return [out_dir]
+    foreign = []
+    for name, ours in _RUN_FILES.items():
+        path = out_dir / name
+        if os.path.lexists(path):
+            try:
+                mine = path.is_file() and ours(path)
+            except OSError:
+                mine = False
+            if not mine:
+                foreign.append(path)
+    return foreign + foreign_model_files(out_dir / MODEL_DIR_NAME)
+
+
+def check_run_dir(out_dir: str | Path, force: bool = False) -> None:
+    """Raise :class:`TrainingError` (one line, naming the file) when a run in ``out_dir`` would
+    replace or append to a file mttag did not write, unless ``force``; a directory an earlier
+    run made (its own train_config.json, log, model card, ...) passes, so ``--resume`` works."""
+    out_dir = Path(out_dir)
+    foreign = foreign_run_files(out_dir)
+    if foreign and foreign[0] == out_dir:
+        raise TrainingError(f"{printable(out_dir)}: exists and is not a directory")
+    if foreign and foreign[0] == out_dir / MODEL_DIR_NAME:
+        raise TrainingError(f"{printable(foreign[0])}: exists and is not a directory; the run exports its model there")
+    if foreign and not force:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise TrainingError(f"{printable(foreign[0])}{more}: exists and was not written by mttag; refusing to "
+                            "replace it (add --force to replace it, or choose another OUT_DIR)")
 
 
 def _run_settings(out_dir: Path) -> str:
@@ -341,6 +451,7 @@ def train(
     unlabeled: PreparedDataset | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Train a model; returns the exported best model directory (``OUT/model``).
 
@@ -350,14 +461,18 @@ def train(
     labels on held-out unlabelled tracks are the validation targets.
 
     ``OUT_DIR/.lock`` is held while the run writes (see :func:`run_lock`): a second run
-    into the same directory is refused with a :class:`TrainingError`.
+    into the same directory is refused with a :class:`TrainingError`. A file in ``OUT_DIR``
+    that mttag did not write (see :func:`check_run_dir`) is refused before anything is
+    written, unless ``force``.
     """
     with contextlib.ExitStack() as stack:
-        return _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch)
+        return _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch, force)
 
 
-def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch) -> Path:
+def _train(stack, dataset, out_dir, config, resume, unlabeled, on_step, on_epoch, force=False) -> Path:
+    check_run_dir(out_dir, force)  # before the teacher and the data are loaded
     run = _setup(dataset, Path(out_dir), config, unlabeled)
+    run.force = force
     progress = _open_run_dir(stack, run, resume)
     if progress is None:
         return run.out_dir / MODEL_DIR_NAME  # this run already ended (early stopping or max epochs)
@@ -412,6 +527,8 @@ class _Run:
     teacher: nn.Module | None
     augment: Callable[[torch.Tensor], torch.Tensor] | None
     plan: _DataPlan
+    dataset_id: dict[str, Any] | None = None  # see dataset_identity(); stored in the checkpoint
+    force: bool = False  # replace files mttag did not write (checked by check_run_dir first)
 
     @property
     def writer(self) -> bool:
@@ -442,7 +559,7 @@ def _setup(dataset, out_dir: Path, config: TrainConfig, unlabeled: PreparedDatas
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(config, out_dir, rank, world, device, amp, model_config, model, ddp_model, optimizer, teacher,
-                augment, plan)
+                augment, plan, dataset_identity(data))
 
 
 def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
@@ -612,6 +729,9 @@ def _open_run_dir(stack: contextlib.ExitStack, run: _Run, resume: bool) -> _Prog
         raise TrainingError(f"{run.out_dir} already holds a run; use --resume to continue it or choose another OUT_DIR")
     else:
         progress = _Progress()
+        if run.writer:  # a log and end mark left by a run killed before its first checkpoint
+            (run.out_dir / LOG_NAME).unlink(missing_ok=True)
+            (run.out_dir / FINISHED_NAME).unlink(missing_ok=True)
     if run.writer:
         (run.out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(run.config), indent=2) + "\n")
     return progress
@@ -640,6 +760,11 @@ def _resume(run: _Run) -> _Progress:
         if saved.get("num_tags") != architecture["num_tags"]:
             raise TrainingError(f"--resume: {ckpt_path} was trained on {saved.get('num_tags')} tags, this dataset has "
                                 f"{architecture['num_tags']}; resume with the run's own dataset")
+        old_tags = saved.get("tags")  # None: a checkpoint of mttag 0.1, which kept the count only
+        if old_tags is not None and list(old_tags) != architecture["tags"]:
+            raise TrainingError(f"--resume: {ckpt_path} {_vocabulary_change(list(old_tags), architecture['tags'])}; "
+                                "its output units belong to the checkpoint's tags: resume with the run's own dataset")
+    _check_same_dataset(ckpt_path, state.get("dataset"), run.dataset_id)
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -655,6 +780,32 @@ def _resume(run: _Run) -> _Progress:
     return _Progress(state["epoch"], state["best_loss"], state["bad_epochs"])
 
 
+def _vocabulary_change(old: list[str], new: list[str]) -> str:
+    """How the dataset's tags differ from the checkpoint's, for a one-line refusal."""
+    if sorted(old) == sorted(new):
+        k = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+        return (f"was trained on the same {len(old)} tags in another order (output {k + 1} is "
+                f"{printable(old[k])!r} there, {printable(new[k])!r} in this dataset)")
+    gone = [t for t in old if t not in new]
+    added = [t for t in new if t not in old]
+    parts = ([f"without {', '.join(map(printable, gone[:3]))}" + (" ..." if len(gone) > 3 else "")] if gone else []) + \
+            ([f"with {', '.join(map(printable, added[:3]))}" + (" ..." if len(added) > 3 else "")] if added else [])
+    return f"was trained on another vocabulary (this dataset's tags: {'; '.join(parts)})"
+
+
+def _check_same_dataset(ckpt_path: Path, saved: Any, now: dict[str, Any] | None) -> None:
+    """A resumed run goes on with the dataset it began with: same tracks, splits and labels."""
+    if not isinstance(saved, dict) or now is None or saved.get("digest") in (None, now["digest"]):
+        return
+    was, here = printable(saved.get("path", "?")), printable(now["path"])
+    if saved.get("tracks") != now["tracks"]:
+        how = f"{was}, {saved.get('tracks', '?')} tracks; {here} has {now['tracks']}"
+    else:
+        how = f"{was}; {here} has as many tracks, but other tracks, splits or labels"
+    raise TrainingError(f"--resume: {ckpt_path} was trained on another dataset ({how}); resume with the run's own "
+                        "dataset, or start a new run in another OUT_DIR")
+
+
 def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
     """Export the model when it is the best yet, log the epoch, and write the checkpoint last:
     a run killed before it repeats the epoch on --resume (and :func:`_trim_log` drops its line)."""
@@ -663,7 +814,10 @@ def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
             metrics = {"valid_loss": result.valid_loss, "epoch": result.epoch}
             metrics.update({k: v for k, v in (("roc_auc", result.roc_auc), ("pr_auc", result.pr_auc)) if v is not None})
             run.model_config.provenance["best_epoch"] = result.epoch
-            save_model(run.model, run.out_dir / MODEL_DIR_NAME, metrics=metrics)
+            try:
+                save_model(run.model, run.out_dir / MODEL_DIR_NAME, metrics=metrics, force=run.force)
+            except ForeignFileError as exc:  # put there during the epoch: check_run_dir saw none
+                raise TrainingError(str(exc)) from None
         with open(run.out_dir / LOG_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(dataclasses.asdict(result)) + "\n")
     rngs = _gather(_rng_state(run.augment), run.world)  # every rank's, so each resumes its own streams
@@ -671,7 +825,7 @@ def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
         checkpoint = {
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": progress.epochs,
             "best_loss": progress.best_loss, "bad_epochs": progress.bad_epochs, "rng": rngs,
-            "architecture": _architecture(run.model_config),
+            "architecture": _architecture(run.model_config), "dataset": run.dataset_id,
         }
         atomic_write(run.out_dir / CHECKPOINT_NAME, lambda p: torch.save(checkpoint, p))
 

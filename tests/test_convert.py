@@ -124,3 +124,63 @@ def test_pickle_with_code_refused(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConversionError, match="not a loadable"):
         convert_checkpoint(tmp_path / "junk.ckpt", tmp_path / "m", ["a"])
+
+
+def test_cli_convert_keeps_files_it_did_not_write(tmp_path):
+    """A folder's own README.md and config.json are never replaced without --force; a model
+    directory mttag wrote is replaced as before."""
+    _authors_checkpoint(tmp_path / "teacher.ckpt")
+    (tmp_path / "tags.txt").write_text("\n".join(f"t{i}" for i in range(N_TAGS)))
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "README.md").write_text("# my project notes\n")
+    (folder / "config.json").write_text('{"editor": "vim"}\n')
+    args = ["convert", str(tmp_path / "teacher.ckpt"), str(folder), "--tags", str(tmp_path / "tags.txt"), "--heads", "4"]
+    runner = CliRunner()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert "config.json" in res.output and "--force" in res.output and "not written by mttag" in res.output
+    assert (folder / "README.md").read_text() == "# my project notes\n"
+    assert (folder / "config.json").read_text() == '{"editor": "vim"}\n'
+    assert not (folder / "model.safetensors").exists()
+    # only the README in the way: named alone
+    (folder / "config.json").unlink()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "README.md" in res.output and "(and" not in res.output, res.output
+    assert (folder / "README.md").read_text() == "# my project notes\n"
+    # mttag's own model directory is replaced without --force (converting again)
+    mine = tmp_path / "mine"
+    assert runner.invoke(app, [*args[:2], str(mine), *args[3:]]).exit_code == 0
+    res = runner.invoke(app, [*args[:2], str(mine), *args[3:]])
+    assert res.exit_code == 0, res.output
+    # --force replaces the foreign files
+    res = runner.invoke(app, args + ["--force"])
+    assert res.exit_code == 0, res.output
+    assert load_model(folder).config.tags[0] == "t0" and "library_name: mttag" in (folder / "README.md").read_text()
+
+
+def test_save_model_refuses_foreign_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from mttag.modelfile import ForeignFileError, save_model
+    from mttag.models import build_model, make_config
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    save_file({"x": torch.zeros(2)}, folder / "model.safetensors")  # someone else's weights, no config beside
+    model = build_model(make_config("transformer", ["a", "b"], "tiny"))
+    with pytest.raises(ForeignFileError, match="model.safetensors"):
+        save_model(model, folder)
+    assert list(load_file_keys(folder / "model.safetensors")) == ["x"]
+    save_model(model, folder, force=True)
+    assert load_model(folder).config.tags == ["a", "b"]
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(ForeignFileError, match="not a folder"):
+        save_model(model, tmp_path / "f", force=True)
+
+
+def load_file_keys(path):
+    from safetensors.torch import load_file
+
+    return load_file(path).keys()

@@ -113,3 +113,58 @@ def test_a_refused_plot_leaves_no_lock_or_undo_log_behind(songs, tiny_model_dir,
     result = tag(songs, "--model", tiny_model_dir, "-o", out, "--plot", tmp_path / "x.png", "--write")
     assert result.exit_code == 2 and "one track" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no results, no undo log
+
+
+def test_plot_keeps_a_png_it_did_not_draw_and_names_what_it_wrote(songs, tiny_model_dir, tmp_path):
+    """--plot follows -o's rule: a PNG that is not mttag's taggram (a holiday photo) is kept
+    unless --force, one line naming it; mttag's own taggram is replaced; the summary names the file."""
+    pytest.importorskip("matplotlib")
+    photo = tmp_path / "holiday.png"
+    import matplotlib.pyplot as plt
+
+    plt.imsave(photo, np.linspace(0, 1, 64).reshape(8, 8))
+    original = photo.read_bytes()
+    result = tag(songs / "a song.wav", "--model", tiny_model_dir, "--plot", photo)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "holiday.png: exists and is not a taggram mttag drew" in result.stderr and "--force" in result.stderr
+    assert photo.read_bytes() == original
+    # a folder of plots: the one foreign PNG stops the run before any tagging
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    (folder / "b song.flac.png").write_bytes(original)
+    result = tag(songs, "--model", tiny_model_dir, "--plot", folder, "-q")
+    assert result.exit_code == 2 and "b song.flac.png" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["b song.flac.png"]
+    # --force replaces it, and the summary names the PNG
+    result = tag(songs / "a song.wav", "--model", tiny_model_dir, "--plot", photo, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert photo.read_bytes() != original and png_size(photo) == (1200, 600)
+    assert f"taggram in {photo}" in " ".join(result.stderr.split())
+    # now mttag's own: replaced again without --force
+    result = tag(songs / "a song.wav", "--model", tiny_model_dir, "--plot", photo)
+    assert result.exit_code == 0, result.stderr
+    result = tag(songs, "--model", tiny_model_dir, "--plot", folder, "--force")
+    assert result.exit_code == 0, result.stderr
+    assert f"2 taggrams in {folder}" in " ".join(result.stderr.split())
+
+
+def test_plot_colour_scale_fits_the_scores(tmp_path):
+    """Scores that sit in 0.1-0.4 (musicnn's) span the whole colour map, up to its brightest
+    colour, instead of its dark lower part; the colour bar says the scale is the track's."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from mttag.plot import colour_range, plot_taggram
+    from mttag.tagging import TagResult
+
+    probs = np.random.default_rng(0).uniform(0.1, 0.4, (10, 6)).astype(np.float32)
+    result = TagResult("song.wav", window_times=[(1.5 * i, 1.5 * (i + 1)) for i in range(10)],
+                       window_probabilities=probs, tag_names=list("abcdef"), model="musicnn")
+    png = plot_taggram(result, tmp_path / "t.png")
+    assert colour_range(probs) == (pytest.approx(probs.min()), pytest.approx(probs.max()))
+    pixels = matplotlib.image.imread(png)[:, :1000, :3]  # the taggram, left of the colour bar
+    # magma's top colour, pale yellow (0.99, 0.99, 0.75), fills the top-scoring cell (~100 × 80
+    # pixels); on a fixed 0-1 scale 0.4 is magenta (0.72, 0.21, 0.47) and nothing is near the top
+    top = np.array(matplotlib.colormaps["magma"](1.0)[:3])
+    assert (np.abs(pixels - top).max(axis=2) < 0.04).sum() > 2000
+    assert colour_range(np.full((3, 2), 0.3)) == pytest.approx((0.25, 0.35))

@@ -254,6 +254,78 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
     assert (out / "model" / "model.safetensors").exists()
 
 
+def _ddp_rank(rank, port, dataset, out, result):
+    """One of two gloo ranks (torch.multiprocessing): the project's own set-up (process group,
+    DistributedDataParallel, sharded sampler) and one training step, then the same step from
+    the same weights, batch and random state without DDP, i.e. without the all-reduce."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    import mttag.training as training
+
+    cfg = _config(max_epochs=1, steps_per_epoch=1, batch_size=4, lr=1e-2)
+    run = training._setup(dataset, out, cfg, None)
+    assert dist.is_initialized() and dist.get_world_size() == 2 and run.rank == rank
+    sampler = run.plan.labeled.sampler
+    sampler.set_epoch(0)
+    tracks = run.plan.labeled.dataset.indices[list(sampler)].tolist()  # the dataset's track numbers
+    start = {k: v.clone() for k, v in run.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    training._train_epoch(run, 0, None)
+    with_ddp = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    run.model.load_state_dict(start)
+    torch.set_rng_state(rng)
+    run.optimizer = torch.optim.Adam(run.model.parameters(), lr=cfg.lr)
+    run.ddp_model = run.model
+    training._train_epoch(run, 0, None)
+    alone = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    torch.save({"tracks": tracks, "ddp": with_ddp, "alone": alone,
+                "start": {k: start[k] for k in with_ddp}}, os.path.join(result, f"{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_ranks_train_disjoint_shards_and_all_reduce_gradients(dataset, tmp_path):
+    """Two gloo ranks on 127.0.0.1: their shards of an epoch are disjoint, and after one step
+    their weights are equal (the gradients were averaged) and differ from what each rank's
+    own gradient alone gives. Fails if the process group is not set up, if both ranks draw
+    the same shard, or if the model is not wrapped for the all-reduce."""
+    import torch.multiprocessing as mp
+
+    result = tmp_path / "ranks"
+    result.mkdir()
+    from mttag.models import build_model, make_config
+
+    # fork where there is one, after building the model and its optimiser once here: the ranks
+    # then start at once, without importing torch, librosa's mel filters (numba) and
+    # torch._dynamo (the first Adam) again, seconds each
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    torch.optim.Adam(build_model(make_config("transformer", TAGS, "tiny", 1.0, **SMALL)).parameters())
+    mp.start_processes(_ddp_rank, args=(_free_port(), str(dataset), str(tmp_path / "run"), str(result)), nprocs=2,
+                       join=True, start_method=method)
+    r0, r1 = (torch.load(result / f"{r}.pt", weights_only=True) for r in (0, 1))
+    train_tracks = set(PreparedDataset(dataset).split("train").tolist())
+    assert len(r0["tracks"]) == len(r1["tracks"]) == 4
+    assert set(r0["tracks"]).isdisjoint(r1["tracks"]) and set(r0["tracks"]) | set(r1["tracks"]) <= train_tracks
+    names = list(r0["ddp"])
+    assert all(torch.equal(r0["start"][k], r1["start"][k]) for k in names)  # rank 0's weights broadcast
+    assert all(torch.allclose(r0["ddp"][k], r1["ddp"][k], rtol=0, atol=1e-7) for k in names)
+    assert max((r0["ddp"][k] - r0["start"][k]).abs().max().item() for k in names) > 1e-3  # a step was taken
+    for r in (r0, r1):  # each rank's own gradient leads elsewhere: the averaged one was applied
+        assert max((r["ddp"][k] - r["alone"][k]).abs().max().item() for k in names) > 1e-3
+    assert max((r0["alone"][k] - r1["alone"][k]).abs().max().item() for k in names) > 1e-3
+
+
 def _write_json(path, obj):
     path.write_text(json.dumps(obj))
     return str(path)
@@ -447,3 +519,106 @@ def test_param_option_changes_the_architecture_and_is_checked(dataset, teacher_d
         assert res.exit_code == 0, res.output
         got = load_model(tmp_path / name / "model").config.params
         assert {k: got[k] for k in want} == want
+
+
+QUICK = ["--preset", "tiny", "--crop-seconds", "1", "--max-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4",
+         "--eval-chunks", "1", "--workers", "0", "--device", "cpu", "--no-augment", "--quiet"]
+
+
+def test_train_and_distill_keep_files_they_did_not_write(dataset, teacher_dir, tmp_path):
+    """A folder's own model/README.md and metrics.jsonl are neither replaced nor appended to
+    without --force: one line names the file, before anything is written."""
+    folder = tmp_path / "notes"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "README.md").write_text("# my model notes\n")
+    (folder / "metrics.jsonl").write_text('{"run": "mine"}\n')
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    model_dir, _ = teacher_dir
+    for args in (["train", str(dataset), str(folder), *QUICK],
+                 ["distill", str(dataset), str(folder), "--teacher", str(model_dir), "--student", "tiny", *QUICK[2:]]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "--force" in res.output
+        assert "metrics.jsonl (and 1 more): exists and was not written by mttag" in res.output
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before  # no lock, no checkpoint
+        assert (folder / "metrics.jsonl").read_text() == '{"run": "mine"}\n'
+    (folder / "metrics.jsonl").unlink()
+    res = CliRunner().invoke(app, ["train", str(dataset), str(folder), *QUICK])
+    assert res.exit_code == 2 and f"{folder / 'model' / 'README.md'}: exists" in res.output, res.output
+    with pytest.raises(TrainingError, match="README.md: exists and was not written by mttag"):
+        train(dataset, folder, _config(max_epochs=1, steps_per_epoch=1))
+    assert (folder / "model" / "README.md").read_text() == "# my model notes\n"
+    # --force replaces them; the log holds this run's epochs only
+    (folder / "metrics.jsonl").write_text('{"run": "mine"}\n')
+    res = CliRunner().invoke(app, ["train", str(dataset), str(folder), *QUICK, "--force"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["epoch"] for x in (folder / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert "library_name: mttag" in (folder / "model" / "README.md").read_text()
+    # the folder is mttag's now: --resume (and a later run's lock) find only mttag's files
+    (folder / "finished.json").unlink()
+    res = CliRunner().invoke(app, ["train", str(dataset), str(folder), *QUICK, "--max-epochs", "2", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["epoch"] for x in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_fresh_run_starts_its_own_log(dataset, tmp_path):
+    """A run killed before its first checkpoint leaves an epoch line: the next run into the
+    folder starts the log again rather than appending a second epoch 1."""
+    run = tmp_path / "r"
+    train(dataset, run, _config(max_epochs=1, steps_per_epoch=1))
+    (run / "checkpoint.pt").unlink()
+    (run / "finished.json").unlink()
+    train(dataset, run, _config(max_epochs=1, steps_per_epoch=1))
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def _prepare_like(dataset, out, vocab, keep=lambda i: True):
+    """The dataset's tracks (those ``keep`` accepts), prepared again with ``vocab``'s order."""
+    data = PreparedDataset(dataset)
+    specs = []
+    for i in range(len(data)):
+        info = data.track_info(i)
+        if keep(i):
+            specs.append(TrackSpec(path=info.file, tags=None if info.split == "unlabeled" else list(info.tags),
+                                   group=f"g{i}", split=info.split))
+    prepare_dataset(specs, out, min_count=1, workers=1, tags_vocab=vocab)
+    return out
+
+
+def test_resume_refuses_another_vocabulary_order_or_dataset(dataset, tmp_path):
+    """The checkpoint keeps its tags in order and its dataset's identity: the same tags in
+    another order, or other tracks, are refused in one line instead of training output units
+    on the wrong tags."""
+    run = tmp_path / "r"
+    train(dataset, run, _config(max_epochs=1, steps_per_epoch=1))
+    (run / "finished.json").unlink()
+    reordered = _prepare_like(dataset, tmp_path / "reordered", ["noisy", "high", "low"], keep=lambda i: i < 60)
+    assert sorted(PreparedDataset(reordered).tags) == sorted(TAGS)
+    with pytest.raises(TrainingError, match=r"same 3 tags in another order \(output 1 is 'low' there, 'noisy'"):
+        train(reordered, run, _config(max_epochs=2, steps_per_epoch=1), resume=True)
+    fewer = _prepare_like(dataset, tmp_path / "fewer", TAGS, keep=lambda i: i % 10 != 3)
+    res = CliRunner().invoke(app, ["train", str(fewer), str(run), *QUICK, "--max-epochs", "2", "--resume",
+                                   "--param", "conv_channels=8", "--param", "dim=32", "--batch-size", "8"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "was trained on another dataset" in res.output and "120 tracks" in res.output and "has 108" in res.output
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    # the same tracks prepared again (another folder, same content) are the same dataset
+    again = _prepare_like(dataset, tmp_path / "again", TAGS)
+    train(again, run, _config(max_epochs=2, steps_per_epoch=1), resume=True)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_help_lists_every_preset_and_opens_with_an_example():
+    """Every preset --preset/--student accepts is in the help, from the presets themselves;
+    `train --help` shows an example before its 40 options."""
+    from mttag.models.params import PRESETS
+
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for arch in ("transformer", "resnet"):
+        assert f"--arch {arch}: {', '.join(PRESETS[arch])}" in text
+    assert "large" in PRESETS["transformer"]
+    assert -1 < text.find("Example: mttag train ") < text.find("Arguments")
+    res = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "400"})
+    assert f"{', '.join(PRESETS['transformer'])} (the Transformer's presets)" in " ".join(res.output.split())

@@ -10,12 +10,13 @@ import typer
 
 from typer.core import TyperCommand
 
+from ..models.params import preset_names
 from ._common import app, fail, model_param_overrides, usage_error
 from .train import _epoch_over, check_device, check_precision, make_config, option, run_rounds
 
 
 def student_settings(student: str) -> tuple[str, dict | None]:
-    """(preset, full config dict or None) for --student small|teacher|large|tiny|CONFIG.json."""
+    """(preset, full config dict or None) for --student PRESET (a Transformer preset) or CONFIG.json."""
     if student.endswith(".json"):
         try:
             cfg = json.loads(Path(student).read_text(encoding="utf-8"))
@@ -47,7 +48,7 @@ def distill(
     first: Optional[Path] = typer.Argument(None, metavar="DATASET", show_default=False, help="A dataset made by `mttag prepare`. Optional: without one, the student learns from --unlabeled audio and the teacher's labels only."),
     second: Optional[Path] = typer.Argument(None, metavar="OUT_DIR", show_default=False, help="Required. Run directory: checkpoint, metrics.jsonl and the student in OUT_DIR/model."),
     teacher: str = typer.Option(..., "--teacher", help="Trained model: directory, registered name (e.g. msd-musicnn) or Hub id."),
-    student: str = typer.Option("small", "--student", help="small, teacher, large, tiny, or a CONFIG.json for a custom student."),
+    student: str = typer.Option("small", "--student", help=f"{', '.join(preset_names('transformer'))} (the Transformer's presets), or a CONFIG.json for a custom student."),
     param: Optional[List[str]] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Change one parameter of the student (repeatable), e.g. --param depth=2; applies to a preset or a CONFIG.json."),
     unlabeled: Optional[List[Path]] = option("unlabeled"),
     rounds: int = option("rounds"),
@@ -69,6 +70,7 @@ def distill(
     seed: int = option("seed"),
     resume: bool = option("resume"),
     quiet: bool = option("quiet"),
+    force: bool = option("force"),
 ) -> None:
     """Knowledge distillation: a student learns from labelled data plus the teacher's soft labels on augmented unlabelled audio."""
     if first is None:
@@ -91,4 +93,4 @@ def distill(
                       lr=lr, max_epochs=max_epochs, patience=patience, steps_per_epoch=steps_per_epoch, epoch_over=_epoch_over(epoch_over),
                       eval_chunks=eval_chunks, unlabeled_fraction=unlabeled_fraction, pseudo_weight=pseudo_weight,
                       device=device, workers=workers, seed=seed, precision=check_precision(precision, device, quiet))
-    run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)
+    run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet, force)

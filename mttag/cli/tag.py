@@ -52,7 +52,7 @@ def tag(
     layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag), wide (one column per tag of the model) or timeline (one per window and tag, as --timeline gives)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv, tsv, json, jsonl or parquet; the file says which; with --engine ray: the tracks already in the dataset)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --output file that mttag did not write."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --output file, or --plot PNG, that mttag did not write."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), where it is about 1.8x faster for the Transformers and 1.5-1.7x for musicnn, probabilities moving by up to ~0.01; bf16 on CUDA except for musicnn; float32 elsewhere), fp32 (the original musicnn's numbers on any machine), or bf16."),
@@ -61,7 +61,7 @@ def tag(
     write: bool = typer.Option(False, "--write", help="Also write the tags into the audio files (genre, mood and an MTTAG field; added to what is there), verified and atomic, with an undo log. Full control: mttag write RESULTS."),
     undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="With --write: where to record the previous values (default: mttag-undo-TIME.jsonl beside --output, else here)."),
     timeline: bool = typer.Option(False, "--timeline", help="Also give each window's tags with its start and end time (csv/tsv: one row per window and tag)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\")."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw each track's taggram as a PNG: FILE.png for one track, else a folder (needs: pip install \"mttag\\[plot]\"). An existing PNG is replaced only if mttag drew it (else --force)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings or summary."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per track: windows, decoding time and model time (on stderr)."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local (this machine) or ray (a Ray cluster: PATHS may be folders, manifests (.txt/.csv/.parquet lists of paths) or s3:// gs:// URIs; --output is a Parquet dataset folder or URI). See docs/scale.md."),
@@ -102,6 +102,10 @@ def tag(
                f"{ran_on(summary.device, summary.precision)} with {summary.model}")
         if output is not None:
             msg += f"; results in {printable(output)}"
+        if plot is not None:
+            plots = summary.plots
+            msg += (f"; taggram in {printable(plots[0])}" if len(plots) == 1 and plot.suffix.lower() == ".png"
+                    else f"; {len(plots)} taggram{'s' if len(plots) != 1 else ''} in {printable(plot)}")
         console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
         if write:
             parts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing written"

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import typer
 
+from ..models.params import preset_names
 from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fail, model_param_overrides, one_line,
                       sigterm_as_interrupt, warn_if_bf16_is_emulated)
 
@@ -18,6 +19,11 @@ from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fai
 class Arch(str, Enum):
     transformer = "transformer"
     resnet = "resnet"
+
+
+# From the presets themselves (torch-free), so the help lists every preset --preset accepts.
+PRESET_HELP = "; ".join(f"--arch {a.value}: {', '.join(preset_names(a.value))}" for a in Arch) + \
+    " (tiny: a few 100 k parameters, for CPU; the sizes: docs/training.md)."
 
 
 class RunClock:
@@ -60,7 +66,7 @@ def clock_text(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
+def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet, force=False):
     """Shared by ``train`` and ``distill``: open data, run, print progress and a summary."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
@@ -110,7 +116,8 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
             # workers take a while before the first step
             task = progress.add_task("starting: loading the data and the model", total=None, status="",
                                      run_left=clock_text(None))
-            best = train(data, out_dir, cfg, resume=resume, unlabeled=unlabeled, on_step=on_step, on_epoch=on_epoch)
+            best = train(data, out_dir, cfg, resume=resume, unlabeled=unlabeled, on_step=on_step, on_epoch=on_epoch,
+                         force=force)
     except (TrainingError, ModelLoadError, ValueError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
@@ -125,15 +132,17 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet):
             console.print("no epoch finished; nothing exported")
 
 
-def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled, quiet: bool) -> None:
+def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled, quiet: bool,
+               force: bool = False) -> None:
     """Each round's student becomes the next round's teacher; every round keeps its own
     run directory (``OUT/round1``, ...) so all of them are exported and resumable.
 
     OUT_DIR is locked for the whole run (one writer per directory; under torchrun, rank 0
-    holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable."""
+    holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable. A file in a run
+    directory that mttag did not write is refused before anything is created, unless ``force``."""
     from ..dataset import PreparedDataset
     from ..fileio import LockedError
-    from ..training import run_lock
+    from ..training import TrainingError, check_run_dir, run_lock
 
     if dataset is not None:  # before OUT_DIR is created
         try:
@@ -142,6 +151,11 @@ def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled
             fail(str(exc))
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out_dir}: exists and is not a directory")
+    try:
+        for run_dir in [out_dir] if rounds == 1 else [out_dir / f"round{k}" for k in range(1, rounds + 1)]:
+            check_run_dir(run_dir, force)
+    except TrainingError as exc:
+        fail(str(exc))
     with contextlib.ExitStack() as stack:
         if int(os.environ.get("RANK", "0")) == 0:
             try:
@@ -157,7 +171,7 @@ def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled
                 console.print(f"[bold]round {k}/{rounds}[/]: teacher {one_line(cfg.teacher)}", highlight=False,
                               soft_wrap=True)
             # with --resume, finished rounds return at once and a round not yet begun starts fresh
-            run_training(dataset, run_dir, cfg, resume and (run_dir / "checkpoint.pt").exists(), unlabeled, quiet)
+            run_training(dataset, run_dir, cfg, resume and (run_dir / "checkpoint.pt").exists(), unlabeled, quiet, force)
             cfg.teacher = str(run_dir / "model")
 
 
@@ -225,6 +239,7 @@ _SHARED_OPTIONS: dict[str, tuple[Any, tuple[str, ...], dict[str, Any]]] = {
     "seed": (0, ("--seed",), dict(help="Seed of model initialisation, crops and augmentation.")),
     "resume": (False, ("--resume",), dict(help="Continue the run in OUT_DIR from its last checkpoint.")),
     "quiet": (False, ("--quiet", "-q"), dict(help="Print nothing but errors: no progress, no epoch lines.")),
+    "force": (False, ("--force",), dict(help="Replace files in OUT_DIR that mttag did not write (train_config.json, metrics.jsonl, finished.json, model/config.json, model/README.md, model/model.safetensors); without it such a file stops the run before it starts.")),
 }
 
 
@@ -262,7 +277,7 @@ def train(
     dataset: Path = typer.Argument(..., help="A dataset made by `mttag prepare`."),
     out_dir: Path = typer.Argument(..., help="Run directory: checkpoint, metrics.jsonl and the best model in OUT_DIR/model."),
     arch: Arch = typer.Option(Arch.transformer, "--arch", help="Model architecture."),
-    preset: str = typer.Option("teacher", "--preset", help="teacher, small or tiny (a few 100 k parameters, for CPU)."),
+    preset: str = typer.Option("teacher", "--preset", help=PRESET_HELP),
     param: Optional[list[str]] = typer.Option(None, "--param", metavar="KEY=VALUE", help="Change one architecture parameter of the preset (repeatable), e.g. --param depth=6 --param n_mels=96 (the parameters: docs/training.md)."),
     split: Optional[str] = typer.Option(None, "--split", help="'cals': check the dataset was prepared from the CALS split."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Knowledge expansion: a trained model that labels the unlabelled tracks."),
@@ -286,8 +301,16 @@ def train(
     seed: int = option("seed"),
     resume: bool = option("resume"),
     quiet: bool = option("quiet"),
+    force: bool = option("force"),
 ) -> None:
-    """Train a tagging model on a prepared dataset (Adam, BCE, random crops, the paper's recipe)."""
+    """Train a tagging model on a prepared dataset (Adam, BCE, random crops, the paper's recipe).
+
+    Example: [bold]mttag train ./cals-ds runs/teacher --preset teacher[/] trains the paper's teacher (on a GPU;
+    days on a CPU); [bold]--preset tiny --crop-seconds 3 --max-epochs 20[/] gives a quick model on a CPU.
+    Stopped (Ctrl+C, a crash)? The same command plus [bold]--resume[/] goes on from the last epoch.
+
+    Knowledge expansion: [bold]mttag train ./cals-ds runs/student --teacher runs/teacher/model --unlabeled ~/Music[/].
+    """
     if split is not None:
         _check_split(dataset, split)
     check_preset(arch.value, preset)
@@ -303,7 +326,7 @@ def train(
                       seed=seed, precision=check_precision(precision, device, quiet))
     if rounds > 1 and not teacher:
         fail("--rounds needs --teacher")
-    run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet)
+    run_rounds(dataset, out_dir, cfg, rounds, resume, unlabeled, quiet, force)
 
 
 def _check_split(dataset: Path, split: str) -> None:

@@ -75,6 +75,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)  # outcomes by status (write; tag --write)
     undo_log: Path | None = None
     stored: int | None = None  # items the output holds after the run (embed's index)
+    plots: list[Path] = field(default_factory=list)  # taggrams written (tag --plot)
     problems: list[str] = field(default_factory=list)  # errors about the run itself, not an item (one line each)
 
 

@@ -79,6 +79,7 @@ class _TagRun:
         self.fmt, self.layout, self.timeline = req.format, req.layout, req.timeline
         self.target = self.tag_writer = self.writer = self.plot_path = None
         self.kept: list[dict] = []
+        self.plots: list[Path] = []  # the taggrams written, for the summary
 
     def prepare(self) -> None:
         req = self.req
@@ -121,8 +122,8 @@ class _TagRun:
         self.n_windows = "auto" if req.windows == "auto" else parse_windows(req.windows)
         if req.resume and req.output is None:
             raise RunError("--resume needs --output FILE")
-        if req.force and req.output is None:
-            raise RunError("--force is about replacing an --output FILE; there is none")
+        if req.force and req.output is None and req.plot is None:
+            raise RunError("--force is about replacing an --output FILE or --plot images; there are none")
         if req.undo_log is not None and not req.write:
             raise RunError("--undo-log needs --write")
         if req.precision not in ("auto", "fp32", "bf16"):
@@ -167,7 +168,7 @@ class _TagRun:
 
         try:
             _pyplot()
-            self.plot_path = _plot_target(self.req.plot, self.files)
+            self.plot_path = _plot_target(self.req.plot, self.files, self.req.force)
         except (PlotUnavailable, ValueError) as exc:
             raise RunError(str(exc)) from None
 
@@ -224,7 +225,7 @@ class _TagRun:
                         keep_windows=self.timeline or req.plot is not None, precision=req.precision)
         top_k = None if req.all_tags or self.layout == "wide" else req.top  # wide: a column for every tag
         summary = RunSummary("tag", device=self.dev.type, precision=tagger.precision, model=self.model_name,
-                             output=req.output)
+                             output=req.output, plots=self.plots)
         self.decoder = DecoderMessages()
         write_error: OSError | None = None
         try:
@@ -268,6 +269,7 @@ class _TagRun:
             png = self.plot_path(result.path)
             try:
                 plot_taggram(result, png)
+                self.plots.append(png)
             except (OSError, ValueError) as exc:
                 self.events.warning(str(png), f"cannot write the plot ({printable(exc)})")
         chatter = self.decoder.pop(result.path)
@@ -337,23 +339,38 @@ class _FileTagWriter:
             self._lock = None
 
 
-def _plot_target(plot: Path, files: list[Path]):
+def _plot_target(plot: Path, files: list[Path], force: bool = False):
     """Where each track's taggram goes: ``--plot x.png`` for a single track, else one
     ``NAME.png`` per track in the folder ``--plot`` names (tracks with the same name in
-    different folders get the folder's name too)."""
+    different folders get the folder's name too). Like ``-o``, an existing file there is
+    replaced only if it is a taggram mttag drew, or with ``force``: checked for every track
+    before the run, so that a refusal comes before any tagging."""
+    from ..plot import is_taggram
+
     if plot.suffix.lower() == ".png":
         if len(files) != 1:
             raise ValueError(f"--plot {printable(plot)}: a .png file takes one track, not {len(files)}; give a folder instead")
-        return lambda path: plot
-    if plot.exists() and not plot.is_dir():
-        raise ValueError(f"--plot {printable(plot)}: not a folder")
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[f.name] = counts.get(f.name, 0) + 1
 
-    def target(path: str) -> Path:
-        p = Path(path)
-        name = p.name if counts.get(p.name, 0) <= 1 else f"{p.parent.name} - {p.name}"
-        return plot / f"{name}.png"
+        def target(path: str) -> Path:
+            return plot
+    else:
+        if plot.exists() and not plot.is_dir():
+            raise ValueError(f"--plot {printable(plot)}: not a folder")
+        counts: dict[str, int] = {}
+        for f in files:
+            counts[f.name] = counts.get(f.name, 0) + 1
 
+        def target(path: str) -> Path:
+            p = Path(path)
+            name = p.name if counts.get(p.name, 0) <= 1 else f"{p.parent.name} - {p.name}"
+            return plot / f"{name}.png"
+
+    existing = [t for t in (target(str(f)) for f in files) if os.path.lexists(t)]
+    if any(t.is_dir() for t in existing):
+        raise ValueError(f"--plot {printable(next(t for t in existing if t.is_dir()))}: is a folder, not a PNG")
+    foreign = [t for t in existing if not is_taggram(t)]
+    if foreign and not force:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ValueError(f"--plot {printable(foreign[0])}{more}: exists and is not a taggram mttag drew; "
+                         "refusing to replace it (add --force to replace it)")
     return target
