@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -28,9 +29,57 @@ def model_reference(name: str | None, net) -> str:
     return name
 
 
+class Ann(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def _build_ann(output: Path, ann: Ann, quiet: bool) -> int:
+    """Build or update the index's ANN file (mttag.ann) after embedding; the exit code it adds."""
+    from .. import ann as ann_mod
+    from ..embedding import EmbeddingIndex, EmbeddingIndexError
+
+    if ann is Ann.off:
+        return EXIT_OK
+    if ann is Ann.auto:
+        try:  # only a large index, or one that has an ANN file to keep up to date
+            n = len(EmbeddingIndex(output, ann="off"))
+        except EmbeddingIndexError:
+            return EXIT_OK
+        has_file = ann_mod.read_meta(Path(output)) is not None
+        if n < ann_mod.AUTO_MIN_TRACKS and not has_file:
+            return EXIT_OK
+        if not ann_mod.available():
+            if not quiet:
+                warn(f"{printable(output)} holds {n} tracks: mttag similar would be faster with an ANN file, "
+                     f"but {ann_mod.MISSING}" if not has_file else
+                     f"{printable(output)}: its ANN file is not updated: {ann_mod.MISSING}")
+            return EXIT_OK
+    start = time.perf_counter()
+    try:
+        with sigterm_as_interrupt():
+            result = ann_mod.build(output)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] the ANN file was not written; the index is complete "
+                      "(mttag similar searches it exactly)", highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except ann_mod.AnnError as exc:
+        warn(f"ANN file not built: {exc}")
+        return EXIT_SOME_FAILED if ann is Ann.on else EXIT_OK
+    if not quiet:
+        if result is None:
+            console.print(f"ANN file: up to date", highlight=False)
+        else:
+            console.print(f"ANN file: {'built over' if result.rebuilt else f'{result.added} tracks added,'} "
+                          f"{result.count} tracks in {time.perf_counter() - start:.1f} s "
+                          f"({result.bytes / 1e6:.1f} MB)", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
 @app.command()
 def embed(
-    paths: List[Path] = typer.Argument(..., help="Audio files and/or folders (searched recursively)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Audio files and/or folders (searched recursively). None with --ann on: only build the ANN file of the --output index."),
     output: Path = typer.Option(..., "--output", "-o", help="The index folder to write (created; e.g. library.mttag)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name or Hub id. Default: with --resume the index's model, else as mttag tag."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing index, skipping the tracks already in it."),
@@ -39,6 +88,7 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help=f"Windows pooled per track, spread evenly over the track's consecutive windows, or 'all'. Default: with --resume as the index was made, else {DEFAULT_WINDOWS}."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    ann: Ann = typer.Option(Ann.auto, "--ann", help="Build or update the index's ANN file for fast mttag similar at scale (pip install 'mttag[ann]'): auto (from 200,000 tracks, or if the index has one), on, or off."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
 
@@ -50,6 +100,16 @@ def embed(
     from ..embedding import Embedder, EmbeddingIndexError, IndexWriter, read_manifest
     from ..output import path_key
 
+    if ann is Ann.on:
+        from ..ann import MISSING, available
+
+        if not available():
+            fail(f"--ann on: {MISSING}")
+    if not paths:
+        if ann is not Ann.on:
+            fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
+                 "see 'mttag embed --help'")
+        raise typer.Exit(_build_ann(output, ann, quiet))
     n_windows = parse_windows(windows) if windows is not None else DEFAULT_WINDOWS
     if resume and force:
         fail("--resume adds to an index, --force starts it over: choose one")
@@ -146,4 +206,5 @@ def embed(
         console.print(("[yellow]interrupted:[/] " if interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+    code = _build_ann(output, ann, quiet)
+    raise typer.Exit(code if code != EXIT_OK else EXIT_SOME_FAILED if failed else EXIT_OK)

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 # that `mttag --help` (which imports every command module) stays quick.
 
 
+class Ann(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Format(str, Enum):
     table = "table"
     csv = "csv"
@@ -89,6 +95,7 @@ def similar(
     device: str = typer.Option("auto", "--device", "-d", help="For an audio QUERY: auto, cpu, cuda, cuda:N or mps."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help="For an audio QUERY: windows pooled (default: as the index was made)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --playlist file that is not a playlist."),
+    ann: Ann = typer.Option(Ann.auto, "--ann", help="Search through the index's ANN file (built by mttag embed --ann): auto (when the index holds 200,000 tracks or more), on, or off (exact)."),
 ) -> None:
     """List the tracks of an index that sound most like QUERY (cosine similarity of embeddings).
 
@@ -100,9 +107,11 @@ def similar(
     from ..output import display_tag, path_text
 
     try:
-        idx = EmbeddingIndex(index)
+        idx = EmbeddingIndex(index, ann=ann.value)
     except EmbeddingIndexError as exc:
         fail(f"--index {exc}")
+    if idx.ann_note:
+        warn(idx.ann_note)
     if min_duration is not None and max_duration is not None and min_duration > max_duration:
         fail(f"--min-duration {min_duration:g} is longer than --max-duration {max_duration:g}")
     filters = []
