@@ -135,7 +135,8 @@ class AnnSearcher:
         fetch = min(fetch, self.count)
         self.graph.expansion_search = max(EXPANSION_SEARCH, fetch)
         matches = self.graph.search(q, fetch)
-        return np.asarray(matches.keys, dtype=np.int64)
+        # uint64 keys; a slot left unfilled (fewer matches than asked) becomes negative here
+        return np.asarray(matches.keys).astype(np.int64)
 
 
 def open_ann(index: "EmbeddingIndex", mode: str = "auto") -> tuple[AnnSearcher | None, str | None]:
@@ -246,13 +247,15 @@ def build(path: str | os.PathLike, *, rebuild: bool = False, threads: int | None
     ``threads``: default every core. ``lock``: take the index's lock (pass False when the
     caller holds it). ``progress(done,
     total)`` is called after each chunk of rows. Raises :class:`AnnError`."""
-    from .embedding import LOCK, EmbeddingIndex, EmbeddingIndexError
+    from .embedding import LOCK, MANIFEST, EmbeddingIndex, EmbeddingIndexError
 
     path = Path(path)
     if not available():
         raise AnnError(MISSING)
     held = None
     try:
+        if not (path / MANIFEST).is_file():
+            EmbeddingIndex(path, ann="off")  # raises: no such folder, not an index
         if lock:
             held = ExclusiveLock(path / LOCK, f"another mttag embed writing {printable(path)}").acquire()
         index = EmbeddingIndex(path, ann="off")

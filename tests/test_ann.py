@@ -236,4 +236,34 @@ def test_cli_builds_and_uses_it(tmp_path, monkeypatch):
     stale = runner.invoke(app, [*args, "--ann", "on"])
     assert "covers 2000 of 2100 tracks" in stale.output
     result = runner.invoke(app, ["embed", "-o", str(path), "--ann", "on"])
-    assert "ANN file: 100 tracks added, 2100 tracks" in result.output
+    assert "ANN file: 100 added, 2100 tracks" in result.output
+
+
+def test_cli_build_only_names_what_is_wrong(tmp_path, copy):
+    result = runner.invoke(app, ["embed", "-o", str(tmp_path / "nothing.mttag"), "--ann", "on"])
+    assert result.exit_code == 2
+    assert "error: --output" in result.output and "no such index" in result.output
+    with IndexWriter(copy, MODEL, TAGS, 4, resume=True):
+        result = runner.invoke(app, ["embed", "-o", str(copy), "--ann", "on"])
+    assert result.exit_code == 2 and "already running" in result.output
+
+
+def test_embed_builds_it_at_the_end_and_resume_keeps_it_up_to_date(tmp_path, tiny_model_dir):
+    from conftest import synth, write_audio
+
+    music = tmp_path / "music"
+    for i in range(4):
+        write_audio(music / f"{i}.flac", synth(3.0, 22050, 1, "music", freq=220.0 * (i + 1), seed=i), 22050)
+    out = tmp_path / "lib.mttag"
+    first = [str(music / f"{i}.flac") for i in range(3)]
+    result = runner.invoke(app, ["embed", *first, "-o", str(out), "--model", str(tiny_model_dir), "--ann", "on"])
+    assert result.exit_code == 0, result.output
+    assert "ANN file: built over 3 tracks" in result.output
+    # auto, below its size: the existing file is kept up to date all the same
+    result = runner.invoke(app, ["embed", str(music), "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "ANN file: 1 added, 4 tracks" in result.output
+    idx = EmbeddingIndex(out, ann="on")
+    assert idx.ann is not None and idx.ann.count == 4 and idx.ann_note is None
+    result = runner.invoke(app, ["embed", str(music), "-o", str(out), "--resume", "--ann", "off", "-q"])
+    assert result.exit_code == 0 and not result.output

@@ -35,8 +35,9 @@ class Ann(str, Enum):
     off = "off"
 
 
-def _build_ann(output: Path, ann: Ann, quiet: bool) -> int:
-    """Build or update the index's ANN file (mttag.ann) after embedding; the exit code it adds."""
+def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
+    """Build or update the index's ANN file (mttag.ann) after embedding; the exit code it adds.
+    ``only``: nothing was embedded (no PATHS), so a failure is the run's error."""
     from .. import ann as ann_mod
     from ..embedding import EmbeddingIndex, EmbeddingIndexError
 
@@ -65,13 +66,15 @@ def _build_ann(output: Path, ann: Ann, quiet: bool) -> int:
                       "(mttag similar searches it exactly)", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     except ann_mod.AnnError as exc:
+        if only:
+            fail(f"--output {exc}")
         warn(f"ANN file not built: {exc}")
         return EXIT_SOME_FAILED if ann is Ann.on else EXIT_OK
     if not quiet:
         if result is None:
-            console.print(f"ANN file: up to date", highlight=False)
+            console.print("ANN file: up to date", highlight=False)
         else:
-            console.print(f"ANN file: {'built over' if result.rebuilt else f'{result.added} tracks added,'} "
+            console.print(f"ANN file: {'built over' if result.rebuilt else f'{result.added} added,'} "
                           f"{result.count} tracks in {time.perf_counter() - start:.1f} s "
                           f"({result.bytes / 1e6:.1f} MB)", highlight=False, soft_wrap=True)
     return EXIT_OK
@@ -109,7 +112,7 @@ def embed(
         if ann is not Ann.on:
             fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
                  "see 'mttag embed --help'")
-        raise typer.Exit(_build_ann(output, ann, quiet))
+        raise typer.Exit(_build_ann(output, ann, quiet, only=True))
     n_windows = parse_windows(windows) if windows is not None else DEFAULT_WINDOWS
     if resume and force:
         fail("--resume adds to an index, --force starts it over: choose one")
