@@ -58,9 +58,12 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
                      f"{printable(output)}: its ANN file is not updated: {ann_mod.MISSING}")
             return EXIT_OK
     start = time.perf_counter()
+    progress = Progress(TextColumn("ANN file"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, disable=quiet or not console.is_terminal, transient=True)
+    task = progress.add_task("ann", total=None)
     try:
-        with sigterm_as_interrupt():
-            result = ann_mod.build(output)
+        with sigterm_as_interrupt(), progress:
+            result = ann_mod.build(output, progress=lambda done, total: progress.update(task, completed=done, total=total))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] the ANN file was not written; the index is complete "
                       "(mttag similar searches it exactly)", highlight=False, soft_wrap=True)
