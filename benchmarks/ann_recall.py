@@ -139,9 +139,12 @@ def exact_truth(path: Path, queries: int) -> dict:
     return {"truth_s": time.perf_counter() - t}
 
 
-def measure(path: Path, queries: int, exact_queries: int, ef: list[int]) -> dict:
+def measure(path: Path, queries: int, exact_queries: int, ef: list[int], min_fetch: int | None) -> dict:
     from mttag import ann
     from mttag.embedding import EmbeddingIndex
+
+    if min_fetch:
+        ann.MIN_FETCH = min_fetch
 
     out: dict = json.loads(subprocess.run(
         [sys.executable, __file__, "--phase", "truth", "--sizes", path.name[1:-6], "--work", str(path.parent),
@@ -165,7 +168,7 @@ def measure(path: Path, queries: int, exact_queries: int, ef: list[int]) -> dict
                 hits = idx.search(q, 10, **kw)
                 times.append(time.perf_counter() - t)
                 recall.append(len({h.row for h in hits} & set(exact[name][i].tolist())) / 10)
-            out["runs"].append({"expansion_search": e, "filter": name, "recall@10": float(np.mean(recall)),
+            out["runs"].append({"expansion_search": e, "min_fetch": ann.MIN_FETCH, "filter": name, "recall@10": float(np.mean(recall)),
                                 "p50_ms": 1000 * float(np.percentile(times, 50)),
                                 "p95_ms": 1000 * float(np.percentile(times, 95))})
             print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
@@ -188,7 +191,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mttag-ann-bench"))
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--exact-queries", type=int, default=10)
-    ap.add_argument("--ef", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--ef", type=int, nargs="+", default=[128, 256, 512, 1024])
+    ap.add_argument("--min-fetch", type=int, help="Candidates rescored at least (default: mttag.ann.MIN_FETCH).")
     ap.add_argument("--phase", choices=["write", "build", "truth", "measure"], help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="Keep the indexes in --work (default: reuse if present).")
     args = ap.parse_args()
@@ -196,7 +200,7 @@ def main() -> None:
         path = args.work / f"n{args.sizes[0]}.mttag"
         result = {"write": lambda: write(path, args.sizes[0]), "build": lambda: build(path),
                   "truth": lambda: exact_truth(path, args.queries),
-                  "measure": lambda: measure(path, args.queries, args.exact_queries, args.ef)}[args.phase]()
+                  "measure": lambda: measure(path, args.queries, args.exact_queries, args.ef, args.min_fetch)}[args.phase]()
         print(json.dumps(result))
         return
     args.work.mkdir(parents=True, exist_ok=True)
@@ -209,6 +213,8 @@ def main() -> None:
         for phase in phases:
             cmd = [sys.executable, __file__, "--phase", phase, "--sizes", str(n), "--work", str(args.work),
                    "--queries", str(args.queries), "--exact-queries", str(args.exact_queries), "--ef", *map(str, args.ef)]
+            if args.min_fetch:
+                cmd += ["--min-fetch", str(args.min_fetch)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         row["vectors_bytes"] = (path / "vectors.f32").stat().st_size
