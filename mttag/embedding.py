@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .ann import ANN_FILE, ANN_META
+from .ann import ANN_FILE, ANN_META, open_ann
+from .ann import search as ann_search
 from .display import printable
 from .errors import DEFAULT_WINDOWS
 from .fileio import ExclusiveLock, LockedError, atomic_write
@@ -561,8 +562,6 @@ class EmbeddingIndex:
         else:
             self.vectors = np.zeros((0, self.dim), dtype=np.float32)
             self.scores = np.zeros((0, len(self.tags)), dtype=np.float16)
-        from .ann import open_ann
-
         self.ann, self.ann_note = open_ann(self, ann)
 
     def __len__(self) -> int:
@@ -606,8 +605,6 @@ class EmbeddingIndex:
         cand_rows: list[np.ndarray] = []
         start = 0
         if self.ann is not None and not exact:
-            from .ann import search as ann_search
-
             found = ann_search(self, self.ann, q, top, excluded, tags, min_duration, max_duration)
             if found is not None:  # else the filters are too strict for the graph: exact
                 cand_rows.append(found[0])
