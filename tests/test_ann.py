@@ -218,9 +218,11 @@ def test_cli_builds_and_uses_it(tmp_path, monkeypatch):
     assert "ANN file: built over 2000 tracks" in result.output
     assert json.loads((path / ann.ANN_META).read_text())["count"] == 2000
 
+    import mttag.embedding
+
     seen = []
     real = ann.search
-    monkeypatch.setattr(ann, "search", lambda *a, **k: seen.append(1) or real(*a, **k))
+    monkeypatch.setattr(mttag.embedding, "ann_search", lambda *a, **k: seen.append(1) or real(*a, **k))
     args = ["similar", "/music/00042.flac", "-i", str(path), "-k", "5", "-f", "json"]
     on = runner.invoke(app, [*args, "--ann", "on"])
     assert on.exit_code == 0, on.output
