@@ -52,7 +52,7 @@ AUTO_MIN_TRACKS = 200_000
 # the memory of float16, and exact rescoring of the candidates recovers the order int8
 # distances blur; 16 links per node is usearch's default; expansion_add 64 builds ~2x faster
 # than 128. At a million musicnn-like tracks expansion_search 512 finds 94 % of the exact top
-# 10 in ~3 ms (128: 82 %, 1.3 ms; 1024: 95 %, 7 ms): the graph, not the int8 copies, then
+# 10 in 3-6 ms (128: 82 %, 1.3 ms; 1024: 95 %, 7 ms): the graph, not the int8 copies, then
 # bounds recall (rescoring 512 candidates instead of 64 gains nothing).
 DTYPE = "i8"
 CONNECTIVITY = 16
