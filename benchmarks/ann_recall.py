@@ -10,13 +10,19 @@ with the real :func:`mttag.ann.build`, then searched in a fresh process with the
 :class:`mttag.embedding.EmbeddingIndex` (ann="on" and "off"):
 
 * queries: new draws from the same mixture (an audio file not in the index), 200 of them;
-* truth: the exact top 10 of each query (one batched pass over the vectors);
+* truth: the exact top 10 of each query (one batched pass over the vectors, in its own
+  process, so that the measuring one reads only what ANN queries read);
 * recall@10: the share of the exact top 10 that the ANN search returns in its top 10;
-  also under a ``--tag`` filter (probability >= 0.3, ~70 % of tracks pass) plus a duration filter,
+  also under a ``--tag`` filter (probability >= 0.3) plus a duration filter (54 % pass),
   and under a strict tag filter (>= 0.97: 3 % pass), against exact search with those filters;
 * latency: one query at a time (``search(top=10)``: graph, exact rescoring, filters),
-  p50 and p95, after 20 warm-up queries; the exact search's for comparison (fewer queries);
-* memory: the query process's peak resident set; disk: the size of ``ann.usearch``.
+  p50 and p95, after 20 warm-up queries, for each ``--ef`` (expansion_search); the exact
+  search's for comparison (fewer queries);
+* build: seconds and peak resident set; memory when searching: the query process's peak
+  resident set (mapped pages included) and anonymous memory; disk: the size of ``ann.usearch``.
+
+The indexes stay in --work and are reused (``--keep`` also reuses their ANN files, to measure
+other --ef values without building again). Results are in docs/similarity.md.
 
     python benchmarks/ann_recall.py --sizes 1000000 10000000 --work /tmp/ann
     python benchmarks/ann_recall.py --sizes 100000              # a quick run
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
