@@ -13,7 +13,8 @@ The graph only proposes candidates. Their scores are recomputed exactly from ``v
 and the filters of ``mttag similar`` are applied to them, so a listed score is never
 approximate; what the graph can do is miss a track (recall below 1, measured by
 ``benchmarks/ann_recall.py``). When filters leave too few candidates the search asks the
-graph for more, and past :data:`MAX_FETCH` falls back to exact search.
+graph for more, and when that would take more than a graph search is worth (see
+:data:`FETCH_SHARE`) searches exactly.
 
 Both files are written to a temporary name and renamed (``ann.json`` last), under the
 index's lock. An ANN file that covers fewer rows than the index holds (tracks added by
@@ -338,9 +339,3 @@ def _usearch_version() -> str:
     except (ImportError, AttributeError):
         return "unknown"
 
-
-def remove(path: str | os.PathLike) -> None:
-    """Delete the ANN files of an index (the index starts over)."""
-    path = Path(path)
-    for name in (ANN_META, ANN_FILE):
-        (path / name).unlink(missing_ok=True)
