@@ -338,4 +338,3 @@ def _usearch_version() -> str:
         return str(usearch.__version__)
     except (ImportError, AttributeError):
         return "unknown"
-
