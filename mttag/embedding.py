@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .ann import ANN_FILE, ANN_META, open_ann
+from .ann import search as ann_search
 from .display import printable
 from .errors import DEFAULT_WINDOWS
 from .fileio import ExclusiveLock, LockedError, atomic_write
@@ -52,7 +54,7 @@ VECTORS = "vectors.f32"
 SCORES = "scores.f16"
 TRACKS = "tracks.jsonl"
 LOCK = ".lock"
-OWN_FILES = (MANIFEST, VECTORS, SCORES, TRACKS, LOCK)
+OWN_FILES = (MANIFEST, VECTORS, SCORES, TRACKS, LOCK, ANN_FILE, ANN_META)
 POOLING = "mean of the L2-normalised window embeddings, L2-normalised"
 # Finished tracks reach the operating system at once (a killed process loses nothing);
 # fsync, which protects against a power cut, at most this often: it costs milliseconds.
@@ -468,7 +470,7 @@ class IndexWriter:
             else:
                 manifest = None  # --force, or an empty index: written anew below
         if manifest is None:
-            for name in (TRACKS, VECTORS, SCORES, MANIFEST):
+            for name in (ANN_META, ANN_FILE, TRACKS, VECTORS, SCORES, MANIFEST):
                 (path / name).unlink(missing_ok=True)
             for name in (VECTORS, SCORES, TRACKS):
                 (path / name).touch()
@@ -591,9 +593,13 @@ class Hit:
 class EmbeddingIndex:
     """An index opened for searching: the vectors are memory-mapped (not read into memory),
     the track list is read once. Safe to open while a writer appends: it sees the tracks
-    committed when it was opened."""
+    committed when it was opened.
 
-    def __init__(self, path: str | os.PathLike):
+    ``ann``: "auto" (default) searches through the index's ANN file (:mod:`mttag.ann`) when
+    the index is large and the file usable, "on" whenever it is usable, "off" never;
+    :attr:`ann_note` says why one is not used, or covers only part of the index."""
+
+    def __init__(self, path: str | os.PathLike, ann: str = "auto"):
         self.path = Path(path)
         if not self.path.is_dir():
             raise _error(self.path, "no such index (an index is a folder made by mttag embed)"
@@ -623,6 +629,7 @@ class EmbeddingIndex:
         else:
             self.vectors = np.zeros((0, self.dim), dtype=np.float32)
             self.scores = np.zeros((0, len(self.tags)), dtype=np.float16)
+        self.ann, self.ann_note = open_ann(self, ann)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -655,12 +662,14 @@ class EmbeddingIndex:
 
     def search(self, query: np.ndarray, top: int = 20, *, exclude: Iterable[int] = (),
                tags: Sequence[tuple[int, float]] = (), min_duration: float | None = None,
-               max_duration: float | None = None, chunk: int = SEARCH_CHUNK) -> list[Hit]:
+               max_duration: float | None = None, chunk: int = SEARCH_CHUNK, exact: bool = False) -> list[Hit]:
         """The ``top`` tracks most similar to ``query`` (cosine), best first; ties by row.
 
         ``tags``: (column, minimum probability) pairs a track must all meet; durations in
         seconds. Exact search: one matrix-vector product per ``chunk`` rows of the
-        memory-mapped vectors, so memory stays bounded whatever the index size."""
+        memory-mapped vectors, so memory stays bounded whatever the index size. With an ANN
+        file (:attr:`ann`, unless ``exact``) the rows it covers are searched through it,
+        the scores still computed exactly (:func:`mttag.ann.search`)."""
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise ValueError(f"query has {q.shape[0]} dimensions, the index {self.dim}")
@@ -673,7 +682,14 @@ class EmbeddingIndex:
         n = len(self)
         cand_scores: list[np.ndarray] = []
         cand_rows: list[np.ndarray] = []
-        for a in range(0, n, chunk):
+        start = 0
+        if self.ann is not None and not exact:
+            found = ann_search(self, self.ann, q, top, excluded, tags, min_duration, max_duration)
+            if found is not None:  # else the filters are too strict for the graph: exact
+                cand_rows.append(found[0])
+                cand_scores.append(found[1])
+                start = self.ann.count  # rows added since the ANN file was built: exact
+        for a in range(start, n, chunk):
             b = min(n, a + chunk)
             s = self.vectors[a:b] @ q
             # a damaged row (NaN, zero, not unit) has no similarity to give: left out, not ranked

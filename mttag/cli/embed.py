@@ -2,20 +2,78 @@
 
 from __future__ import annotations
 
+import time
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS
-from ._common import ProgressEvents, app, console, fail, parse_windows, ran_on, run
+from ._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ProgressEvents, app, console, fail, parse_windows,
+                      ran_on, run, sigterm_as_interrupt, warn)
+
+
+class Ann(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
+    """Build or update the index's ANN file (mttag.ann) after embedding; the exit code it adds.
+    ``only``: nothing was embedded (no PATHS), so a failure is the run's error."""
+    from .. import ann as ann_mod
+    from ..embedding import EmbeddingIndex, EmbeddingIndexError
+
+    if ann is Ann.off:
+        return EXIT_OK
+    if ann is Ann.auto:
+        try:  # only a large index, or one that has an ANN file to keep up to date
+            n = len(EmbeddingIndex(output, ann="off"))
+        except EmbeddingIndexError:
+            return EXIT_OK
+        has_file = ann_mod.read_meta(Path(output)) is not None
+        if n < ann_mod.AUTO_MIN_TRACKS and not has_file:
+            return EXIT_OK
+        if not ann_mod.available():
+            if not quiet:
+                warn(f"{printable(output)} holds {n} tracks: mttag similar would be faster with an ANN file, "
+                     f"but {ann_mod.MISSING}" if not has_file else
+                     f"{printable(output)}: its ANN file is not updated: {ann_mod.MISSING}")
+            return EXIT_OK
+    start = time.perf_counter()
+    progress = Progress(TextColumn("ANN file"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, disable=quiet or not console.is_terminal, transient=True)
+    task = progress.add_task("ann", total=None)
+    try:
+        with sigterm_as_interrupt(), progress:
+            result = ann_mod.build(output, progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/] the ANN file was not written; the index is complete "
+                      "(mttag similar searches it exactly)", highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except ann_mod.AnnError as exc:
+        if only:
+            fail(f"--output {exc}")
+        warn(f"ANN file not built: {exc}")
+        return EXIT_SOME_FAILED if ann is Ann.on else EXIT_OK
+    if not quiet:
+        if result is None:
+            console.print("ANN file: up to date", highlight=False)
+        else:
+            console.print(f"ANN file: {'built over' if result.rebuilt else f'{result.added} added,'} "
+                          f"{result.count} tracks in {time.perf_counter() - start:.1f} s "
+                          f"({result.bytes / 1e6:.1f} MB)", highlight=False, soft_wrap=True)
+    return EXIT_OK
 
 
 @app.command()
 def embed(
-    paths: List[Path] = typer.Argument(..., help="Audio files and/or folders (searched recursively)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Audio files and/or folders (searched recursively). None with --ann on: only build the ANN file of the --output index."),
     output: Path = typer.Option(..., "--output", "-o", help="The index folder to write (created; e.g. library.mttag)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory, registered name or Hub id. Default: with --resume the index's model, else as mttag tag."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing index, skipping the tracks already in it."),
@@ -26,6 +84,7 @@ def embed(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     engine: str = typer.Option("local", "--engine", help="local (an index folder on this machine) or ray (a Ray cluster; --output is a Parquet dataset of embeddings and scores, a folder or s3:// gs:// URI). See docs/scale.md."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
+    ann: Ann = typer.Option(Ann.auto, "--ann", help="Build or update the index's ANN file for fast mttag similar at scale (pip install 'mttag[ann]'): auto (from 200,000 tracks, or if the index has one), on, or off."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
 
@@ -43,6 +102,16 @@ def embed(
                    refused={"--force": force})
     if address is not None:
         fail("--address names a Ray cluster; it needs --engine ray")
+    if ann is Ann.on:
+        from ..ann import MISSING, available
+
+        if not available():
+            fail(f"--ann on: {MISSING}")
+    if not paths:
+        if ann is not Ann.on:
+            fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
+                 "see 'mttag embed --help'")
+        raise typer.Exit(_build_ann(output, ann, quiet, only=True))
     events = _EmbedEvents(quiet, output)
     request = EmbedRequest(paths, output, model=model, resume=resume, force=force, device=device,
                            batch_size=batch_size, windows=windows, download_progress=False if quiet else None)
@@ -52,7 +121,10 @@ def embed(
                f"{ran_on(summary.device, summary.precision)} with {summary.model}; {printable(output)} holds "
                f"{summary.stored} tracks")
         console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
-    raise typer.Exit(summary.exit_code)
+    if summary.interrupted:
+        raise typer.Exit(summary.exit_code)
+    code = _build_ann(output, ann, quiet)
+    raise typer.Exit(code if code != EXIT_OK else summary.exit_code)
 
 
 class _EmbedEvents(ProgressEvents):

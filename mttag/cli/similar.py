@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 # that `mttag --help` (which imports every command module) stays quick.
 
 
+class Ann(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Format(str, Enum):
     table = "table"
     csv = "csv"
@@ -60,6 +66,7 @@ def similar(
     device: str = typer.Option("auto", "--device", "-d", help="For an audio QUERY: auto, cpu, cuda, cuda:N or mps."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help="For an audio QUERY: windows pooled (default: as the index was made)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --playlist file that is not a playlist."),
+    ann: Ann = typer.Option(Ann.auto, "--ann", help="Search through the index's ANN file (built by mttag embed --ann): auto (when the index holds 200,000 tracks or more), on, or off (exact)."),
 ) -> None:
     """List the tracks of an index that sound most like QUERY (cosine similarity of embeddings).
 
@@ -70,8 +77,8 @@ def similar(
 
     request = SimilarRequest(query, index, top=top, tags=tag, min_score=min_score, min_duration=min_duration,
                              max_duration=max_duration, include_query=include_query, model=model, device=device,
-                             windows=windows)
-    found = run(find_similar, request)
+                             windows=windows, ann=ann.value)
+    found = run(find_similar, request, ConsoleEvents())
     hits = found.hits
     label = path_text(os.path.abspath(query))
     if fmt is Format.table:

@@ -27,6 +27,7 @@ class SimilarRequest:
     model: str | None = None
     device: str = "auto"
     windows: int | str | None = None
+    ann: str = "auto"  # the index's ANN file: auto (from 200,000 tracks), on, off (exact search)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Similar:
     filters: list[tuple[int, float]] = field(default_factory=list)
 
 
-def find_similar(request: SimilarRequest) -> Similar:
+def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Similar:
     """The index's tracks most like ``request.query``; RunError for a refusal, or (exit code 1)
     for a query file that cannot be embedded."""
     from ..embedding import EmbeddingIndex, EmbeddingIndexError
@@ -49,9 +50,11 @@ def find_similar(request: SimilarRequest) -> Similar:
 
     req = request
     try:
-        idx = EmbeddingIndex(req.index)
+        idx = EmbeddingIndex(req.index, ann=req.ann)
     except EmbeddingIndexError as exc:
         raise RunError(f"--index {exc}") from None
+    if idx.ann_note:  # an ANN file that is stale, damaged or cannot be used: searched exactly
+        (events or RunEvents()).warning(None, idx.ann_note)
     if req.min_duration is not None and req.max_duration is not None and req.min_duration > req.max_duration:
         raise RunError(f"--min-duration {req.min_duration:g} is longer than --max-duration {req.max_duration:g}")
     filters = []
