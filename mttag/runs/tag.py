@@ -14,7 +14,7 @@ from ..display import printable
 from ..errors import DEFAULT_WINDOWS
 from .common import (
     EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, bf16_emulation_warning, find_audio, finish, interruptible, load,
-    no_files_error, open_undo_log, parse_windows, resolve_device,
+    missing_paths_error, no_files_error, open_undo_log, parse_windows, resolve_device,
 )
 
 @dataclass
@@ -83,6 +83,9 @@ class _TagRun:
     def prepare(self) -> None:
         req = self.req
         self._check_options()
+        missing = missing_paths_error(req.paths)
+        if missing is not None:
+            raise missing
         self.dev = resolve_device(req.device)
         warning = bf16_emulation_warning(req.precision, self.dev.type)
         if warning:
