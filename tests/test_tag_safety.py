@@ -149,7 +149,7 @@ def test_second_run_on_the_same_output_is_refused(songs, tiny_model_dir, tmp_pat
     assert tag(songs, "--model", tiny_model_dir, "-o", out).exit_code == 0
     before = out.read_bytes()
     with ExclusiveLock(tmp_path / ".shared.jsonl.lock", "another mttag tag writing shared.jsonl", remove=True):
-        for extra in ([], ["--resume"]):
+        for extra in (["--force"], ["--resume"]):  # (without either: refused as mttag's results, before the lock)
             result = tag(songs, "--model", tiny_model_dir, "-o", out, *extra)
             assert result.exit_code == 2
             one_line_error(result, "already running", f"pid {os.getpid()}")
