@@ -274,6 +274,12 @@ class _TagRun:
                 self.events.warning(str(png), f"cannot write the plot ({printable(exc)})")
         chatter = self.decoder.pop(result.path)
         self.events.result(result)
+        if result.ok and Path(result.path).suffix.lower() in (".ogg", ".oga", ".opus"):
+            from ..audio import OGG_HEADER_AUDIO_WARNING, ffmpeg_available, ogg_header_page_carries_audio
+
+            # with ffmpeg such a file was decoded exactly (audio.probe); without, say so
+            if not ffmpeg_available() and ogg_header_page_carries_audio(result.path):
+                self.events.warning(result.path, OGG_HEADER_AUDIO_WARNING)
         if result.ok and chatter:
             # libmpg123's own lines, as one warning: the file decoded, but around damage
             more = f" (+{len(chatter) - 1} more)" if len(chatter) > 1 else ""
