@@ -257,10 +257,10 @@ class ResultWriter:
         elif fmt == "table":
             # every tag cell as wide as the vocabulary's longest name (capped), so that scores
             # line up from track to track; as many cells per line as the width allows
+            # (wrapped at the console's width; a file has none: one line per track)
             names = [len(printable(display_tag(t))) for t in vocabulary or []]
             self.tag_width = min(max(names, default=12), 24)
-            width = getattr(console, "width", None) or 100
-            self.per_line = max(1, (width - 4) // (self.tag_width + 7))
+            self.width = getattr(console, "width", None)
             self.cwd = os.getcwd()
             if table_header:
                 stream.write(TABLE_HEADER + "\n")
@@ -323,7 +323,10 @@ class ResultWriter:
 
     def _tag_cells(self, tags: list[dict[str, Any]], indent: str) -> str:
         cells = [f"{printable(display_tag(t['tag'])):<{self.tag_width}} {t['score']:.2f}" for t in tags]
-        lines = ["  ".join(cells[i:i + self.per_line]).rstrip() for i in range(0, len(cells), self.per_line)]
+        per_line = len(cells) or 1
+        if self.width:  # n cells take n * (width + 5) + (n - 1) * 2 columns after the indent
+            per_line = max(1, (self.width - len(indent) + 2) // (self.tag_width + 7))
+        lines = ["  ".join(cells[i:i + per_line]) for i in range(0, len(cells), per_line)]
         return ("\n" + indent).join(lines)
 
     def _write_table_row(self, record: dict[str, Any]) -> None:
