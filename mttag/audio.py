@@ -282,6 +282,62 @@ def _counted_info(path: Path, sample_rate: int, channels: int, claim: str) -> Au
     return AudioInfo(str(path), int(sample_rate), max(1, int(channels)), frames, "ffmpeg")
 
 
+# Header packets before the first audio packet, by the first bytes of an Ogg stream's first packet.
+_OGG_HEADERS = {b"\x01vorbis": 3, b"OpusHead": 2}
+# How many pages to look through for the last header packet (a comment header holding cover
+# art spans many pages; only the segment tables are read, the bodies are skipped).
+_OGG_MAX_HEADER_PAGES = 4096
+# What to tell a user when such a file is decoded by libsndfile (no ffmpeg to decode it).
+OGG_HEADER_AUDIO_WARNING = ("its first audio packet shares the Ogg page of the header packets, which libsndfile "
+                            "decodes shifted; tagged from the shifted audio (install ffmpeg to decode it exactly)")
+
+
+def ogg_header_page_carries_audio(path: str | os.PathLike) -> bool:
+    """Whether the Ogg page that completes the last header packet (Vorbis: the setup
+    header; Opus: OpusTags) also carries audio packet data.
+
+    The Vorbis and Opus specifications start audio on a fresh page, but some encoders put the
+    first audio packet on the header page. libsndfile (1.2) then decodes the whole stream
+    shifted by hundreds of samples, its length short by as many; ffmpeg decodes it exactly.
+    Only the first logical stream's page headers are read. False for anything that is not
+    such an Ogg Vorbis/Opus stream, or that cannot be read (decoding reports that)."""
+    try:
+        with open(path, "rb") as f:
+            return _ogg_header_page_carries_audio(f)
+    except (OSError, ValueError):
+        return False
+
+
+def _ogg_header_page_carries_audio(f) -> bool:
+    serial = headers = None
+    packets = 0  # header packets completed so far
+    for _ in range(_OGG_MAX_HEADER_PAGES):
+        head = f.read(27)
+        if len(head) < 27 or head[:4] != b"OggS":
+            return False
+        page_serial = int.from_bytes(head[14:18], "little")
+        segments = f.read(head[26])
+        if len(segments) < head[26]:
+            return False
+        body = sum(segments)
+        if serial is None:
+            serial = page_serial
+            start = f.read(min(body, 8))
+            headers = _OGG_HEADERS.get(start) or _OGG_HEADERS.get(start[:7])
+            if headers is None:
+                return False
+            body -= len(start)
+        if page_serial == serial:
+            for i, lacing in enumerate(segments):
+                if lacing < 255:  # a packet ends with this segment
+                    packets += 1
+                    if packets == headers:
+                        # anything after the last header packet on its page is audio
+                        return i + 1 < len(segments)
+        f.seek(body, os.SEEK_CUR)
+    return False
+
+
 def probe(path: str | os.PathLike) -> AudioInfo:
     """Sample rate, channels and length, from the header, without decoding; a length the
     file's size rules out (see :data:`MAX_FRAMES_PER_BYTE`) is measured instead, by decoding."""
@@ -292,6 +348,8 @@ def probe(path: str | os.PathLike) -> AudioInfo:
             with _decoder_section(str(path)):
                 info = sf.info(libsndfile_path(path))
             if info.frames > 0 and info.samplerate > 0:
+                if info.format == "OGG" and ffmpeg_available() and ogg_header_page_carries_audio(path):
+                    return _ffprobe(path)  # libsndfile would decode it shifted: see the function
                 if not plausible_length(info.frames, info.samplerate, _file_size(path), info.format):
                     return _counted_info(path, int(info.samplerate), int(info.channels),
                                          f"claims {info.frames:,} frames")
@@ -484,7 +542,16 @@ def _read_ffmpeg(info: AudioInfo, start: int, frames: int | None) -> np.ndarray:
     """Mono float32 at the file's own rate, like :func:`_read_soundfile`, so both
     backends share the same downmix and the same (soxr HQ) resampler."""
     src, channels = info.sample_rate, max(1, info.channels)
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start / src:.6f}", "-i", info.path]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+    # No seek into the first 0.1 s (not even "-ss 0"): on an Ogg file whose header page carries
+    # audio (see ogg_header_page_carries_audio), ffmpeg's seeks that land in the first packets
+    # come out shifted, while reading from the start is exact; those frames are dropped here.
+    skip = start if start < src // 10 else 0
+    if start > skip:
+        cmd += ["-ss", f"{start / src:.6f}"]
+    if frames is not None:
+        frames += skip
+    cmd += ["-i", info.path]
     if frames is not None:
         cmd += ["-t", f"{(frames + 64) / src:.6f}"]  # a little extra, cut exactly below
     cmd += ["-vn", "-map", "0:a:0", "-ac", str(channels), "-ar", str(src), "-f", "f32le", "-"]
@@ -520,7 +587,7 @@ def _read_ffmpeg(info: AudioInfo, start: int, frames: int | None) -> np.ndarray:
             err.seek(0)
             lines = err.read().decode(errors="replace").strip().splitlines() or ["unknown error"]
             raise AudioError(info.path, f"ffmpeg could not decode it ({_short(lines[-1], Path(info.path))})")
-    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    return np.concatenate(blocks)[skip:] if blocks else np.zeros(0, np.float32)
 
 
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

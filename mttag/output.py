@@ -3,7 +3,8 @@
 Every format flushes after each record so an interrupted run keeps what it did,
 and every file format can be read back (:func:`read_done`) to resume.
 :class:`OutputFile` guards the file itself: it never overwrites an input, an audio
-file or a file mttag did not write, takes a lock so two runs cannot share it, and
+file, a file mttag did not write or (without ``--force`` or ``--resume``) an earlier
+results file, takes a lock so two runs cannot share it, and
 replaces it on ``--resume`` atomically, through a symbolic link, keeping its mode.
 """
 
@@ -330,8 +331,16 @@ class ResultWriter:
             self._csv.writerow([printable(f) for f in fields] if self.escape else fields)
         elif fmt == "json":
             stream.write("[\n")
-        elif fmt == "table" and table_header:
-            stream.write(TABLE_HEADER + "\n")
+        elif fmt == "table":
+            # every tag cell as wide as the vocabulary's longest name (capped), so that scores
+            # line up from track to track; as many cells per line as the width allows
+            # (wrapped at the console's width; a file has none: one line per track)
+            names = [len(printable(display_tag(t))) for t in vocabulary or []]
+            self.tag_width = min(max(names, default=12), 24)
+            self.width = getattr(console, "width", None)
+            self.cwd = os.getcwd()
+            if table_header:
+                stream.write(TABLE_HEADER + "\n")
         self._flush()
 
     def _flush(self) -> None:
@@ -380,17 +389,37 @@ class ResultWriter:
         record["path"] = path_text(record["path"])
         self.write_record(record)
 
+    def _table_path(self, path: str) -> str:
+        """A path under the current folder relative to it (what a person typed, and shorter),
+        any other path as it was given."""
+        if os.path.isabs(path):
+            try:
+                if os.path.commonpath([path, self.cwd]) == self.cwd:
+                    return os.path.relpath(path, self.cwd)
+            except ValueError:  # another drive (Windows)
+                pass
+        return path
+
+    def _tag_cells(self, tags: list[dict[str, Any]], indent: str) -> str:
+        cells = [f"{printable(display_tag(t['tag'])):<{self.tag_width}} {t['score']:.2f}" for t in tags]
+        per_line = len(cells) or 1
+        if self.width:  # n cells take n * (width + 5) + (n - 1) * 2 columns after the indent
+            per_line = max(1, (self.width - len(indent) + 2) // (self.tag_width + 7))
+        lines = ["  ".join(cells[i:i + per_line]) for i in range(0, len(cells), per_line)]
+        return ("\n" + indent).join(lines)
+
     def _write_table_row(self, record: dict[str, Any]) -> None:
+        record = dict(record, path=self._table_path(record["path"]))
         record = {k: printable(v) if isinstance(v, str) else v for k, v in record.items()}
         if "error" in record:
             line = f"{record['path']}\n  error: {record['error']}\n"
         else:
             minutes, seconds = divmod(int(round(record.get("duration") or 0)), 60)
-            tags = "  ".join(f"{printable(display_tag(t['tag']))} {t['score']:.2f}" for t in record["tags"])
+            tags = self._tag_cells(record["tags"], "  ")
             line = f"{record['path']}  [{minutes}:{seconds:02d}]\n  {tags or '(no tag above threshold)'}\n"
             for w in record.get("timeline") or []:
-                window_tags = "  ".join(f"{printable(display_tag(t['tag']))} {t['score']:.2f}" for t in w["tags"])
-                line += f"    {_clock(w['start'])}-{_clock(w['end'])}  {window_tags}\n"
+                clock = f"{_clock(w['start'])}-{_clock(w['end'])}"
+                line += f"    {clock:>11}  {self._tag_cells(w['tags'], ' ' * 17)}\n"
         if self.console is not None:
             from rich.markup import escape
 
@@ -461,7 +490,8 @@ class OutputFile:
     """The results file of one ``mttag tag`` run.
 
     :meth:`check` refuses (with :class:`OutputError`) a target that is an input, looks
-    like audio, or is an existing file mttag did not write (unless ``force``), and on
+    like audio, or is an existing non-empty file (unless ``force``; an earlier results
+    file also with ``resume``), and on
     ``resume`` learns the file's real format. :meth:`lock` takes the file for this run,
     :meth:`open` returns the stream to write to, :meth:`commit` puts a resumed file in
     place, and :meth:`close` ends (releasing the lock, removing any temporary file).
@@ -508,6 +538,12 @@ class OutputFile:
                 raise self._error(
                     "exists and is not an mttag results file; refusing to overwrite it"
                     + ("" if self._binary() else " (add --force to replace it)"))
+            if found and not self.resume and not self.force:
+                # an earlier run's results can be thousands of tracks: re-running the same
+                # command without --resume must not throw them away in silence
+                how = ("add --force to replace it (a table cannot be resumed)" if found == "table"
+                       else "add --resume to go on from it, or --force to replace it")
+                raise self._error(f"already holds mttag {found} results; {how}")
         if self.resume:
             if not self.regular:
                 raise self._error("--resume needs a regular file")

@@ -146,7 +146,7 @@ def test_decoder_chatter_becomes_one_warning_per_file(tmp_path, tiny_model_dir):
     lines = loud.stderr.strip().splitlines()
     assert not any(line.startswith(("Note:", "Warning:", "[src/")) for line in lines), loud.stderr
     assert sum("warning:" in line and "damaged.mp3" in line for line in lines) == 1, loud.stderr
-    quiet = subprocess.run(cmd + ["-q"], capture_output=True, text=True, env=env, timeout=300)
+    quiet = subprocess.run(cmd + ["-q", "--force"], capture_output=True, text=True, env=env, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 

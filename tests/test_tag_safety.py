@@ -107,14 +107,27 @@ def test_binary_file_is_never_replaced_even_with_force(songs, tiny_model_dir, tm
     assert disguised.read_bytes() == data
 
 
-def test_own_results_file_is_replaced_without_force(songs, tiny_model_dir, tmp_path):
+def test_own_results_file_is_replaced_only_with_force(songs, tiny_model_dir, tmp_path):
     for name in ("out.csv", "out.json", "out.jsonl", "out.txt"):
         out = tmp_path / name
         assert tag(songs / "a song.wav", "--model", tiny_model_dir, "-o", out).exit_code == 0
+        before = out.read_bytes()
         result = tag(songs / "b song.mp3", "--model", tiny_model_dir, "-o", out)
+        assert result.exit_code == 2
+        # a table cannot be resumed: only --force is offered for it
+        one_line_error(result, "already holds mttag", "--force", *(() if name == "out.txt" else ("--resume",)))
+        assert out.read_bytes() == before
+        result = tag(songs / "b song.mp3", "--model", tiny_model_dir, "-o", out, "--force")
         assert result.exit_code == 0, result.stderr
         assert "b song.mp3" in out.read_text(encoding="utf-8")
         assert "a song.wav" not in out.read_text(encoding="utf-8")
+
+
+def test_empty_output_file_is_replaced_without_force(songs, tiny_model_dir, tmp_path):
+    out = tmp_path / "made-by-touch.jsonl"
+    out.touch()  # nothing in it to lose
+    assert tag(songs / "a song.wav", "--model", tiny_model_dir, "-o", out).exit_code == 0
+    assert "a song.wav" in out.read_text(encoding="utf-8")
 
 
 def test_format_follows_the_output_name(songs, tiny_model_dir, tmp_path):
@@ -136,7 +149,7 @@ def test_second_run_on_the_same_output_is_refused(songs, tiny_model_dir, tmp_pat
     assert tag(songs, "--model", tiny_model_dir, "-o", out).exit_code == 0
     before = out.read_bytes()
     with ExclusiveLock(tmp_path / ".shared.jsonl.lock", "another mttag tag writing shared.jsonl", remove=True):
-        for extra in ([], ["--resume"]):
+        for extra in (["--force"], ["--resume"]):  # (without either: refused as mttag's results, before the lock)
             result = tag(songs, "--model", tiny_model_dir, "-o", out, *extra)
             assert result.exit_code == 2
             one_line_error(result, "already running", f"pid {os.getpid()}")
@@ -157,8 +170,8 @@ def test_two_processes_at_once_one_wins_and_nothing_is_interleaved(songs, tiny_m
     assert len(records) == 3 and len({r["path"] for r in records}) == 3
     if sorted(codes) == [0, 2]:  # overlapped: the second was refused
         assert "already running" in errors[codes.index(2)]
-    else:  # one finished before the other began: both wrote the whole file in turn
-        assert codes == [0, 0]
+    else:  # one finished before the other began: the second refused to replace its results
+        assert sorted(codes) == [0, 2] and "--resume" in errors[codes.index(2)]
 
 
 # -- 3. resume reads what the file really holds ---------------------------------------------

@@ -52,7 +52,7 @@ def tag(
     layout: Optional[Layout] = typer.Option(None, "--layout", help="csv/tsv rows: track (one per track, default), long (one per track and tag), wide (one column per tag of the model) or timeline (one per window and tag, as --timeline gives)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results to this file instead of stdout (never over an input or audio file)."),
     resume: bool = typer.Option(False, "--resume", help="Skip tracks already tagged in --output (csv, tsv, json, jsonl or parquet; the file says which; with --engine ray: the tracks already in the dataset)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --output file, or --plot PNG, that mttag did not write."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --output file (an earlier results file: else refused, --resume continues it; or one mttag did not write; never audio or an input), or a --plot PNG mttag did not draw."),
     device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Windows per forward pass. Default: 2 on CPU (several batches at once, one per core), 16 on GPU/MPS."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto (bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), where it is about 1.8x faster for the Transformers and 1.5-1.7x for musicnn, probabilities moving by up to ~0.01; bf16 on CUDA except for musicnn; float32 elsewhere), fp32 (the original musicnn's numbers on any machine), or bf16."),
@@ -106,12 +106,26 @@ def tag(
             plots = summary.plots
             msg += (f"; taggram in {printable(plots[0])}" if len(plots) == 1 and plot.suffix.lower() == ".png"
                     else f"; {len(plots)} taggram{'s' if len(plots) != 1 else ''} in {printable(plot)}")
+        if summary.interrupted:
+            msg += "; " + continue_hint(paths, output)
         console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
         if write:
             parts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing written"
             console.print(escape(f"tags in files: {parts}; undo with: mttag write --undo {printable(summary.undo_log)}"),
                           highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
+
+
+def continue_hint(paths: List[Path], output: Optional[Path]) -> str:
+    """After an interruption: the command that goes on where the run stopped, in its shape
+    (the same paths and options, the results file, --resume); without a results file the
+    results went to the screen, and the next run needs -o FILE to be resumable."""
+    import shlex
+
+    shown = " ".join(shlex.quote(printable(p)) for p in paths) if len(paths) <= 3 else "…"
+    if output is None:
+        return f"to be able to continue next time, give -o FILE: mttag tag {shown} -o FILE, then the same with --resume"
+    return f"to continue, run it again with --resume: mttag tag {shown} … -o {shlex.quote(printable(output))} --resume"
 
 
 class _TagEvents(ProgressEvents):

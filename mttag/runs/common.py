@@ -154,6 +154,54 @@ def find_audio(paths: Iterable[str | os.PathLike]):
     return files, unlistable
 
 
+def missing_paths_error(paths: Iterable[str | os.PathLike]) -> RunError | None:
+    """A usage error (exit 2) naming the first of ``paths`` that does not exist, with the
+    nearest name beside it ("did you mean ..."), or None when they all exist. Checked before
+    the model loads: a typo should cost a second, not a model load and a failed track."""
+    missing = [Path(p) for p in paths if not os.path.exists(p)]
+    if not missing:
+        return None
+    first = missing[0]
+    if os.path.lexists(first):
+        message = f"{printable(first)}: a broken symbolic link (its target does not exist)"
+        guess = None
+    else:
+        message = f"{printable(first)}: no such file or folder"
+        guess = nearest_existing(first)
+    if guess is not None:
+        message += f"; did you mean {printable(guess)}?"
+    if len(missing) > 1:
+        message += f" ({len(missing) - 1} more not found)"
+    return RunError(message, EXIT_USAGE)
+
+
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` with each part that does not exist replaced by its closest sibling's name
+    (difflib), if that leads to something that exists; else None."""
+    import difflib
+
+    parts = path.parts
+    guess = Path(parts[0]) if path.is_absolute() else Path()
+    for part in parts[1:] if path.is_absolute() else parts:
+        candidate = guess / part
+        if not os.path.exists(candidate):
+            try:
+                siblings = [e.name for e in os.scandir(guess) if not e.name.startswith(".") or part.startswith(".")]
+            except OSError:
+                return None
+            close = difflib.get_close_matches(part, siblings, n=1, cutoff=0.6)
+            if not close:
+                # a case slip (Music vs music) scores low for short names: compare folded too
+                folded = {name.casefold(): name for name in siblings}
+                match = difflib.get_close_matches(part.casefold(), list(folded), n=1, cutoff=0.6)
+                close = [folded[match[0]]] if match else []
+            if not close:
+                return None
+            candidate = guess / close[0]
+        guess = candidate
+    return guess if os.path.exists(guess) else None
+
+
 def open_model(model, dev, progress: bool | None = None):
     """``model`` itself when it is a loaded model, else the one its name resolves to (None: the
     default) on ``dev``; raises ModelLoadError as :func:`mttag.load_model` does."""

@@ -14,7 +14,7 @@ from ..display import printable
 from ..errors import DEFAULT_WINDOWS
 from .common import (
     EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, bf16_emulation_warning, find_audio, finish, interruptible, load,
-    no_files_error, open_undo_log, parse_windows, resolve_device,
+    missing_paths_error, no_files_error, open_undo_log, parse_windows, resolve_device,
 )
 
 @dataclass
@@ -84,6 +84,9 @@ class _TagRun:
     def prepare(self) -> None:
         req = self.req
         self._check_options()
+        missing = missing_paths_error(req.paths)
+        if missing is not None:
+            raise missing
         self.dev = resolve_device(req.device)
         warning = bf16_emulation_warning(req.precision, self.dev.type)
         if warning:
@@ -274,6 +277,12 @@ class _TagRun:
                 self.events.warning(str(png), f"cannot write the plot ({printable(exc)})")
         chatter = self.decoder.pop(result.path)
         self.events.result(result)
+        if result.ok and Path(result.path).suffix.lower() in (".ogg", ".oga", ".opus"):
+            from ..audio import OGG_HEADER_AUDIO_WARNING, ffmpeg_available, ogg_header_page_carries_audio
+
+            # with ffmpeg such a file was decoded exactly (audio.probe); without, say so
+            if not ffmpeg_available() and ogg_header_page_carries_audio(result.path):
+                self.events.warning(result.path, OGG_HEADER_AUDIO_WARNING)
         if result.ok and chatter:
             # libmpg123's own lines, as one warning: the file decoded, but around damage
             more = f" (+{len(chatter) - 1} more)" if len(chatter) > 1 else ""
