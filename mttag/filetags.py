@@ -857,12 +857,14 @@ def _payload_same(kind: str, old: str, new: str) -> bool:
     return all(_range_digest(old, a, b) == _range_digest(new, c, d) for (a, b), (c, d) in zip(ro, rn))
 
 
-def decoded_digest(path: str | os.PathLike) -> str | None:
+def decoded_digest(path: str | os.PathLike, ffmpeg_only: bool = False) -> str | None:
     """SHA-256 of a file's decoded samples (with rate and channel count): libsndfile, else
-    ffmpeg; ``None`` if neither can decode it."""
+    ffmpeg (``ffmpeg_only``: ffmpeg alone); ``None`` if neither can decode it."""
     path = os.fspath(path)
     h = hashlib.sha256()
     try:
+        if ffmpeg_only:
+            raise LookupError
         import soundfile as sf
 
         from .audio import libsndfile_path
@@ -873,7 +875,7 @@ def decoded_digest(path: str | os.PathLike) -> str | None:
                 h.update(block.tobytes())
         return h.hexdigest()
     except Exception:  # noqa: BLE001 - not for libsndfile: try ffmpeg
-        pass
+        h = hashlib.sha256()
     if shutil.which("ffmpeg") is None:
         return None
     try:
@@ -888,6 +890,24 @@ def decoded_digest(path: str | os.PathLike) -> str | None:
     return h.hexdigest()
 
 
+def _header_page_audio(path: str) -> bool:
+    from .audio import ogg_header_page_carries_audio
+
+    try:
+        return ogg_header_page_carries_audio(path)
+    except Exception:  # noqa: BLE001 - an unreadable layout: the usual checks decide
+        return False
+
+
+def _check_ogg_pages(kind: str, path: str) -> None:
+    """Refuse, before any work (also in a dry run), an Ogg file whose first audio packet shares
+    the header page when ffmpeg is missing: the write could not verify its audio."""
+    if kind in ("ogg", "opus") and shutil.which("ffmpeg") is None and _header_page_audio(path):
+        raise WriteError("this Ogg file's first audio packet shares its header page (libsndfile decodes it "
+                         "shifted), so the write cannot verify the audio; install ffmpeg and run again; "
+                         "file left as it was")
+
+
 def _verify_audio(kind: str, old: str, new: str, decode: bool) -> None:
     same = False
     try:
@@ -896,7 +916,10 @@ def _verify_audio(kind: str, old: str, new: str, decode: bool) -> None:
         same = False
     if same and not decode:
         return
-    a, b = decoded_digest(old), decoded_digest(new)
+    # libsndfile decodes an Ogg stream whose first audio packet shares the header page shifted,
+    # and the rewritten file (mutagen re-paginates) unshifted: only ffmpeg compares them fairly
+    exact = kind in ("ogg", "opus") and _header_page_audio(old)
+    a, b = decoded_digest(old, ffmpeg_only=exact), decoded_digest(new, ffmpeg_only=exact)
     if a is None or b is None:
         raise WriteError("cannot verify that the audio is unchanged (it does not decode); file left as it was")
     if a != b:
@@ -1618,6 +1641,7 @@ def _write(path: str, chosen, options: WriteOptions, undo_log: UndoLog | None,
     st = _check_writable(real)
     handler = _open(real)
     _check_audio(handler.format, real)
+    _check_ogg_pages(handler.format, real)
     if fingerprint is not None:
         _check_fingerprint(real, fingerprint)
     ours = planned_values(chosen, options)

@@ -162,3 +162,36 @@ def test_without_ffmpeg_a_one_line_warning(oggs, tiny_model_dir, tmp_path, monke
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, result.stderr
     assert str(joined) in warnings[0] and "install ffmpeg" in warnings[0]
+
+
+def _write_joined(oggs, tmp_path, extra: list[str]):
+    """Tag a copy of the joined file, then write its tags into it (``extra``: write's options)."""
+    import shutil
+
+    song = tmp_path / "song.ogg"
+    shutil.copy(oggs[1], song)
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps({"path": str(song), "model": "m", "duration": 4.0,
+                                   "tags": [{"tag": "rock", "score": 0.9}]}) + "\n")
+    return song, runner.invoke(app, ["write", str(results), "--undo-log", str(tmp_path / "u.jsonl"), *extra],
+                               catch_exceptions=False)
+
+
+@needs_ffmpeg
+def test_write_verifies_header_page_audio_with_ffmpeg(oggs, tmp_path):
+    """mutagen re-paginates the file (its first audio packet gets a page of its own): libsndfile
+    would decode old and new differently, ffmpeg decodes both alike, so the write goes through."""
+    song, result = _write_joined(oggs, tmp_path, [])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert np.abs(load_audio(song, 16000) - load_audio(oggs[0], 16000)).max() < 1e-4
+    assert "Rock" in str(__import__("mutagen").File(song).tags.get("genre"))
+
+
+def test_write_without_ffmpeg_refuses_in_one_line_also_in_a_dry_run(oggs, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    for extra in (["--dry-run"], []):
+        song, result = _write_joined(oggs, tmp_path, extra)
+        before = oggs[1].read_bytes()
+        assert result.exit_code == 1, result.stdout + result.stderr
+        assert "shares its header page" in result.stdout + result.stderr and "install ffmpeg" in result.stdout
+        assert song.read_bytes() == before
