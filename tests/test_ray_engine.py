@@ -28,9 +28,19 @@ TRACKS = 4
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    # Ray gives its GCS ~20 s to come up, then aborts the whole interpreter (a C++ check): on
+    # two busy cores that took the test run down with it. 180 s is Ray's own knob for this.
+    saved = os.environ.get("RAY_gcs_server_port_wait_time_s")
+    os.environ["RAY_gcs_server_port_wait_time_s"] = "180"
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        yield
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_gcs_server_port_wait_time_s", None)
+        else:
+            os.environ["RAY_gcs_server_port_wait_time_s"] = saved
 
 
 @pytest.fixture(scope="module")
