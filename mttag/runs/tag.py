@@ -326,7 +326,9 @@ class _FileTagWriter:
     def write(self, result):
         from ..filetags import write_tags
 
-        outcome = write_tags(result.path, result.tags, self.options, self._log, fingerprint=result.fingerprint)
+        # the scores carry the confidence that decides what is written (filetags.choose_tags)
+        tags = result.scores if result.scores is not None else result.tags
+        outcome = write_tags(result.path, tags, self.options, self._log, fingerprint=result.fingerprint)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         return outcome
 
