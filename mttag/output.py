@@ -99,6 +99,13 @@ def display_tag(name: str) -> str:
     return vocab.display(name)
 
 
+def wide_tag_columns(vocabulary: list[str]) -> list[str]:
+    """The tag columns of the wide layout: one per tag once spelled, in the vocabulary's order
+    (a combined model's ``msd:rock`` and ``mtt:rock`` are one ``rock`` column, which holds the
+    score of the result's tag, the one its model is most confident of)."""
+    return list(dict.fromkeys(display_tag(t) for t in vocabulary))
+
+
 def path_key(path: str) -> str:
     """What identifies a track across runs for ``--resume``: its absolute path, as written."""
     return path_text(os.path.abspath(path))
@@ -357,7 +364,7 @@ class ResultWriter:
             if layout == "wide":
                 if not vocabulary:
                     raise ValueError("the wide layout needs the model's vocabulary")
-                self.columns = [display_tag(t) for t in vocabulary]
+                self.columns = wide_tag_columns(vocabulary)
                 fields = WIDE_FIELDS + self.columns
             else:
                 fields = {"long": LONG_FIELDS, "timeline": TIMELINE_FIELDS}.get(layout, CSV_FIELDS)

@@ -186,3 +186,15 @@ def test_parquet_tag_structs_have_kind_and_confidence(tmp_path):
     assert first["tags"][0]["kind"] == "genre" and first["tags"][0]["confidence"] == pytest.approx(0.95)
     assert first["tags"][1]["confidence"] is None
     assert second["tags"] == [{"tag": "rock", "score": 0.5, "kind": "genre", "confidence": None}]  # an older record
+
+
+def test_wide_layout_has_one_column_per_merged_tag():
+    """A combined model's ``msd:rock`` and ``mtt:rock`` are one tag: one ``rock`` column,
+    filled (the columns used to be the model's names, which no merged tag matched)."""
+    from mttag.tagging import TagResult
+
+    out = io.StringIO()
+    writer = ResultWriter(out, "csv", layout="wide", vocabulary=["msd:rock", "mtt:rock", "mtt:violin"])
+    writer.write(TagResult("/m/a.flac", 2.0, [("rock", 0.5), ("violin", 0.25)], model="musicnn"))
+    header, row = out.getvalue().splitlines()
+    assert header.endswith(",error,rock,violin") and row.endswith(",0.5000,0.2500")

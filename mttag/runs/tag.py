@@ -173,7 +173,7 @@ class _TagRun:
             raise RunError(str(exc)) from None
 
     def _read_resumed(self) -> None:
-        from ..output import display_tag, path_key, read_done, wide_columns
+        from ..output import path_key, read_done, wide_columns, wide_tag_columns
 
         output = self.req.output
         try:
@@ -181,7 +181,7 @@ class _TagRun:
         except (ValueError, OSError) as exc:
             raise RunError(f"--resume {printable(output)}: {exc}") from None
         if (self.layout == "wide" and output.exists()
-                and wide_columns(output, self.fmt) != [display_tag(t) for t in self.net.config.tags]):
+                and wide_columns(output, self.fmt) != wide_tag_columns(self.net.config.tags)):
             raise RunError(f"--resume {printable(output)}: its columns are another model's tags; resume with the same model")
         self.files = [f for f in self.files if path_key(str(f)) not in done]
         self.events.resuming(len(done), len(self.files))
