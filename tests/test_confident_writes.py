@@ -198,3 +198,24 @@ def test_wide_layout_has_one_column_per_merged_tag():
     writer.write(TagResult("/m/a.flac", 2.0, [("rock", 0.5), ("violin", 0.25)], model="musicnn"))
     header, row = out.getvalue().splitlines()
     assert header.endswith(",error,rock,violin") and row.endswith(",0.5000,0.2500")
+
+
+def test_tag_write_with_the_calibrated_default_writes_only_confident_genres(tmp_path):
+    """``mttag tag --write`` with the bundled musicnn (which has a calibration table): of the 10
+    tags kept, only genres of confidence >= 0.9 go into GENRE, at most 3."""
+    import numpy as np
+    import soundfile as sf
+
+    mutagen_flac = pytest.importorskip("mutagen.flac")
+    audio = tmp_path / "noise.flac"
+    sf.write(audio, (0.3 * np.random.default_rng(0).standard_normal(22050 * 4)).astype(np.float32), 22050)
+    out = tmp_path / "tags.jsonl"
+    r = runner.invoke(app, ["tag", str(audio), "--model", "musicnn", "--top", "10", "--windows", "2", "-o", str(out),
+                            "--write", "--undo-log", str(tmp_path / "undo.jsonl")])
+    assert r.exit_code == 0, r.output
+    tags = json.loads(out.read_text(encoding="utf-8").splitlines()[0])["tags"]
+    assert all(t["confidence"] is not None for t in tags)
+    want = [filetags.display_name(t["tag"]) for t in tags if t["kind"] == "genre" and t["confidence"] >= 0.9][:3]
+    assert mutagen_flac.FLAC(audio).get("genre", []) == want
+    written = mutagen_flac.FLAC(audio)["mttag"][0].split("; ")
+    assert len(written) == sum(t["confidence"] >= 0.9 for t in tags)
