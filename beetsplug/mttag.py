@@ -1,7 +1,8 @@
 """mttag in beets: tag items with a music tagging model, find the tracks that sound alike.
 
 ``beet mttag [QUERY]`` stores the model's top tags and their scores as flexible attributes
-(``mttag_tags``, ``mttag_model``, ``mttag_<tag>`` as numbers for range queries), fills
+(``mttag_tags``, ``mttag_model``, ``mttag_<tag>`` as numbers for range queries: the calibrated
+confidence where the model has a calibration table, else the raw probability), fills
 ``genres``/``comments``/``mood`` when configured, and keeps each track's embedding in an
 mttag index beside the library; ``beet mttag --similar QUERY`` lists (or writes as an .m3u8
 playlist) the items most like the one QUERY matches. With ``auto: yes`` new items are
@@ -56,6 +57,7 @@ class MttagPlugin(BeetsPlugin):
             "device": "auto",
             "top": 5,
             "threshold": None,
+            "min_confidence": None,  # genres/moods: null = mttag write's default (0.9) unless threshold is set
             "windows": 20,  # mttag's default; null: every window
             "genre": "no",  # no | add | replace
             "comments": "no",
@@ -259,6 +261,14 @@ class MttagPlugin(BeetsPlugin):
         threshold = self.config["threshold"].get()
         return None if threshold is None else float(threshold)
 
+    def _min_confidence(self) -> float | None:
+        value = self.config["min_confidence"].get()
+        return None if value is None else float(value)
+
+    def _field_values(self, outcome: support.Outcome, kind: str) -> list[str]:
+        """The genres (moods) ``mttag write`` would write from these tags: confident ones, capped."""
+        return support.genre_values(outcome.scores or outcome.tags, kind, self._threshold(), self._min_confidence())
+
     def apply(self, item: Item, outcome: support.Outcome) -> bool:
         """Store a result on ``item`` (not yet in the database). True when a field that beets
         writes into files (genres, comments) changed."""
@@ -272,7 +282,7 @@ class MttagPlugin(BeetsPlugin):
             item[support.field_name(tag)] = round(float(score), 4)
         changed = False
         mode = self.mode("genre")
-        genres = support.genre_values(outcome.tags, "genre")
+        genres = self._field_values(outcome, "genre")
         if mode != "no" and genres:
             if _genre_is_list():
                 new = support.merge_list(list(item.get("genres") or []), genres, mode)
@@ -289,7 +299,7 @@ class MttagPlugin(BeetsPlugin):
             changed |= text != (item.get("comments") or "")
             item["comments"] = text
         mode = self.mode("mood")
-        moods = support.genre_values(outcome.tags, "mood")
+        moods = self._field_values(outcome, "mood")
         if mode != "no" and moods:
             before = [m.strip() for m in str(item.get("mood", "") or "").split(",") if m.strip()]
             item["mood"] = ", ".join(support.merge_list(before, moods, mode))

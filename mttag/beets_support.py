@@ -36,8 +36,11 @@ def field_name(tag: str) -> str:
 
 
 def display_tag(tag: str) -> str:
-    """A tag as ``mttag_tags`` lists it: mttag's display spelling (lower case, single spaces)."""
-    return " ".join(tag.lower().split())
+    """A tag as ``mttag_tags`` lists it: mttag's one spelling (:func:`mttag.vocab.display`:
+    ``msd:Progressive rock`` → ``progressive rock``), as every other output spells it."""
+    from .vocab import display
+
+    return display(tag)
 
 
 def model_display_name(model: str | None) -> str:
@@ -61,11 +64,13 @@ def _vocabulary_of_dir(directory: Path) -> list[str]:
 def known_vocabulary(model: str | None, index: str | os.PathLike | None = None) -> list[str]:
     """The tags whose score fields beets should know as numbers, read without torch or the
     network: the published vocabularies, every bundled model's, the configured model's when
-    it is a local directory, and the vocabulary an existing index records (a Hub model)."""
+    it is a local directory, and the vocabulary an existing index records (a Hub model); each
+    also in its display spelling (a combined model's ``msd:rock`` is stored as ``rock``), and
+    every display spelling of mttag's vocabulary table."""
     from . import registry
-    from .vocab import VOCABULARIES
+    from .vocab import VOCABULARIES, _table, display
 
-    tags: dict[str, None] = {}
+    tags: dict[str, None] = dict.fromkeys(_table()[0])
     for vocabulary in VOCABULARIES.values():
         tags.update(dict.fromkeys(vocabulary))
     try:
@@ -82,17 +87,26 @@ def known_vocabulary(model: str | None, index: str | os.PathLike | None = None) 
             tags.update(dict.fromkeys(t for t in manifest.get("tags", []) if isinstance(t, str)))
         except (OSError, ValueError, AttributeError, TypeError):
             pass
+    for tag in list(tags):
+        tags.setdefault(display(tag))
     return list(tags)
 
 
 # -- merging into beets' own fields ------------------------------------------------------------
 
 
-def genre_values(tags: Sequence[tuple[str, float]], kind: str) -> list[str]:
-    """The chosen tags of one kind (``genre``, ``mood``), spelled as ``mttag write`` spells them."""
-    from .filetags import display_name, tag_kind
+def genre_values(tags: Sequence[Any], kind: str, threshold: float | None = None,
+                 min_confidence: float | None = None) -> list[str]:
+    """The chosen tags of one kind (``genre``, ``mood``) that ``mttag write`` would put into
+    that field, spelled as it spells them: of a confidence of at least ``min_confidence``
+    (default :data:`mttag.calibration.DEFAULT_THRESHOLD`, unless ``threshold`` is given),
+    at most 3 genres or 2 moods (:func:`mttag.filetags.choose_tags`). ``tags``: TagScores,
+    ``{"tag", "score", "confidence"}`` records or ``(tag, score)`` pairs (no confidence: all
+    of that kind, capped)."""
+    from .filetags import WriteOptions, choose_tags, planned_values
 
-    return [display_name(t) for t, _ in tags if tag_kind(t) == kind]
+    options = WriteOptions(fields=(kind,), threshold=threshold, min_confidence=min_confidence)
+    return planned_values(choose_tags(tags, options), options)[kind]
 
 
 def merge_list(before: Sequence[str], ours: Sequence[str], mode: str) -> list[str]:
@@ -117,12 +131,15 @@ def merge_text(before: str, ours: str, mode: str) -> str:
 
 @dataclass
 class Outcome:
-    """One file's result: ``tags`` (best first; all the model's probabilities in
-    ``probabilities``) and, when embeddings were asked for, the track's unit ``vector``;
-    or ``error``, one line."""
+    """One file's result: ``tags`` (best first, each with the value stored in beets: the
+    calibrated confidence, or the raw probability for a model without a calibration table),
+    ``scores`` (the same tags in full: :class:`mttag.tagging.TagScore`; all the model's
+    probabilities in ``probabilities``) and, when embeddings were asked for, the track's unit
+    ``vector``; or ``error``, one line."""
 
     path: str
     tags: list[tuple[str, float]] = field(default_factory=list)
+    scores: list[Any] = field(default_factory=list)
     error: str | None = None
     duration: float | None = None
     probabilities: Any = field(default=None, repr=False)
@@ -193,7 +210,7 @@ class Runner:
     def run(self, paths: Sequence[str], top: int | None, threshold: float | None) -> Iterator[Outcome]:
         """One :class:`Outcome` per path, in order, as each file is done."""
         from .embedding import pool
-        from .tagging import select_tags
+        from .tagging import score_tags, select_scores
 
         tagger = self.load()
         names = list(tagger.config.tags)
@@ -201,8 +218,11 @@ class Runner:
             if not r.ok:
                 yield Outcome(r.path, error=r.error, duration=r.duration)
                 continue
-            out = Outcome(r.path, select_tags(r.probabilities, names, top, threshold), duration=r.duration,
-                          probabilities=r.probabilities, windows=r.n_windows)
+            # every tag, merged and best first (by confidence where the model has a table)
+            scores = r.scores if r.scores is not None else score_tags(r.probabilities, names, tagger.calibration)
+            chosen = select_scores(scores, top, threshold)
+            out = Outcome(r.path, [(s.tag, s.probability if s.confidence is None else s.confidence) for s in chosen],
+                          scores=chosen, duration=r.duration, probabilities=r.probabilities, windows=r.n_windows)
             if r.window_embeddings is not None:
                 try:
                     out.vector = pool(r.window_embeddings)

@@ -653,7 +653,13 @@ class EmbeddingIndex:
         return self._rows.get(path_key(os.fspath(path)))
 
     def tag_index(self, name: str) -> int:
-        """The column of a tag, matched as tables show tags (case and spacing ignored)."""
+        """The column of a tag: the model's own name (``mtt:rock``), else as every output spells
+        tags (``rock``: the first of a combined model's columns that spell it so; case and
+        spacing ignored)."""
+        key = " ".join(name.lower().split())
+        for i, t in enumerate(self.tags):
+            if " ".join(t.lower().split()) == key:
+                return i
         wanted = display_tag(name)
         for i, t in enumerate(self.tags):
             if display_tag(t) == wanted:

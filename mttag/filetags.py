@@ -58,10 +58,16 @@ CASES = ("title", "as-is", "lower")
 TMP_SUFFIX = ".mttag-tmp"
 UNDO_FORMAT = 1
 
+# At most this many genres (moods) go into GENRE (MOOD): a player shows a long genre list as
+# noise, and past the third genre the reference set's tracks rarely have any (docs/tagging.md).
+MAX_GENRES = 3
+MAX_MOODS = 2
+
 # --------------------------------------------------------------------------------------
-# Which tags are genres, moods, instruments/voices and eras: the vocabularies of the bundled
-# models (MSD top-50, MagnaTagATune top-50) and of the CALS split. Data, not logic: a tag
-# missing here is "other" and only goes into the comment and MTTAG fields.
+# Which tags are genres, moods, instruments, voices and eras: mttag.vocab's table
+# (mttag/data/vocabulary.json) decides for every tag it knows; this older table only for the
+# model spellings it does not (custom models trained on these vocabularies). Data, not logic:
+# a tag missing in both is "other" and only goes into the comment and MTTAG fields.
 TAG_KINDS: dict[str, tuple[str, ...]] = {
     "genre": (
         "rock", "pop", "alternative", "indie", "electronic", "dance", "alternative rock", "jazz", "metal",
@@ -81,6 +87,7 @@ TAG_KINDS: dict[str, tuple[str, ...]] = {
         "harpsichord", "flute", "woman", "male vocal", "no vocal", "sitar", "solo", "man", "choir", "voice",
         "beat", "beats", "harp", "cello", "no voice", "male voice", "female vocal", "female voice",
     ),
+    "voice": (),
     "era": ("00s", "90s", "80s", "70s", "60s", "oldies"),
     "other": ("british", "spanish"),
 }
@@ -100,14 +107,19 @@ class WriteError(Exception):
 
 
 def tag_kind(tag: str, kinds: Mapping[str, str] | None = None) -> str:
-    """``genre``, ``mood``, ``instrument``, ``era`` or ``other`` (case-insensitive;
-    ``kinds`` overrides the built-in table)."""
+    """``genre``, ``mood``, ``instrument``, ``voice``, ``era`` or ``other`` (case-insensitive;
+    ``kinds`` overrides :func:`mttag.vocab.kind`, which overrides :data:`TAG_KINDS`)."""
+    from . import vocab
+
     key = " ".join(str(tag).lower().split())
     if kinds:
         lowered = {" ".join(k.lower().split()): v for k, v in kinds.items()}
-        if key in lowered:
-            return lowered[key]
-    return _KIND_OF.get(key, "other")
+        for candidate in (key, vocab.display(key).lower()):
+            if candidate in lowered:
+                return lowered[candidate]
+    if vocab.known(key):
+        return vocab.kind(key)
+    return _KIND_OF.get(vocab.split_source(key)[1], "other")
 
 
 def load_kinds(path: str | os.PathLike) -> dict[str, str]:
@@ -153,8 +165,13 @@ class WriteOptions:
     ``fields``: any of ``genre``, ``mood``, ``comment``, ``mttag``. ``mode``: ``add`` keeps what
     is there (genre/mood values are added if missing, the comment gets the tags appended)
     or ``replace`` (the field holds only mttag's values). The ``mttag`` field is always
-    replaced. ``top``/``threshold`` narrow the tags given; ``case`` spells genre and mood
-    values; ``join`` writes several genres (moods) as one value joined by it (ID3v2.3
+    replaced. Which tags: those of a confidence of at least ``min_confidence`` (``None``:
+    :data:`mttag.calibration.DEFAULT_THRESHOLD`, unless a ``threshold`` is given, which then
+    decides alone), of a raw probability of at least ``threshold``, then the ``top`` most
+    confident; of these at most ``max_genres`` genres go into the genre field and
+    ``max_moods`` moods into the mood field (``None``: no limit). Tags without a confidence
+    (results of an older mttag or of a model without a calibration table) are chosen by
+    ``threshold`` and ``top`` alone, as before. ``case`` spells genre and mood values; ``join`` writes several genres (moods) as one value joined by it (ID3v2.3
     always joins with ``/``); ``kinds`` overrides :data:`TAG_KINDS`. ``keep_mtime``
     keeps the file's modification time (default: the write is a modification, so library
     tools that look at mtimes re-read the tags). ``verify_audio`` also decodes both
@@ -165,6 +182,9 @@ class WriteOptions:
     mode: str = "add"
     top: int | None = None
     threshold: float | None = None
+    min_confidence: float | None = None
+    max_genres: int | None = MAX_GENRES
+    max_moods: int | None = MAX_MOODS
     case: str = "title"
     join: str | None = None
     kinds: Mapping[str, str] | None = None
@@ -184,6 +204,23 @@ class WriteOptions:
             raise ValueError("top must be at least 1")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError("threshold must be between 0 and 1")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError("min_confidence must be between 0 and 1")
+        for name in ("max_genres", "max_moods"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more")
+
+    @property
+    def confidence_floor(self) -> float | None:
+        """The confidence a tag needs: ``min_confidence``, else the default threshold unless
+        the raw ``threshold`` was asked for instead."""
+        if self.min_confidence is not None:
+            return self.min_confidence
+        if self.threshold is not None:
+            return None
+        from .calibration import DEFAULT_THRESHOLD
+
+        return DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -236,13 +273,72 @@ def _path_text(path: str) -> str:
 # Planning: which values go into which field
 
 
+class Chosen(tuple):
+    """A tag to write: ``(tag, score)`` like the pairs :func:`select_tags` gives (so it
+    unpacks as one), with the calibrated ``confidence`` (None when unknown) alongside."""
+
+    confidence: float | None
+
+    def __new__(cls, tag: str, score: float, confidence: float | None = None):
+        self = super().__new__(cls, (tag, score))
+        self.confidence = confidence
+        return self
+
+    @property
+    def tag(self) -> str:
+        return self[0]
+
+    @property
+    def score(self) -> float:
+        return self[1]
+
+
+def _entry(t: Any) -> Chosen:
+    """A tag as results hold it: a ``{"tag", "score", "confidence"?}`` record, a
+    :class:`mttag.tagging.TagScore`, or a ``(tag, score)`` / ``(tag, score, confidence)`` tuple."""
+    if isinstance(t, Chosen):
+        return t
+    if isinstance(t, Mapping):
+        tag, score, conf = t["tag"], t["score"], t.get("confidence")
+    elif hasattr(t, "probability") and hasattr(t, "tag"):
+        tag, score, conf = t.tag, t.probability, t.confidence
+    else:
+        tag, score, *rest = t
+        conf = rest[0] if rest else None
+    return Chosen(str(tag), float(score), None if conf is None else float(conf))
+
+
+def choose_tags(tags: Iterable[Any], options: WriteOptions | None = None) -> list[Chosen]:
+    """The tags :func:`write_tags` writes, most confident first (by score where no tag has a
+    confidence): see :class:`WriteOptions` for the rule."""
+    options = options or WriteOptions()
+    chosen = [_entry(t) for t in tags]
+    if any(c.confidence is not None for c in chosen):
+        chosen.sort(key=lambda c: (-(c.confidence if c.confidence is not None else -1.0), -c.score))
+        floor = options.confidence_floor
+        if floor is not None:
+            chosen = [c for c in chosen if c.confidence is not None and c.confidence >= floor]
+    else:
+        chosen.sort(key=lambda c: -c.score)
+    if options.threshold is not None:
+        chosen = [c for c in chosen if c.score >= options.threshold]
+    return chosen[: options.top] if options.top is not None else chosen
+
+
+def calibrated(tags: Iterable[Any]) -> bool:
+    """Whether any of a record's tags has a confidence (else :func:`choose_tags` falls back
+    to the raw scores)."""
+    try:
+        return any(_entry(t).confidence is not None for t in tags)
+    except (TypeError, ValueError, KeyError):
+        return False
+
+
 def select_tags(tags: Iterable[Any], top: int | None = None, threshold: float | None = None) -> list[tuple[str, float]]:
-    """Tags as ``(tag, score)`` best first, narrowed by ``threshold`` then ``top``. Accepts
-    pairs or ``{"tag", "score"}`` records (as in results files)."""
-    pairs = []
-    for t in tags:
-        tag, score = (t["tag"], t["score"]) if isinstance(t, Mapping) else t
-        pairs.append((str(tag), float(score)))
+    """Tags as ``(tag, score)`` best first by score, narrowed by ``threshold`` then ``top``.
+    Accepts pairs or ``{"tag", "score"}`` records (as in results files). Confidence plays no
+    part here; :func:`choose_tags` is what ``mttag write`` uses."""
+    pairs = [(c.tag, c.score) for c in map(_entry, tags)]
     pairs.sort(key=lambda p: -p[1])
     if threshold is not None:
         pairs = [p for p in pairs if p[1] >= threshold]
@@ -251,17 +347,23 @@ def select_tags(tags: Iterable[Any], top: int | None = None, threshold: float | 
     return pairs
 
 
-def planned_values(tags: Sequence[tuple[str, float]], options: WriteOptions) -> dict[str, list[str]]:
-    """The values mttag would write, per field (``[]``: nothing for that field; it is left alone)."""
+def planned_values(tags: Sequence[Any], options: WriteOptions) -> dict[str, list[str]]:
+    """The values mttag would write, per field (``[]``: nothing for that field; it is left
+    alone), from ``tags`` already chosen (best first). Genre and mood take at most
+    ``options.max_genres``/``max_moods`` of their kind; instruments, voices and eras go only
+    into comment and MTTAG, which no player reads as a genre."""
+    pairs = [(c.tag, c.score) for c in map(_entry, tags)]
+    limits = {"genre": options.max_genres, "mood": options.max_moods}
     out: dict[str, list[str]] = {}
     for name in options.fields:
         if name in ("genre", "mood"):
-            out[name] = list(dict.fromkeys(display_name(t, options.case) for t, _ in tags
-                                           if tag_kind(t, options.kinds) == name))
+            values = list(dict.fromkeys(display_name(t, options.case) for t, _ in pairs
+                                        if tag_kind(t, options.kinds) == name))
+            out[name] = values if limits[name] is None else values[: limits[name]]
         elif name == "comment":
-            out[name] = [", ".join(t for t, _ in tags)] if tags else []
+            out[name] = [", ".join(t for t, _ in pairs)] if pairs else []
         else:
-            out[name] = ["; ".join(f"{t} {s:.2f}" for t, s in tags)] if tags else []
+            out[name] = ["; ".join(f"{t} {s:.2f}" for t, s in pairs)] if pairs else []
     return out
 
 
@@ -1616,11 +1718,15 @@ def write_tags(path: str | os.PathLike, tags: Iterable[Any], options: WriteOptio
     options = options or WriteOptions()
     path = os.fspath(path)
     try:
-        chosen = select_tags(tags, options.top, options.threshold)
+        tags = list(tags)
+        chosen = choose_tags(tags, options)
     except (TypeError, ValueError, KeyError) as exc:
         return WriteOutcome(path, "error", error=f"bad tags in the results ({_reason(exc)})")
     if not chosen:
-        return WriteOutcome(path, "skipped", note="no tags to write")
+        floor = options.confidence_floor
+        why = (f"no tag of confidence >= {floor:g} to write" if tags and floor is not None and calibrated(tags)
+               else "no tags to write")
+        return WriteOutcome(path, "skipped", note=why)
     try:
         if options.dry_run:
             return _write(path, chosen, options, None, fingerprint)
@@ -1847,7 +1953,8 @@ def default_undo_log(results: str | os.PathLike) -> Path:
 
 __all__ = [
     "FIELDS", "DEFAULT_FIELDS", "MODES", "TAG_KINDS", "WriteOptions", "WriteOutcome", "FieldChange", "WriteError",
-    "UndoLog", "write_tags", "undo", "read_undo_log", "select_tags", "planned_values", "merge_values", "tag_kind",
+    "UndoLog", "write_tags", "undo", "read_undo_log", "select_tags", "choose_tags", "calibrated", "Chosen",
+    "planned_values", "merge_values", "tag_kind",
     "load_kinds", "display_name", "decoded_digest", "file_sha256", "make_delta", "default_undo_log",
     "audio_fingerprint", "parse_fingerprint", "audio_ranges", "file_lock", "undo_key_path",
 ]

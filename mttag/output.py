@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .audio import AUDIO_EXTENSIONS
+from . import vocab
 from .display import json_printable, printable, reaches_terminal
 from .fileio import ExclusiveLock, LockedError
 
@@ -33,10 +34,14 @@ FORMATS = ("table", "csv", "tsv", "json", "jsonl")
 # track and tag ("long", tidy: sort and filter by tag), one column per vocabulary tag ("wide"),
 # one row per window and tag ("timeline": where in the track each tag is).
 LAYOUTS = ("track", "long", "wide", "timeline")
-CSV_FIELDS = ["path", "model", "duration", "tags", "scores", "error", "fingerprint"]
-LONG_FIELDS = ["path", "model", "duration", "rank", "tag", "score", "error", "fingerprint"]
-# before the audio fingerprint column (mttag write checks it): still read and resumed
-_V1_CSV_FIELDS, _V1_LONG_FIELDS = CSV_FIELDS[:-1], LONG_FIELDS[:-1]
+# kinds/confidences (kind/confidence) come last, so that a reader of the older columns by
+# position still finds them where they were
+CSV_FIELDS = ["path", "model", "duration", "tags", "scores", "error", "fingerprint", "kinds", "confidences"]
+LONG_FIELDS = ["path", "model", "duration", "rank", "tag", "score", "error", "fingerprint", "kind", "confidence"]
+# before the kind and confidence columns, and before the audio fingerprint column (mttag
+# write checks it): still read and resumed (a resumed file gets today's columns)
+_V2_CSV_FIELDS, _V2_LONG_FIELDS = CSV_FIELDS[:-2], LONG_FIELDS[:-2]
+_V1_CSV_FIELDS, _V1_LONG_FIELDS = CSV_FIELDS[:-3], LONG_FIELDS[:-3]
 WIDE_FIELDS = ["path", "model", "duration", "error"]  # then one column per tag
 TIMELINE_FIELDS = ["path", "model", "start", "end", "tag", "score", "error"]  # one row per window and tag
 _OLD_CSV_FIELDS = ["path", "duration", "tags", "scores", "error"]  # mttag 0.1.0, still resumable
@@ -89,10 +94,17 @@ def path_from_text(text: str) -> str:
 
 
 def display_tag(name: str) -> str:
-    """A tag as tables and spreadsheets show it: the MSD vocabulary mixes ``House``,
-    ``Hip-Hop`` and ``rock``; one spelling (lower case, single spaces) sorts and filters
-    as a person expects. JSON keeps the model's own names."""
-    return " ".join(name.lower().split())
+    """A tag as every output spells it (:func:`mttag.vocab.display`): the MSD vocabulary
+    mixes ``House``, ``Hip-Hop`` and ``rock``, a combined model says ``msd:rock``; tables,
+    spreadsheets, JSON and Parquet all write ``house``, ``hip-hop``, ``rock``."""
+    return vocab.display(name)
+
+
+def wide_tag_columns(vocabulary: list[str]) -> list[str]:
+    """The tag columns of the wide layout: one per tag once spelled, in the vocabulary's order
+    (a combined model's ``msd:rock`` and ``mtt:rock`` are one ``rock`` column, which holds the
+    score of the result's tag, the one its model is most confident of)."""
+    return list(dict.fromkeys(display_tag(t) for t in vocabulary))
 
 
 def path_key(path: str) -> str:
@@ -153,6 +165,12 @@ def record_problem(record: dict[str, Any]) -> str | None:
             return "'tags' holds an entry without a tag name"
         if not _is_number(t.get("score")) or not 0.0 <= t["score"] <= 1.0:
             return f"tag {t['tag'][:50]!r} has no score between 0 and 1"
+        confidence = t.get("confidence")
+        if confidence is not None and (not _is_number(confidence) or not 0.0 <= confidence <= 1.0):
+            return f"tag {t['tag'][:50]!r} has a confidence that is not a number between 0 and 1"
+        for key in ("kind", "name"):
+            if t.get(key) is not None and not isinstance(t[key], str):
+                return f"tag {t['tag'][:50]!r}: {key!r} is not text"
     if "fingerprint" in record and not isinstance(record["fingerprint"], str):
         return "'fingerprint' is not text"
     return None
@@ -160,9 +178,9 @@ def record_problem(record: dict[str, Any]) -> str | None:
 
 def csv_layout(header: list[str]) -> str | None:
     """The layout a csv/tsv header belongs to, or None if mttag did not write it."""
-    if header in (CSV_FIELDS, _V1_CSV_FIELDS, _OLD_CSV_FIELDS):
+    if header in (CSV_FIELDS, _V2_CSV_FIELDS, _V1_CSV_FIELDS, _OLD_CSV_FIELDS):
         return "track"
-    if header in (LONG_FIELDS, _V1_LONG_FIELDS):
+    if header in (LONG_FIELDS, _V2_LONG_FIELDS, _V1_LONG_FIELDS):
         return "long"
     if header == TIMELINE_FIELDS:
         return "timeline"
@@ -208,6 +226,21 @@ def _number(text: str, what: str) -> float:
         raise ValueError(f"{what} {text[:30]!r} is not a number") from None
 
 
+def _optional_number(text: str, what: str) -> float | None:
+    return None if text == "" else _number(text, what)
+
+
+def _tag_entry(tag: str, score: str, kind: str | None = None, confidence: str | None = None) -> dict[str, Any]:
+    """A tag of a csv/tsv row as the JSON records hold it (kind and confidence only when the
+    file has those columns: an older file's records stay as they were)."""
+    entry: dict[str, Any] = {"tag": tag, "score": _number(score, "score")}
+    if kind is not None:
+        entry["kind"] = kind or vocab.kind(tag)
+    if confidence is not None:
+        entry["confidence"] = _optional_number(confidence, "confidence")
+    return entry
+
+
 def _rows_to_records(rows: list[dict[str, str]], layout: str | None, header: list[str]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
 
@@ -232,23 +265,32 @@ def _rows_to_records(rows: list[dict[str, str]], layout: str | None, header: lis
                 record = base(row)
                 if "error" not in record:
                     tags = [t for t in row["tags"].split(";") if t]
-                    scores = [_number(s, "score") for s in row["scores"].split(";") if s]
+                    scores = [s for s in row["scores"].split(";") if s]
                     if len(tags) != len(scores) or "duration" not in record:
                         continue
-                    record["tags"] = [{"tag": t, "score": s} for t, s in zip(tags, scores)]
+                    # kinds and confidences: one entry per tag, a confidence empty when unknown
+                    kinds = row["kinds"].split(";") if row.get("kinds") else None
+                    confs = row["confidences"].split(";") if "confidences" in row and tags else None
+                    if kinds is not None and len(kinds) != len(tags) or confs is not None and len(confs) != len(tags):
+                        raise ValueError("the kinds or confidences do not match the tags")
+                    record["tags"] = [_tag_entry(t, s, kinds[i] if kinds else (None if confs is None else ""),
+                                                 None if confs is None else confs[i])
+                                      for i, (t, s) in enumerate(zip(tags, scores))]
             except ValueError as exc:
                 record = bad(row, exc)
             records.append(record)
     elif layout == "long":
         for row in rows:
             try:
+                entry = (_tag_entry(row["tag"], row["score"], row.get("kind"), row.get("confidence"))
+                         if row["tag"] else None)
                 if records and records[-1]["path"] == row["path"]:
-                    if row["tag"] and "tags" in records[-1]:
-                        records[-1]["tags"].append({"tag": row["tag"], "score": _number(row["score"], "score")})
+                    if entry is not None and "tags" in records[-1]:
+                        records[-1]["tags"].append(entry)
                     continue
                 record = base(row)
                 if "error" not in record:
-                    record["tags"] = [{"tag": row["tag"], "score": _number(row["score"], "score")}] if row["tag"] else []
+                    record["tags"] = [entry] if entry is not None else []
             except ValueError as exc:
                 if records and records[-1]["path"] == row["path"]:
                     records[-1] = bad(row, exc)
@@ -323,7 +365,7 @@ class ResultWriter:
             if layout == "wide":
                 if not vocabulary:
                     raise ValueError("the wide layout needs the model's vocabulary")
-                self.columns = [display_tag(t) for t in vocabulary]
+                self.columns = wide_tag_columns(vocabulary)
                 fields = WIDE_FIELDS + self.columns
             else:
                 fields = {"long": LONG_FIELDS, "timeline": TIMELINE_FIELDS}.get(layout, CSV_FIELDS)
@@ -367,12 +409,17 @@ class ResultWriter:
     def _rows(self, record: dict[str, Any]) -> list[list[Any]]:
         path, model, error = record["path"], record.get("model") or "", record.get("error", "")
         duration = "" if error else record.get("duration")
-        tags = [(display_tag(t["tag"]), t["score"]) for t in record.get("tags", [])]
+        entries = record.get("tags", [])
+        tags = [(display_tag(t["tag"]), t["score"]) for t in entries]
+        # a record of an older file (resumed) has no kind: the table gives it; no confidence: empty
+        kinds = [t.get("kind") or vocab.kind(t["tag"]) for t in entries]
+        confs = ["" if t.get("confidence") is None else f"{t['confidence']:.4f}" for t in entries]
         if self.layout == "long":
             fingerprint = record.get("fingerprint") or ""
             if error or not tags:
-                return [[path, model, duration, "", "", "", error, fingerprint]]
-            return [[path, model, duration, rank, t, f"{s:.4f}", "", fingerprint] for rank, (t, s) in enumerate(tags, 1)]
+                return [[path, model, duration, "", "", "", error, fingerprint, "", ""]]
+            return [[path, model, duration, rank, t, f"{s:.4f}", "", fingerprint, kinds[rank - 1], confs[rank - 1]]
+                    for rank, (t, s) in enumerate(tags, 1)]
         if self.layout == "timeline":
             if error or not record.get("timeline"):
                 return [[path, model, "", "", "", "", error or "no timeline (run with --timeline)"]]
@@ -382,7 +429,7 @@ class ResultWriter:
             scores = dict(tags)
             return [[path, model, duration, error] + [f"{scores[c]:.4f}" if c in scores else "" for c in self.columns]]
         return [[path, model, duration, ";".join(t for t, _ in tags), ";".join(f"{s:.4f}" for _, s in tags), error,
-                 record.get("fingerprint") or ""]]
+                 record.get("fingerprint") or "", ";".join(kinds), ";".join(confs)]]
 
     def write(self, result: TagResult) -> None:
         record = result.to_dict()

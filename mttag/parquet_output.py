@@ -7,7 +7,10 @@ Columns::
     model      string            the model's name
     duration   double            seconds (null on error)
     windows    int32             windows averaged (0 on error)
-    tags       list<struct<tag: string, score: float>>   the chosen tags, best first
+    tags       list<struct<tag: string, score: float, kind: string, confidence: float>>
+                                 the chosen tags, best first: the one spelling, the raw
+                                 probability, genre/mood/instrument/voice/era/other, the
+                                 calibrated confidence (null for a model without a table)
     scores     list<float>       every tag's probability, in the vocabulary's order (null on error)
     embedding  list<float>       the track's unit embedding (mttag embed --engine ray; else null)
     error      string            why the track has no tags (null when it has)
@@ -65,7 +68,8 @@ def schema(tags: list[str] | None = None, model: str | None = None) -> "pa.Schem
         pa.field("model", pa.string()),
         pa.field("duration", pa.float64()),
         pa.field("windows", pa.int32()),
-        pa.field("tags", pa.list_(pa.struct([("tag", pa.string()), ("score", pa.float32())]))),
+        pa.field("tags", pa.list_(pa.struct([("tag", pa.string()), ("score", pa.float32()),
+                                             ("kind", pa.string()), ("confidence", pa.float32())]))),
         pa.field("scores", pa.list_(pa.float32())),
         pa.field("embedding", pa.list_(pa.float32())),
         pa.field("error", pa.string()),
@@ -100,17 +104,27 @@ def row_from_result(result: "TagResult", embedding=None) -> dict[str, Any]:
     return {
         "path": path_text(result.path), "model": result.model, "duration": _finite(result.duration),
         "windows": int(result.n_windows),
-        "tags": [{"tag": t, "score": float(s)} for t, s in result.tags],
+        "tags": [_tag_struct(t) for t in result.to_dict()["tags"]],
         "scores": None if result.probabilities is None else [float(p) for p in result.probabilities],
         "embedding": None if embedding is None else [float(v) for v in embedding],
         "error": None,
     }
 
 
+def _tag_struct(entry: dict[str, Any]) -> dict[str, Any]:
+    """A record's tag as the struct; a row of an older file (no kind, no confidence) gets the
+    kind from the vocabulary table and a null confidence."""
+    from . import vocab
+
+    confidence = entry.get("confidence")
+    return {"tag": entry["tag"], "score": float(entry["score"]), "kind": entry.get("kind") or vocab.kind(entry["tag"]),
+            "confidence": None if confidence is None else float(confidence)}
+
+
 def row_from_record(record: dict[str, Any]) -> dict[str, Any]:
     """A record (``TagResult.to_dict()``'s form, or a row read back) as a full row."""
     row = {c: record.get(c) for c in COLUMNS}
-    row["tags"] = [{"tag": t["tag"], "score": float(t["score"])} for t in record.get("tags") or []]
+    row["tags"] = [_tag_struct(t) for t in record.get("tags") or []]
     row["windows"] = int(record.get("windows") or 0)
     return row
 

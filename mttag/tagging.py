@@ -193,6 +193,15 @@ class TagResult:
     def ok(self) -> bool:
         return self.error is None
 
+    def _tag_records(self) -> list[dict[str, Any]]:
+        # the fields' order is documented (docs/tagging.md, Outputs): readers may rely on it
+        if self.scores is not None and len(self.scores) == len(self.tags):
+            return [{"tag": s.tag, "score": round(s.probability, 4), "kind": s.kind,
+                     "confidence": None if s.confidence is None else round(s.confidence, 4), "name": s.name}
+                    for s in self.scores]
+        return [{"tag": vocab.display(t), "score": round(s, 4), "kind": vocab.kind(t), "confidence": None, "name": t}
+                for t, s in self.tags]
+
     def to_dict(self) -> dict[str, Any]:
         head: dict[str, Any] = {"path": self.path}
         if self.model is not None:
@@ -202,7 +211,7 @@ class TagResult:
         out = {
             **head,
             "duration": round(self.duration, 3) if self.duration is not None else None,
-            "tags": [{"tag": t, "score": round(s, 4)} for t, s in self.tags],
+            "tags": self._tag_records(),
         }
         if self.fingerprint is not None:
             out["fingerprint"] = self.fingerprint

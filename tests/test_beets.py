@@ -91,12 +91,14 @@ class TestCommand(_Base):
         self.add(sounds)
         self.run_command("mttag")
         items = list(self.lib.items())
-        assert all(i["mttag_model"] == "msd-musicnn" for i in items)
+        assert all(i["mttag_model"] == "musicnn" for i in items)
         item = self.lib.items("title:chord").get()
         tags = item["mttag_tags"].split(", ")
         assert len(tags) == 5 and all(t == t.lower() for t in tags)
-        # every stored tag has its score as a number, best first
+        # every stored tag has its score as a number, best first: the default model has a
+        # calibration table, so the score is the confidence (the most confident tags are chosen)
         scores = [item[support.field_name(t)] for t in tags]
+        assert scores[0] >= 0.5
         assert all(isinstance(s, float) for s in scores) and scores == sorted(scores, reverse=True)
         first, score = tags[0], scores[0]
         field = support.field_name(first)
@@ -143,7 +145,7 @@ class TestCommand(_Base):
         bogus.add(self.lib)
         with caplog.at_level(logging.INFO, logger="beets"):
             self.run_command("mttag")
-        assert self.lib.get_item(good.id)["mttag_model"] == "msd-musicnn"
+        assert self.lib.get_item(good.id)["mttag_model"] == "musicnn"
         for bad, name in ((missing, "gone.flac"), (bogus, "not audio.flac")):
             assert "mttag_model" not in self.lib.get_item(bad.id)
             lines = [r.getMessage() for r in caplog.records if name in r.getMessage() and r.levelno >= logging.WARNING]
@@ -165,12 +167,12 @@ class TestCommand(_Base):
         monkeypatch.setattr(support.Runner, "run", interrupted)
         with pytest.raises(KeyboardInterrupt):
             self.run_command("mttag")
-        tagged = [i.id for i in self.lib.items("mttag_model:msd-musicnn")]
+        tagged = [i.id for i in self.lib.items("mttag_model:musicnn")]
         assert tagged == [items[0].id, items[1].id]
         assert len(support.indexed_paths(self.temp_path / "lib.mttag")) == 2
         self.run_command("mttag")
         assert seen[1] == [os.fsdecode(i.path) for i in items[2:]]  # only what was left
-        assert len(list(self.lib.items("mttag_model:msd-musicnn"))) == len(items)
+        assert len(list(self.lib.items("mttag_model:musicnn"))) == len(items)
 
 
     def test_an_index_of_another_model_is_left_alone(self, sounds, caplog, monkeypatch):
@@ -184,7 +186,7 @@ class TestCommand(_Base):
         assert self.lib.get_item(item.id)["mttag_model"] == "mtt-musicnn"
         assert {p.name: p.read_bytes() for p in index.iterdir() if p.is_file()} == before
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-        assert len(warnings) == 1 and "holds embeddings of msd-musicnn, not of mtt-musicnn" in warnings[0]
+        assert len(warnings) == 1 and "holds embeddings of musicnn, not of mtt-musicnn" in warnings[0]
         # nothing left to do: the model is not run again for an index that cannot take it
         monkeypatch.setattr(support.Runner, "run", lambda *a: pytest.fail("ran the model"))
         self.run_command("mttag", "--model", "mtt-musicnn")
@@ -200,8 +202,11 @@ class TestWrite(_Base):
         samples = sf.read(item.path)[0]
         self.run_command("mttag")
         item = self.lib.get_item(item.id)
-        ours = support.genre_values([(t, 1.0) for t in item["mttag_tags"].split(", ")], "genre")
-        assert ours and item["genres"] == ["Polka", *ours]
+        # the stored scores are confidences: mttag write's rule picks the same genres from them
+        stored = [{"tag": t, "score": item[support.field_name(t)], "confidence": item[support.field_name(t)]}
+                  for t in item["mttag_tags"].split(", ")]
+        ours = support.genre_values(stored, "genre")
+        assert ours and len(ours) <= 3 and item["genres"] == ["Polka", *ours]
         on_disk = mutagen_flac.FLAC(item.path)
         assert on_disk["genre"] == ["Polka", *ours]
         assert on_disk["comment"] == [item["mttag_tags"]]
@@ -228,6 +233,20 @@ class TestWrite(_Base):
         self.start()  # genre: no (the default)
         self.run_command("mttag", "--force", "--write")
         assert "genre" not in mutagen_flac.FLAC(os.fsdecode(b.path))
+
+    def test_genres_follow_the_confident_rule_of_mttag_write(self):
+        from mttag.tagging import TagScore
+
+        self.start(genre="replace", mood="add")
+        item = Item(path=str(self.lib_path / "x.flac"), title="x", genres=["Polka"])
+        item.add(self.lib)
+        scores = [TagScore(t, k, f"msd:{t}", p, c) for t, k, p, c in [
+            ("jazz", "genre", 0.2, 0.97), ("blues", "genre", 0.1, 0.96), ("death metal", "genre", 0.05, 0.95),
+            ("metal", "genre", 0.3, 0.93), ("happy", "mood", 0.4, 0.92), ("rock", "genre", 0.8, 0.4)]]
+        outcome = support.Outcome("x.flac", [(s.tag, s.confidence) for s in scores], scores=scores)
+        self.plugin_instance().apply(item, outcome)
+        assert item["genres"] == ["Jazz", "Blues", "Death Metal"]  # at most 3; never rock (0.4)
+        assert item["mood"] == "Happy"
 
     def test_bad_mode_is_refused_before_tagging(self, sounds):
         from beets.ui import UserError
@@ -320,7 +339,7 @@ class TestImport(PluginMixin, ImportHelper):
             shutil.copy(sounds[kind], source)
         self.setup_importer(autotag=False, write=True).run()
         items = list(self.lib.items())
-        assert len(items) == 2 and all(i["mttag_model"] == "msd-musicnn" for i in items)
+        assert len(items) == 2 and all(i["mttag_model"] == "musicnn" for i in items)
         # copied into the library, and the index names those copies, not the originals
         paths = {support.path_key(os.fsdecode(i.path)) for i in items}
         assert all(str(self.lib_path) in p for p in paths)
@@ -357,6 +376,38 @@ def test_score_fields_of_a_model_folder_are_numbers(tmp_path):
     assert "Tuvan Throat Singing" in support.known_vocabulary(str(tmp_path))
     assert "Tuvan Throat Singing" not in support.known_vocabulary(None)
     assert "Hip-Hop" in support.known_vocabulary(None)
+
+
+def test_the_combined_models_display_tags_are_typed_as_numbers():
+    vocabulary = support.known_vocabulary(None)
+    for tag in ("violin", "female vocals", "classical", "rock"):  # musicnn's msd:/mtt: outputs, merged
+        assert tag in vocabulary
+
+
+def test_stored_score_is_the_confidence_where_the_model_has_a_table():
+    from types import SimpleNamespace
+
+    from mttag.tagging import TagResult, TagScore
+
+    def fake_tagger(confident: bool):
+        def tag_files(paths, top=None, threshold=None):
+            for p in paths:
+                scores = [TagScore("violin", "instrument", "mtt:violin", 0.3, 0.98 if confident else None),
+                          TagScore("rock", "genre", "msd:rock", 0.6, 0.5 if confident else None)]
+                if not confident:
+                    scores.reverse()
+                yield TagResult(p, 1.0, [(s.tag, s.probability) for s in scores], scores=scores,
+                                probabilities=np.array([0.3, 0.6]))
+        return SimpleNamespace(config=SimpleNamespace(tags=["mtt:violin", "msd:rock"]), calibration=None,
+                               tag_files=tag_files)
+
+    runner = support.Runner("musicnn", embeddings=False)
+    runner._tagger = fake_tagger(True)
+    (out,) = runner.run(["a.flac"], 5, None)
+    assert out.tags == [("violin", 0.98), ("rock", 0.5)]
+    runner._tagger = fake_tagger(False)
+    (out,) = runner.run(["a.flac"], 5, None)
+    assert out.tags == [("rock", 0.6), ("violin", 0.3)]
 
 
 def test_merging():

@@ -83,7 +83,7 @@ def parse(text: str, fmt: str) -> list[dict]:
     if fmt == "jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert rows and list(rows[0]) == ["path", "model", "duration", "tags", "scores", "error", "fingerprint"]
+    assert rows and list(rows[0]) == ["path", "model", "duration", "tags", "scores", "error", "fingerprint", "kinds", "confidences"]
     return rows
 
 
@@ -501,7 +501,7 @@ def test_python_api(library, tiny_model_dir, tiny_model):
         assert len(r.tags) == 3 and r.duration == pytest.approx(3.0, abs=0.1)
         assert r.probabilities.shape == (len(TEST_TAGS),)
         d = r.to_dict()
-        assert set(d) == {"path", "model", "duration", "tags", "fingerprint"} and set(d["tags"][0]) == {"tag", "score"}
+        assert set(d) == {"path", "model", "duration", "tags", "fingerprint"} and list(d["tags"][0]) == ["tag", "score", "kind", "confidence", "name"]
         assert r.model == str(tiny_model_dir)
     for r in results:
         if not r.ok:

@@ -46,7 +46,7 @@ def test_long_layout_one_row_per_tag(songs, tiny_model_dir, tmp_path):
     result = tag(songs, "--model", tiny_model_dir, "-o", out, "--layout", "long", "--top", "3")
     assert result.exit_code == 1  # the broken file
     table = rows(out.read_text(encoding="utf-8"))
-    assert list(table[0]) == ["path", "model", "duration", "rank", "tag", "score", "error", "fingerprint"]
+    assert list(table[0]) == ["path", "model", "duration", "rank", "tag", "score", "error", "fingerprint", "kind", "confidence"]
     good = [r for r in table if not r["error"]]
     assert len(good) == 3 * 3
     for r in good:
@@ -116,14 +116,40 @@ def test_display_names_are_normalised_json_keeps_the_models():
     out = io.StringIO()
     ResultWriter(out, "csv").write_record(record)
     row = rows(out.getvalue())[0]
-    assert row["tags"] == "hip-hop;female vocalists" and row["model"] == "msd-musicnn"
+    # the vocabulary table's spelling: near-duplicates are one tag
+    assert row["tags"] == "hip-hop;female vocals" and row["model"] == "msd-musicnn"
     out = io.StringIO()
     ResultWriter(out, "jsonl").write_record(record)
-    assert json.loads(out.getvalue())["tags"][0]["tag"] == "Hip-Hop"
+    assert json.loads(out.getvalue())["tags"][0]["tag"] == "Hip-Hop"  # a record read back is kept as it was
     out = io.StringIO()
     ResultWriter(out, "csv", layout="wide", vocabulary=["House", "Hip-Hop"]).write_record(record)
     assert out.getvalue().splitlines()[0].endswith(",house,hip-hop")
     assert display_tag("Progressive rock") == "progressive rock"
+
+
+def test_one_spelling_in_every_format():
+    """A tag the vocabulary table does not know (a custom model's) is spelled the same in
+    JSON, CSV (both layouts) and the table: the CSV used to lowercase it on its own."""
+    from mttag.tagging import TagResult
+
+    result = TagResult("a.wav", 3.0, [("Hip-Hop Fusion", 0.5), ("msd:Progressive rock", 0.25)], model="custom")
+    spelled = {}
+    for fmt, layout in (("jsonl", "track"), ("csv", "track"), ("csv", "long"), ("table", "track")):
+        out = io.StringIO()
+        writer = ResultWriter(out, fmt, layout=layout)
+        writer.write(result)
+        writer.close()
+        text = out.getvalue()
+        if fmt == "jsonl":
+            spelled[fmt] = [t["tag"] for t in json.loads(text)["tags"]]
+        elif layout == "long":
+            spelled["long"] = [r["tag"] for r in rows(text)]
+        elif fmt == "csv":
+            spelled[fmt] = rows(text)[0]["tags"].split(";")
+        else:
+            spelled[fmt] = ["Hip-Hop Fusion" if "Hip-Hop Fusion 0.50" in text else None,
+                            "progressive rock" if "progressive rock 0.25" in text else None]
+    assert all(v == ["Hip-Hop Fusion", "progressive rock"] for v in spelled.values()), spelled
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fd-level capture is POSIX")

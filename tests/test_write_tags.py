@@ -295,7 +295,7 @@ def test_planning_top_threshold_kinds_and_case():
     assert plan == {"genre": ["Rock", "Guitar"], "mood": [], "comment": ["rock, guitar"], "mttag": ["rock 0.81; guitar 0.60"]}
     assert filetags.display_name("rnb") == "R&B" and filetags.display_name("00s") == "00s"
     assert filetags.tag_kind("House") == "genre" and filetags.tag_kind("Mellow") == "mood"
-    assert filetags.tag_kind("female vocalists") == "instrument" and filetags.tag_kind("80s") == "era"
+    assert filetags.tag_kind("female vocalists") == "voice" and filetags.tag_kind("80s") == "era"  # mttag.vocab decides
 
 
 # ---------------------------------------------------------------------------- the command

@@ -73,12 +73,15 @@ def _stdout():
 def write(
     results: Optional[Path] = typer.Argument(None, help="A results file of 'mttag tag -o FILE' (.jsonl, .json or .csv)."),
     top: Optional[int] = typer.Option(None, "--top", "-k", min=1, help="Write only the K best tags of each track (default: all in the results)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Write only tags with probability >= P."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", min=0.0, max=1.0, help="Write only tags with probability >= P (instead of the confidence rule, unless --min-confidence is given too)."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0, help="Write only tags of calibrated confidence >= C (default 0.9, unless --threshold is given; 0: any)."),
+    max_genres: int = typer.Option(3, "--max-genres", min=0, help="At most N genres into the genre field (the most confident)."),
+    max_moods: int = typer.Option(2, "--max-moods", min=0, help="At most N moods into the mood field."),
     fields: str = typer.Option("genre,mood,mttag", "--fields", help="Fields to write: genre, mood, comment, mttag (comma-separated)."),
     mode: Mode = typer.Option(Mode.add, "--mode", help="add: keep what is there and add mttag's values; replace: the fields hold only mttag's values."),
     case: Case = typer.Option(Case.title, "--case", help="Spelling of genre and mood values: title (Alternative Rock), as-is, lower."),
     join: Optional[str] = typer.Option(None, "--join", help="Write several genres (moods) as ONE value joined by this, e.g. '; ' (for DJ software)."),
-    kinds: Optional[Path] = typer.Option(None, "--kinds", help="CSV of tag,kind (genre, mood, instrument, era, other) overriding the built-in table."),
+    kinds: Optional[Path] = typer.Option(None, "--kinds", help="CSV of tag,kind (genre, mood, instrument, voice, era, other) overriding the built-in table."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Show per file what would change; change nothing."),
     undo_log: Optional[Path] = typer.Option(None, "--undo-log", help="Where to record the previous values (default: RESULTS.undo-TIME.jsonl beside RESULTS; an existing log is appended to)."),
     undo: Optional[Path] = typer.Option(None, "--undo", help="Restore the files an undo log recorded, and exit."),
@@ -104,7 +107,8 @@ def write(
     else:
         if results is None:
             fail("missing RESULTS file (or --undo LOG)")
-        request = WriteRequest(results, top=top, threshold=threshold, fields=fields, mode=mode.value, case=case.value,
+        request = WriteRequest(results, top=top, threshold=threshold, min_confidence=min_confidence,
+                               max_genres=max_genres, max_moods=max_moods, fields=fields, mode=mode.value, case=case.value,
                                join=join, kinds=kinds, dry_run=dry_run, undo_log=undo_log, keep_mtime=keep_mtime,
                                verify_audio=verify_audio)
         summary = run(run_write, request, events)
@@ -129,3 +133,8 @@ class _WriteEvents(RunEvents):
 
     def result(self, result) -> None:
         _print(result, self.as_json)
+
+    def warning(self, path, message: str) -> None:
+        # stderr: --json's stdout stays one record per line
+        where = f"{printable(path)}: " if path else ""
+        console.print(f"[yellow]note:[/] {escape(where + printable(message))}", highlight=False, soft_wrap=True)

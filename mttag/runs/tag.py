@@ -176,7 +176,7 @@ class _TagRun:
             raise RunError(str(exc)) from None
 
     def _read_resumed(self) -> None:
-        from ..output import display_tag, path_key, read_done, wide_columns
+        from ..output import path_key, read_done, wide_columns, wide_tag_columns
 
         output = self.req.output
         try:
@@ -184,7 +184,7 @@ class _TagRun:
         except (ValueError, OSError) as exc:
             raise RunError(f"--resume {printable(output)}: {exc}") from None
         if (self.layout == "wide" and output.exists()
-                and wide_columns(output, self.fmt) != [display_tag(t) for t in self.net.config.tags]):
+                and wide_columns(output, self.fmt) != wide_tag_columns(self.net.config.tags)):
             raise RunError(f"--resume {printable(output)}: its columns are another model's tags; resume with the same model")
         self.files = [f for f in self.files if path_key(str(f)) not in done]
         self.events.resuming(len(done), len(self.files))
@@ -335,7 +335,9 @@ class _FileTagWriter:
     def write(self, result):
         from ..filetags import write_tags
 
-        outcome = write_tags(result.path, result.tags, self.options, self._log, fingerprint=result.fingerprint)
+        # the scores carry the confidence that decides what is written (filetags.choose_tags)
+        tags = result.scores if result.scores is not None else result.tags
+        outcome = write_tags(result.path, tags, self.options, self._log, fingerprint=result.fingerprint)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         return outcome
 

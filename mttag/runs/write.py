@@ -23,6 +23,9 @@ class WriteRequest:
     results: Path
     top: int | None = None
     threshold: float | None = None
+    min_confidence: float | None = None  # None: calibration.DEFAULT_THRESHOLD, unless threshold is given
+    max_genres: int | None = 3  # filetags.MAX_GENRES
+    max_moods: int | None = 2  # filetags.MAX_MOODS
     fields: str | list[str] = DEFAULT_FIELDS
     mode: str = "add"
     case: str = "title"
@@ -56,7 +59,8 @@ def _options(req: WriteRequest):
             raise RunError(f"--kinds: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         return filetags.WriteOptions(fields=_fields(req.fields), mode=req.mode, top=req.top, threshold=req.threshold,
-                                     case=req.case, join=req.join or None, kinds=kind_map, dry_run=req.dry_run,
+                                     min_confidence=req.min_confidence, max_genres=req.max_genres,
+                                     max_moods=req.max_moods, case=req.case, join=req.join or None, kinds=kind_map, dry_run=req.dry_run,
                                      keep_mtime=req.keep_mtime, verify_audio=req.verify_audio)
     except ValueError as exc:
         raise RunError(str(exc)) from None
@@ -135,6 +139,7 @@ def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSumm
     lock, log = _open_log(request, options)
     summary = RunSummary("write", output=request.results)
     seen: set[str] = set()
+    told_uncalibrated = False
     try:
         with interruptible():
             events.started(len(records))
@@ -149,6 +154,11 @@ def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSumm
                     if real in seen:  # the same file under two names: once is enough
                         continue
                     seen.add(real)
+                    tags = record.get("tags") or []
+                    if tags and not told_uncalibrated and not filetags.calibrated(tags):
+                        # once a run: every such record is chosen the same way
+                        told_uncalibrated = True
+                        events.warning(None, _UNCALIBRATED)
                     outcome = filetags.write_tags(path, record.get("tags") or [], options, log,
                                                   fingerprint=record.get("fingerprint"))
                 _count(summary, outcome.status)
@@ -171,6 +181,11 @@ def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSumm
         else:
             _drop_if_empty(log.path)
     return finish(summary)
+
+
+_UNCALIBRATED = ("some results have no confidence (an older mttag, or a model without a calibration "
+                 "table): their tags are chosen by probability (--threshold, --top), at most the genre and mood "
+                 "limits per field")
 
 
 def run_undo(log: Path, dry_run: bool = False, events: RunEvents | None = None) -> RunSummary:
