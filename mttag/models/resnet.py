@@ -1,4 +1,5 @@
-"""Short-chunk ResNet baseline (Won et al., SMC 2020; SPEC §3)."""
+"""Short-chunk ResNet baseline (Won, Ferraro, Bogdanov, Serra, "Evaluation of CNN-based
+automatic music tagging models", SMC 2020, arXiv:2006.00751)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,7 @@ from torch import nn
 from ..features import LogMelSpectrogram
 from . import computed_buffers
 from .config import ModelConfig
-from .params import PRESETS as _PRESETS
 from .params import ResNetParams
-
-# Compatibility views of the typed presets (mttag.models.params): plain dicts of every parameter.
-PRESETS = {name: params.to_dict() for name, params in _PRESETS["resnet"].items()}
-DEFAULTS = ResNetParams().to_dict()
 
 
 class ResBlockStride2(nn.Module):
@@ -35,8 +31,10 @@ class ResBlockStride2(nn.Module):
 class ShortChunkResNet(nn.Module):
     """Waveform ``B×N`` (a 3.69 s chunk) → tag logits ``B×n_tags``."""
 
-    # oneDNN's convolutions are fastest with channels-last weights (see mttag.models.place)
+    # What the model can do (see mttag.models): oneDNN's convolutions are fastest with
+    # channels-last weights on a CPU, and bf16 tagging on CUDA is safe for it.
     channels_last_on_cpu = True
+    bf16_on_cuda = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -1,4 +1,5 @@
-"""Music Tagging Transformer (Won, Choi, Serra 2021; SPEC §2).
+"""Music Tagging Transformer (Won, Choi, Serra, "Semi-supervised music tagging transformer",
+ISMIR 2021, arXiv:2111.13457; the layers follow its Table 1).
 
 A shallow 3×3 CNN turns the log-mel spectrogram into a sequence of ~0.1 s
 tokens; a pre-norm Transformer summarises the sequence into a [CLS] vector.
@@ -13,12 +14,7 @@ from torch import nn
 from ..features import LogMelSpectrogram
 from . import computed_buffers
 from .config import ModelConfig
-from .params import PRESETS as _PRESETS
 from .params import TransformerParams
-
-# Compatibility views of the typed presets (mttag.models.params): plain dicts of every parameter.
-PRESETS = {name: params.to_dict() for name, params in _PRESETS["transformer"].items()}
-DEFAULTS = TransformerParams().to_dict()
 
 
 class ResBlock2d(nn.Module):
@@ -94,13 +90,16 @@ class Block(nn.Module):
 class MusicTaggingTransformer(nn.Module):
     """Waveform ``B×N`` at ``config.sample_rate`` → tag logits ``B×n_tags``."""
 
-    # oneDNN's convolutions are fastest with channels-last weights (see mttag.models.place)
+    # What the model can do (see mttag.models): oneDNN's convolutions are fastest with
+    # channels-last weights on a CPU, and bf16 tagging on CUDA is safe for it.
     channels_last_on_cpu = True
+    bf16_on_cuda = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         p: TransformerParams = config.arch_params  # typed and range-checked
         self.config = config
+        self.arch_params = p
         self.max_len = p.max_len
         dim = p.dim
         with computed_buffers():
@@ -115,10 +114,9 @@ class MusicTaggingTransformer(nn.Module):
 
     @property
     def max_samples(self) -> int:
-        """Longest input the positional embedding covers."""
-        # tokens = frames // 4 and frames = 1 + samples // hop
-        hop = self.spec.hop_length
-        return (4 * self.max_len + 3) * hop - 1
+        """Longest input the positional embedding covers: inputs up to it, longer than the
+        training crop too, are taken whole."""
+        return self.arch_params.max_samples()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.forward_with_embedding(waveform)[0]
