@@ -279,3 +279,28 @@ def test_params_dict_stays_compatible():
     assert config.params == {"dim": 32, "heads": 4}
     assert config.arch_params.dim == 32 and config.arch_params.depth == 4
     assert ModelConfig.from_dict({**config.to_dict(), "files": ["labels.txt"]}).tags == TAGS
+
+
+def test_params_are_typed_once_and_again_after_a_change(monkeypatch):
+    """Reading a config types its params; building the network and checking the config again
+    reuse them, and a change to ``params`` (in place or by assignment) is seen."""
+    calls = []
+    real = TransformerParams.from_dict.__func__
+
+    def counted(cls, data):
+        calls.append(1)
+        return real(cls, data)
+
+    monkeypatch.setattr(TransformerParams, "from_dict", classmethod(counted))
+    config = ModelConfig.from_dict(make_config("transformer", TAGS, "tiny").to_dict())
+    with torch.device("meta"):
+        build_model(config)
+    config.validate()
+    assert config.arch_params.depth == 2 and len(calls) == 1
+    config.params["depth"] = 3
+    assert config.arch_params.depth == 3 and len(calls) == 2
+    config.params = {"dim": 32, "heads": 4}
+    assert config.arch_params.dim == 32 and len(calls) == 3
+    config.params["heads"] = 5
+    with pytest.raises(ValueError, match="not divisible"):
+        config.validate()
