@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import LogMelSpectrogram
-from . import computed_buffers
+from .base import MelTagger
 from .config import ModelConfig
 from .params import TransformerParams
 
@@ -87,23 +86,14 @@ class Block(nn.Module):
         return x + self.ff(self.ff_norm(x))
 
 
-class MusicTaggingTransformer(nn.Module):
+class MusicTaggingTransformer(MelTagger):
     """Waveform ``B×N`` at ``config.sample_rate`` → tag logits ``B×n_tags``."""
 
-    # What the model can do (see mttag.models): oneDNN's convolutions are fastest with
-    # channels-last weights on a CPU, and bf16 tagging on CUDA is safe for it.
-    channels_last_on_cpu = True
-    bf16_on_cuda = True
-
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        p: TransformerParams = config.arch_params  # typed and range-checked
-        self.config = config
-        self.arch_params = p
+        super().__init__(config)
+        p: TransformerParams = self.arch_params
         self.max_len = p.max_len
         dim = p.dim
-        with computed_buffers():
-            self.spec = LogMelSpectrogram(config.sample_rate, p.n_fft, p.hop_length, p.n_mels)
         self.frontend = ConvFrontEnd(p.n_mels, p.conv_channels, dim)
         self.cls_token = nn.Parameter(torch.randn(dim))
         self.pos_embedding = nn.Parameter(torch.randn(1, self.max_len + 1, dim))
@@ -117,9 +107,6 @@ class MusicTaggingTransformer(nn.Module):
         """Longest input the positional embedding covers: inputs up to it, longer than the
         training crop too, are taken whole."""
         return self.arch_params.max_samples()
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(waveform)[0]
 
     def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``B×n_tags`` and the embedding ``B×dim`` they are read from: the
