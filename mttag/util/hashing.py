@@ -1,7 +1,8 @@
 """File hashes: sha256, and the git blob SHA-1 that GitHub and the Hub list for a file.
 
-``hashlib.file_digest`` would do the streaming, but it is Python 3.11+ and cannot prefix the
-git blob header, so the loop stays here, once."""
+Our own streaming loop, once, rather than a library's: ``hashlib.file_digest`` is Python 3.11+
+and cannot prefix the git blob header, and ``huggingface_hub.utils.sha.git_hash`` takes the whole
+file as bytes (a checkpoint in memory) while importing huggingface_hub would slow ``mttag write``."""
 
 from __future__ import annotations
 
