@@ -101,12 +101,9 @@ def _progress_wanted(progress: bool | None) -> bool:
 
 
 def human_size(n: int | float | None) -> str:
-    if not isinstance(n, (int, float)) or n <= 0:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
+    from rich.filesize import decimal
+
+    return decimal(int(n)) if isinstance(n, (int, float)) and n > 0 else "?"
 
 
 def _host(url: str) -> str:
