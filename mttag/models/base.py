@@ -16,9 +16,11 @@ class MelTagger(nn.Module):
     layers after this front end and defines ``forward_with_embedding``."""
 
     # What these networks can do (see mttag.models): oneDNN's convolutions are fastest with
-    # channels-last weights on a CPU, and bf16 tagging on CUDA is safe for them.
+    # channels-last weights on a CPU, and bf16 tagging on CUDA is safe for them. A network
+    # that takes inputs longer than its training crop whole says how long (the Transformer).
     channels_last_on_cpu = True
     bf16_on_cuda = True
+    max_samples = 0
 
     def __init__(self, config: ModelConfig):
         super().__init__()
