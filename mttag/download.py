@@ -21,11 +21,14 @@ The cache is huggingface_hub's (see :func:`mttag.hub.hub_cache_dir`), in its own
 
 A cached model is used without any network access, online or not (its content is fixed by the
 hash), and is checked on each use against the sha256 of its weights recorded in ``source.json``.
+
+:func:`fetch` is our own rather than huggingface_hub's downloader, because that one
+(``file_download.http_get``) is internal API, takes no ``file://`` URLs, has no size cap and
+cannot tell a stalled transfer from a cut-off one in its message.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -40,7 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
+from .constants import CONFIG_NAME, WEIGHTS_NAME
+from .errors import ModelLoadError
+from .hub import hub_cache_dir, is_offline
+from .util.hashing import file_hash, git_blob_sha1  # noqa: F401 (git_blob_sha1: part of this module's API)
+from .util.text import one_line
 
 SOURCE_NAME = "source.json"
 LICENSE_NAME = "LICENSE"
@@ -78,27 +85,6 @@ SOFTWARE.
 
 
 # -- hashes ----------------------------------------------------------------------------------
-def git_blob_sha1(path: str | Path) -> str:
-    """The git blob id of a file: ``sha1(b"blob <size>\\0" + data)`` (what GitHub lists)."""
-    path = Path(path)
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_hash(path: str | Path, kind: str) -> str:
-    """``sha1`` (git blob SHA-1, as pinned in registries), ``sha256`` or ``plain-sha1`` of a file."""
-    if kind == "sha1":
-        return git_blob_sha1(path)
-    digest = hashlib.new("sha1" if kind == "plain-sha1" else kind)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pinned_hash(location: dict[str, Any]) -> tuple[str, str]:
     """``(kind, hex)`` of a URL location: ``sha256`` when given, else ``sha1`` (git blob id)."""
     for kind in ("sha256", "sha1"):
@@ -108,12 +94,6 @@ def pinned_hash(location: dict[str, Any]) -> tuple[str, str]:
 
 
 # -- settings --------------------------------------------------------------------------------
-def is_offline() -> bool:
-    from .hub import is_offline as hub_offline
-
-    return hub_offline()
-
-
 def _progress_wanted(progress: bool | None) -> bool:
     if progress is not None:
         return progress
@@ -121,12 +101,9 @@ def _progress_wanted(progress: bool | None) -> bool:
 
 
 def human_size(n: int | float | None) -> str:
-    if not isinstance(n, (int, float)) or n <= 0:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
+    from rich.filesize import decimal
+
+    return decimal(int(n)) if isinstance(n, (int, float)) and n > 0 else "?"
 
 
 def _host(url: str) -> str:
@@ -137,8 +114,6 @@ def _host(url: str) -> str:
 # -- the cache -------------------------------------------------------------------------------
 def storage_folder(name: str, cache_dir: str | Path | None = None) -> Path:
     """``<hub cache>/models--mttag-url--<name>``: one folder per registered name."""
-    from .hub import hub_cache_dir
-
     return hub_cache_dir(cache_dir) / f"models--mttag-url--{name}"
 
 
@@ -182,7 +157,7 @@ def cached_dir(entry: dict[str, Any], cache_dir: str | Path | None = None) -> Pa
 
 def _verify_cached(entry: dict[str, Any], directory: Path) -> None:
     """Each use: the weights and config must still be what was written after the conversion."""
-    from .hub import safetensors_problem
+    from .modelfile import safetensors_problem
 
     name = entry["name"]
     source = _read_source(directory) or {}
@@ -380,7 +355,7 @@ def _convert(entry: dict[str, Any], checkpoint: Path, out_dir: Path) -> Path:
             provenance=provenance, metrics=metrics or None, card_body="\n".join(body).strip(),
         )
     except (ConversionError, ValueError, RuntimeError) as exc:
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        detail = one_line(exc, 300)
         raise ModelLoadError(
             f"{entry['name']}: the downloaded checkpoint (hash verified) could not be converted: {detail}"
         ) from None

@@ -40,6 +40,7 @@ from .display import printable
 from .errors import DEFAULT_WINDOWS
 from .fileio import ExclusiveLock, LockedError, atomic_write
 from .output import display_tag, path_from_text, path_key
+from .util.fs import fsync_dir as _fsync_dir
 
 if TYPE_CHECKING:
     import torch
@@ -385,15 +386,6 @@ def _write_json_synced(data: dict[str, Any]):
             os.fsync(f.fileno())
 
     return write
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class IndexWriter:

@@ -37,6 +37,10 @@ class ExclusiveLock:
 
     The holder writes its pid and command line into the file, so a refused run can say
     which run it collided with. The file is never truncated before the lock is held.
+
+    Not ``filelock.FileLock`` (installed with huggingface_hub): it records a holder only for its
+    soft-lock markers (pid and host, never the command line), so a refusal of a native lock could
+    not say "another run (pid N: command) is already running".
     """
 
     def __init__(self, path: str | os.PathLike, what: str, remove: bool = False):

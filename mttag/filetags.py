@@ -50,6 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from .display import printable
+from .util.fs import fsync_dir as _fsync_dir
+from .util.hashing import file_sha256  # noqa: F401 (re-exported)
+from .util.text import one_line
 
 FIELDS = ("genre", "mood", "comment", "mttag")
 DEFAULT_FIELDS = ("genre", "mood", "mttag")
@@ -743,8 +746,7 @@ def _open(path: str) -> _Handler:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
+    return one_line(exc, 200)
 
 
 # --------------------------------------------------------------------------------------
@@ -1217,10 +1219,6 @@ _LITERAL_LIMIT = 1 << 20  # bytes stored verbatim in the undo log, at most
 _MIN_COPY = 32
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    return _range_digest(os.fspath(path), 0, os.path.getsize(path))
-
-
 def _common_prefix(fa, fb, limit: int) -> int:
     n = 0
     fa.seek(0)
@@ -1654,19 +1652,6 @@ def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

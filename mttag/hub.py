@@ -13,16 +13,17 @@ second, unchecked resolution).
 ``huggingface_hub`` checks that a downloaded file has the announced size; it does not hash the
 content. Every file handed to mttag is therefore hashed here and compared with what the Hub
 published for it (the sha256 of LFS files, the git blob id of the others), then the
-safetensors header is checked (:func:`mttag.modelfile.read_safetensors_header`) and the config
+safetensors header is checked (``safetensors.safe_open``, see :func:`mttag.modelfile.safetensors_problem`) and the config
 loaded. A file that fails is removed from the cache, so running the command again downloads it
 afresh.
 
 Errors are :class:`~mttag.modelfile.ModelLoadError` with a one-line message saying what to do.
+What remains here over the library is what it does not do: hash checks, refusal of pickle-only
+repos, the pinned commit checked before it becomes a path, and one-line errors.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
+from .constants import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from .errors import ModelLoadError
+from .util.hashing import file_sha256, git_blob_sha1
+from .util.text import one_line
 
 # What the Hub accepts as a model id: namespace/name, letters, digits, '-', '_', '.'.
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -139,13 +143,10 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # huggingface_hub messages start with "404 Client Error." then the useful line
-    for line in lines:
-        if not re.match(r"^\d{3} (Client|Server) Error\.?$", line):
-            return line[:300]
-    return lines[0][:300] if lines else type(exc).__name__
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not re.match(r"^\s*\d{3} (Client|Server) Error\.?\s*$", ln)]
+    return one_line((useful or lines or [exc])[0], 300)
 
 
 def _hub_error(exc: BaseException, repo_id: str, revision: str | None, *, pushing: bool = False,
@@ -216,22 +217,6 @@ def _hub_error(exc: BaseException, repo_id: str, revision: str | None, *, pushin
 
 
 # -- verification --------------------------------------------------------------------------
-def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _expected_hash(path: Path, sibling: Any | None) -> tuple[str, str] | None:
     """``(kind, hex)`` the file must hash to: from the repo listing, else from the cache blob's name
     (huggingface_hub names blobs by the ETag: sha256 for LFS files, the git blob id otherwise)."""
@@ -262,18 +247,6 @@ def _evict(path: Path) -> None:
         pass
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a well-formed safetensors file (header and size), or None: the strict
-    header check of :func:`mttag.modelfile.read_safetensors_header`."""
-    from .modelfile import read_safetensors_header
-
-    try:
-        read_safetensors_header(path)
-    except (OSError, ValueError) as exc:
-        return " ".join(str(exc).split())[:300] or type(exc).__name__
-    return None
-
-
 def _check_hash(snapshot: Path, name: str, label: str, listing: dict[str, Any] | None = None) -> None:
     """Compare a file's hash with what the Hub published for it; evict it from the cache if it differs."""
     path = snapshot / name
@@ -283,7 +256,7 @@ def _check_hash(snapshot: Path, name: str, label: str, listing: dict[str, Any] |
     if expected is None:
         return
     kind, want = expected
-    got = _sha256(path) if kind == "sha256" else _git_blob_sha1(path)
+    got = file_sha256(path) if kind == "sha256" else git_blob_sha1(path)
     if got != want:
         _evict(path)
         raise ModelLoadError(
@@ -294,6 +267,7 @@ def _check_hash(snapshot: Path, name: str, label: str, listing: dict[str, Any] |
 
 def _verify(snapshot: Path, names: list[str], label: str, listing: dict[str, Any] | None = None) -> None:
     """Hash-check each file, then check the weights' header and load the config."""
+    from .modelfile import safetensors_problem
     from .models import ModelConfig
 
     for name in names:
@@ -307,7 +281,7 @@ def _verify(snapshot: Path, names: list[str], label: str, listing: dict[str, Any
     try:
         ModelConfig.load(snapshot / CONFIG_NAME)
     except (ValueError, TypeError, OSError) as exc:  # json.JSONDecodeError is a ValueError
-        raise ModelLoadError(f"{label}: {CONFIG_NAME}: {' '.join(str(exc).split())[:500]}") from None
+        raise ModelLoadError(f"{label}: {CONFIG_NAME}: {one_line(exc)}") from None
 
 
 def _config_files(config_path: Path, label: str) -> list[str]:

@@ -39,7 +39,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import CONFIG_NAME, WEIGHTS_NAME, ModelLoadError
+from .constants import CONFIG_NAME, WEIGHTS_NAME
+from .errors import ModelLoadError
 
 REGISTRY_PATH = Path(__file__).parent / "data" / "registry.json"
 ENV_REGISTRY = "MTTAG_REGISTRY"

@@ -24,9 +24,8 @@ from torch import nn
 
 from . import calibration as calibration_module
 from . import vocab
-from .audio import AudioError, UnlistableFolder, is_silent, iter_audio_files, iter_windows, window_starts
-from . import device as device_module
-from .device import PRECISIONS, select_device
+from .audio import AudioError, is_silent, iter_windows, window_starts
+from .device import resolve_precision, select_device  # noqa: F401 (resolve_precision: re-exported)
 from .models import place
 
 from .errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.tagging.DEFAULT_WINDOWS)
@@ -44,28 +43,6 @@ CPU_BATCH_SIZE = 2
 ACCELERATOR_BATCH_SIZE = 16
 # Batches in flight at once on a CPU, each computed by one core: at most this many.
 MAX_CPU_MODEL_THREADS = 8
-
-
-def resolve_precision(precision: str, device: torch.device, model: nn.Module) -> str:
-    """``fp32`` or ``bf16`` for ``precision`` (auto, fp32, bf16) on ``device``.
-
-    auto: bf16 where it makes tagging faster, float32 elsewhere. On a CPU with native bf16
-    (AVX-512 BF16, AMX, Arm BF16) the model is what tagging waits for, and bf16 makes
-    tagging 1.5-1.8x faster (msd-musicnn with every window: 1.65x, 4.93 of 5 top-5 tags
-    shared with float32, probabilities within ~0.004; docs/tagging.md has the measurements).
-    On CUDA, bf16 for the Transformers; musicnn stays float32 there, as before (its bf16
-    speed on a GPU is unmeasured). MPS and CPUs without native bf16 (where PyTorch emulates
-    it, slowly): float32.
-    ``--precision fp32`` reproduces the original musicnn's numbers on any machine.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cpu":
-        return "bf16" if device_module.cpu_has_native_bf16() else "fp32"
-    arch = getattr(getattr(model, "config", None), "arch", None)
-    return "bf16" if device.type == "cuda" and arch not in ("musicnn", "musicnn-multi") else "fp32"
 
 
 # A model may ask for fewer windows than DEFAULT_WINDOWS when nothing is given (its config's

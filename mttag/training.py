@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import even_starts
 from .dataset import PreparedDataset
-from .device import PRECISIONS, select_device
+from .device import resolve_precision, select_device
 from .fileio import ExclusiveLock, LockedError, atomic_write
 from .metrics import tagging_metrics
 from .models import ModelConfig, build_model, crop_seconds_for, make_config, place
@@ -171,7 +171,7 @@ def teacher_probabilities(teacher: nn.Module, wave: torch.Tensor, sample_rate: i
         wave = julius.resample_frac(wave, sample_rate // g, cfg.sample_rate // g)
     win = cfg.crop_samples
     n = wave.shape[-1]
-    if cfg.arch == "transformer" and n <= getattr(teacher, "max_samples", 0):
+    if n <= getattr(teacher, "max_samples", 0):  # a model that takes inputs longer than its crop whole
         return torch.sigmoid(teacher(wave).float())
     if n <= win:
         reps = math.ceil(win / n)
@@ -573,9 +573,7 @@ def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision {config.precision!r}: expected auto, fp32 or bf16")
-    amp = config.precision == "bf16" or (config.precision == "auto" and config.amp and device.type == "cuda")
+    amp = resolve_precision(config.precision, device, training=True) == "bf16" and (config.amp or config.precision == "bf16")
     return rank, world, device, amp
 
 

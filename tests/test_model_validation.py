@@ -109,14 +109,35 @@ def test_deeply_nested_config_is_one_line(tiny_dir, tmp_path):
         load_model(d)
     assert "\n" not in str(exc.value)
 
+def _forbid_tensor_reads(monkeypatch, why: str) -> None:
+    """``safe_open`` may read the header, never a tensor: the check must come from the header alone."""
+    real = modelfile.safe_open
+
+    class HeaderOnly:
+        def __init__(self, *a, **k):
+            self.f = real(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def get_tensor(self, name):
+            raise AssertionError(why)
+
+    monkeypatch.setattr(modelfile, "safe_open", HeaderOnly)
+
 
 def test_shape_mismatch_refused_before_reading_weights(tiny_dir, tmp_path, monkeypatch):
     """A config asking for another size than the weights hold is refused from the header alone."""
     d = _with_config(tiny_dir, tmp_path / "m", _params(dim=128, conv_channels=16))
 
-    def no_read(*a, **k):
-        raise AssertionError("weights were read before the header was checked")
-    monkeypatch.setattr(modelfile, "safe_open", no_read)
+    _forbid_tensor_reads(monkeypatch, "weights were read before the header was checked")
     with pytest.raises(ModelLoadError) as exc:
         load_model(d)
     assert "has shape" in str(exc.value) and "config expects" in str(exc.value) and "\n" not in str(exc.value)
@@ -127,8 +148,8 @@ def test_huge_header_shapes_refused(tiny_dir, tmp_path, monkeypatch):
     d = _with_config(tiny_dir, tmp_path / "m", lambda c: c)
     header = json.dumps({"head.weight": {"dtype": "F32", "shape": [40000, 40000], "data_offsets": [0, 6_400_000_000]}})
     (d / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 64)
-    monkeypatch.setattr(modelfile, "safe_open", lambda *a, **k: pytest.fail("weights were read"))
-    with pytest.raises(ModelLoadError, match="header describes 6400000000"):
+    _forbid_tensor_reads(monkeypatch, "weights were read")
+    with pytest.raises(ModelLoadError, match="corrupt or truncated.*file not fully covered"):
         load_model(d)
 
 
@@ -136,7 +157,7 @@ def test_trailing_bytes_and_inconsistent_sizes_refused(tiny_dir, tmp_path):
     d = _with_config(tiny_dir, tmp_path / "a", lambda c: c)
     with open(d / "model.safetensors", "ab") as f:
         f.write(b"\0" * 16)
-    with pytest.raises(ModelLoadError, match="header describes"):
+    with pytest.raises(ModelLoadError, match="corrupt or truncated.*file not fully covered"):
         load_model(d)
     # a tensor whose byte range does not match its shape
     d = _with_config(tiny_dir, tmp_path / "b", lambda c: c)
@@ -147,7 +168,7 @@ def test_trailing_bytes_and_inconsistent_sizes_refused(tiny_dir, tmp_path):
     header[name]["shape"] = [header[name]["shape"][0] + 1] + header[name]["shape"][1:]
     text = json.dumps(header).encode()
     (d / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
-    with pytest.raises(ModelLoadError, match="needs .* bytes but the header gives it"):
+    with pytest.raises(ModelLoadError, match="corrupt or truncated.*invalid shape, data type, or offset for tensor"):
         load_model(d)
 
 
@@ -258,3 +279,28 @@ def test_params_dict_stays_compatible():
     assert config.params == {"dim": 32, "heads": 4}
     assert config.arch_params.dim == 32 and config.arch_params.depth == 4
     assert ModelConfig.from_dict({**config.to_dict(), "files": ["labels.txt"]}).tags == TAGS
+
+
+def test_params_are_typed_once_and_again_after_a_change(monkeypatch):
+    """Reading a config types its params; building the network and checking the config again
+    reuse them, and a change to ``params`` (in place or by assignment) is seen."""
+    calls = []
+    real = TransformerParams.from_dict.__func__
+
+    def counted(cls, data):
+        calls.append(1)
+        return real(cls, data)
+
+    monkeypatch.setattr(TransformerParams, "from_dict", classmethod(counted))
+    config = ModelConfig.from_dict(make_config("transformer", TAGS, "tiny").to_dict())
+    with torch.device("meta"):
+        build_model(config)
+    config.validate()
+    assert config.arch_params.depth == 2 and len(calls) == 1
+    config.params["depth"] = 3
+    assert config.arch_params.depth == 3 and len(calls) == 2
+    config.params = {"dim": 32, "heads": 4}
+    assert config.arch_params.dim == 32 and len(calls) == 3
+    config.params["heads"] = 5
+    with pytest.raises(ValueError, match="not divisible"):
+        config.validate()

@@ -101,3 +101,59 @@ def test_place_leaves_musicnn_layout_alone():
 
     model = place(build_model(make_config("musicnn", ["a", "b"], "msd")), "cpu")
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_precision_follows_what_the_model_declares_not_its_name():
+    """auto picks bf16 on CUDA for a model that declares ``bf16_on_cuda``, whatever its
+    architecture is called, and float32 for one that does not; training autocasts on CUDA only."""
+    from types import SimpleNamespace
+
+    from mttag.device import resolve_precision
+    from mttag.models.resnet import ShortChunkResNet
+    from mttag.models.transformer import MusicTaggingTransformer
+
+    class Declares:
+        bf16_on_cuda = True
+        config = SimpleNamespace(arch="musicnn")
+
+    class Silent:
+        config = SimpleNamespace(arch="transformer")
+
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
+    assert resolve_precision("auto", cuda, Declares()) == "bf16"
+    assert resolve_precision("auto", cuda, Silent()) == "fp32"
+    assert resolve_precision("auto", mps, Declares()) == "fp32"
+    assert MusicTaggingTransformer.bf16_on_cuda and ShortChunkResNet.bf16_on_cuda
+    assert resolve_precision("auto", cuda, None, training=True) == "bf16"
+    assert resolve_precision("auto", cpu, None, training=True) == "fp32"  # conftest: no native bf16
+    assert resolve_precision("bf16", cpu, None, training=True) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", cuda, Declares())
+
+
+def test_teacher_takes_whole_inputs_as_long_as_it_declares():
+    """A teacher with ``max_samples`` sees a crop longer than its window whole, whatever its
+    architecture; without it, the crop is cut into windows of the teacher's crop length."""
+    from mttag.training import teacher_probabilities
+
+    config = make_config("resnet", ["a", "b"], "tiny")
+
+    class Teacher(torch.nn.Module):
+        def __init__(self, max_samples=None):
+            super().__init__()
+            self.config, self.seen = config, []
+            if max_samples is not None:
+                self.max_samples = max_samples
+
+        def forward(self, x):
+            self.seen.append(tuple(x.shape))
+            return torch.zeros(x.shape[0], 2)
+
+    n = config.crop_samples * 3
+    whole, windowed = Teacher(max_samples=10 * n), Teacher()
+    for teacher in (whole, windowed):
+        probs = teacher_probabilities(teacher, torch.zeros(2, n), config.sample_rate)
+        assert probs.shape == (2, 2)
+    assert whole.seen == [(2, n)]
+    assert windowed.seen == [(6, config.crop_samples)]
+

@@ -2,6 +2,12 @@
 
 Configs, typed parameters and presets (:mod:`.config`, :mod:`.params`) do not need
 torch; the networks are imported when first built.
+
+A network declares what it can do as class attributes, read with ``getattr`` and a default so
+that code outside the models never branches on an architecture's name:
+``channels_last_on_cpu`` (:func:`place`), ``bf16_on_cuda`` (:func:`mttag.device.resolve_precision`,
+default False: float32 until measured) and ``max_samples`` (the longest input taken whole, longer
+than the training crop; default 0: windows of the crop).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "musicnn": ("mttag.models.musicnn", "Musicnn"),
     "musicnn-multi": ("mttag.models.musicnn", "MusicnnMulti"),
 }
-# Training crop length each architecture was designed for (SPEC §3–4).
+# Training crop length each architecture was designed for (the papers of mttag.models.transformer
+# and mttag.models.resnet; musicnn: Pons & Serra 2019).
 # The ResNet's "3.69 s" is exactly 81,480 samples at 22,050 Hz; musicnn's "3 s" patch is
 # 187 frames of hop 256 at 16 kHz = 2.992 s.
 DEFAULT_CROP_SECONDS = {"transformer": 10.0, "resnet": 81480 / 22050, "musicnn": 187 * 256 / 16000,

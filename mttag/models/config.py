@@ -7,6 +7,7 @@ cannot ask for an unbounded network, sample rate or window.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..util.text import short_repr as _short
 from .params import PARAMS, ArchParams, TransformerParams, params_class
 
 # Bumped when the on-disk layout changes incompatibly; a newer file is refused
@@ -30,11 +32,6 @@ MAX_CONFIG_BYTES = 64 << 20
 # Top-level keys a config.json may have besides the fields of ModelConfig: a list of
 # extra files the model needs (fetched from the Hub with it, see mttag.hub).
 EXTRA_KEYS = ("files",)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -68,8 +65,16 @@ class ModelConfig:
 
     @property
     def arch_params(self) -> ArchParams:
-        """The architecture's parameters, typed; raises ``ValueError`` (one line) if they are not valid."""
-        return params_class(self.arch).from_dict(self.params)
+        """The architecture's parameters, typed; raises ``ValueError`` (one line) if they are not valid.
+
+        Parsed once, when the config is read, and again only after ``arch`` or ``params`` change:
+        comparing the dict with the copy it was parsed from costs far less than checking every field."""
+        cached = self.__dict__.get("_typed")
+        if cached is not None and cached[0] == self.arch and cached[1] == self.params:
+            return cached[2]
+        typed = params_class(self.arch).from_dict(self.params)
+        self.__dict__["_typed"] = (self.arch, copy.deepcopy(self.params), typed)
+        return typed
 
     def validate(self) -> ArchParams:
         """Check every field; raise ``ValueError`` with a one-line message naming the first bad one.

@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..util.text import short_repr as _short
+
 
 def _int(default: int, lo: int, hi: int, doc: str = "") -> Any:
     return field(default=default, metadata={"kind": "int", "range": (lo, hi), "doc": doc})
@@ -46,11 +48,6 @@ def _floats(default: tuple[float, ...], lo: float, hi: float, min_len: int, max_
             doc: str = "") -> Any:
     return field(default=default, metadata={"kind": "floats", "range": (lo, hi), "open": (lo_open, False),
                                             "len": (min_len, max_len), "doc": doc})
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(value: Any) -> bool:

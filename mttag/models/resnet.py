@@ -1,4 +1,5 @@
-"""Short-chunk ResNet baseline (Won et al., SMC 2020; SPEC §3)."""
+"""Short-chunk ResNet baseline (Won, Ferraro, Bogdanov, Serra, "Evaluation of CNN-based
+automatic music tagging models", SMC 2020, arXiv:2006.00751)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import LogMelSpectrogram
-from . import computed_buffers
+from .base import MelTagger
 from .config import ModelConfig
-from .params import PRESETS as _PRESETS
 from .params import ResNetParams
-
-# Compatibility views of the typed presets (mttag.models.params): plain dicts of every parameter.
-PRESETS = {name: params.to_dict() for name, params in _PRESETS["resnet"].items()}
-DEFAULTS = ResNetParams().to_dict()
 
 
 class ResBlockStride2(nn.Module):
@@ -32,19 +27,13 @@ class ResBlockStride2(nn.Module):
         return F.relu(y + self.bn_3(self.conv_3(x)))
 
 
-class ShortChunkResNet(nn.Module):
+class ShortChunkResNet(MelTagger):
     """Waveform ``B×N`` (a 3.69 s chunk) → tag logits ``B×n_tags``."""
 
-    # oneDNN's convolutions are fastest with channels-last weights (see mttag.models.place)
-    channels_last_on_cpu = True
-
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        p: ResNetParams = config.arch_params  # typed and range-checked
-        self.config = config
+        super().__init__(config)
+        p: ResNetParams = self.arch_params
         n = p.channels
-        with computed_buffers():
-            self.spec = LogMelSpectrogram(config.sample_rate, p.n_fft, p.hop_length, p.n_mels)
         self.input_bn = nn.BatchNorm2d(1)
         widths = [1, n, n, 2 * n, 2 * n, 2 * n, 2 * n, 4 * n]
         self.layers = nn.Sequential(*(ResBlockStride2(a, b) for a, b in zip(widths[:-1], widths[1:])))
@@ -52,9 +41,6 @@ class ShortChunkResNet(nn.Module):
         self.bn = nn.BatchNorm1d(4 * n)
         self.dropout = nn.Dropout(p.dropout)
         self.dense2 = nn.Linear(4 * n, config.n_tags)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(waveform)[0]
 
     def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``B×n_tags`` and the embedding ``B×4n`` they are read from (the

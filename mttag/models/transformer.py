@@ -1,4 +1,5 @@
-"""Music Tagging Transformer (Won, Choi, Serra 2021; SPEC §2).
+"""Music Tagging Transformer (Won, Choi, Serra, "Semi-supervised music tagging transformer",
+ISMIR 2021, arXiv:2111.13457; the layers follow its Table 1).
 
 A shallow 3×3 CNN turns the log-mel spectrogram into a sequence of ~0.1 s
 tokens; a pre-norm Transformer summarises the sequence into a [CLS] vector.
@@ -10,15 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import LogMelSpectrogram
-from . import computed_buffers
+from .base import MelTagger
 from .config import ModelConfig
-from .params import PRESETS as _PRESETS
 from .params import TransformerParams
-
-# Compatibility views of the typed presets (mttag.models.params): plain dicts of every parameter.
-PRESETS = {name: params.to_dict() for name, params in _PRESETS["transformer"].items()}
-DEFAULTS = TransformerParams().to_dict()
 
 
 class ResBlock2d(nn.Module):
@@ -91,20 +86,14 @@ class Block(nn.Module):
         return x + self.ff(self.ff_norm(x))
 
 
-class MusicTaggingTransformer(nn.Module):
+class MusicTaggingTransformer(MelTagger):
     """Waveform ``B×N`` at ``config.sample_rate`` → tag logits ``B×n_tags``."""
 
-    # oneDNN's convolutions are fastest with channels-last weights (see mttag.models.place)
-    channels_last_on_cpu = True
-
     def __init__(self, config: ModelConfig):
-        super().__init__()
-        p: TransformerParams = config.arch_params  # typed and range-checked
-        self.config = config
+        super().__init__(config)
+        p: TransformerParams = self.arch_params
         self.max_len = p.max_len
         dim = p.dim
-        with computed_buffers():
-            self.spec = LogMelSpectrogram(config.sample_rate, p.n_fft, p.hop_length, p.n_mels)
         self.frontend = ConvFrontEnd(p.n_mels, p.conv_channels, dim)
         self.cls_token = nn.Parameter(torch.randn(dim))
         self.pos_embedding = nn.Parameter(torch.randn(1, self.max_len + 1, dim))
@@ -115,13 +104,9 @@ class MusicTaggingTransformer(nn.Module):
 
     @property
     def max_samples(self) -> int:
-        """Longest input the positional embedding covers."""
-        # tokens = frames // 4 and frames = 1 + samples // hop
-        hop = self.spec.hop_length
-        return (4 * self.max_len + 3) * hop - 1
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embedding(waveform)[0]
+        """Longest input the positional embedding covers: inputs up to it, longer than the
+        training crop too, are taken whole."""
+        return self.arch_params.max_samples()
 
     def forward_with_embedding(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``B×n_tags`` and the embedding ``B×dim`` they are read from: the
