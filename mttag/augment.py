@@ -1,4 +1,4 @@
-"""Batched waveform augmentation (SPEC §5), in plain torch.
+"""Batched waveform augmentation (the paper's chain: docs/augmentation.md), in plain torch.
 
 Every transform works on a ``B×N`` batch on any device and returns the same
 shape, dtype and device. Each example draws its own on/off decision and its own
@@ -39,7 +39,7 @@ __all__ = [
     "sox_reverb_settings",
 ]
 
-# Paper order and probabilities (SPEC §5); keys are the names paper_chain accepts.
+# Paper order and probabilities (docs/augmentation.md); keys are the names paper_chain accepts.
 DEFAULT_PROBABILITIES: dict[str, float] = {
     "polarity": 0.8,
     "noise": 0.3,
@@ -832,7 +832,7 @@ class AugmentationChain:
 
 
 def paper_chain(sample_rate: int = 22050, seed: int | None = None, **probabilities: float) -> AugmentationChain:
-    """The authors' augmentation chain (SPEC §5) with its probabilities.
+    """The authors' augmentation chain (docs/augmentation.md) with its probabilities.
 
     Keyword overrides set one transform's probability by name: ``polarity``,
     ``noise``, ``gain``, ``filter``, ``delay``, ``pitch_shift``, ``reverb``.

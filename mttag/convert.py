@@ -1,5 +1,5 @@
 """Convert the authors' released checkpoints (``teacher.ckpt``, ``compact_student.ckpt``)
-into mttag model directories (SPEC §2 gives their key layout)."""
+into mttag model directories (docs/models.md describes them)."""
 
 from __future__ import annotations
 

@@ -533,7 +533,7 @@ def _cals_rel(track_id: str, ext: str) -> str:
 
 def tracks_from_cals(splits_dir: str | os.PathLike, audio_root: str | os.PathLike,
                      ext: str | None = None) -> Iterator[TrackSpec]:
-    """The authors' CALS split (SPEC §7): ``{train,valid,test}_ids.npy`` with
+    """The authors' CALS split (docs/prepare.md): ``{train,valid,test}_ids.npy`` with
     ``{train,valid,test}_binaries.npy`` (N×50, :data:`mttag.vocab.CALS_TAGS` order) and
     ``student_ids.npy`` (unlabelled, optional); audio at
     ``{id[2]}/{id[3]}/{id[4]}/{id}{ext}`` under ``audio_root``. ``ext=None`` looks at the
@@ -549,7 +549,7 @@ def tracks_from_cals(splits_dir: str | os.PathLike, audio_root: str | os.PathLik
         path = splits_dir / name
         if not path.is_file():
             if required:
-                raise ValueError(f"{splits_dir}: missing {name} (expected the CALS split files of SPEC §7)")
+                raise ValueError(f"{splits_dir}: missing {name} (expected the CALS split files: train_ids.npy, valid_ids.npy, test_ids.npy; see docs/prepare.md)")
             return None
         try:
             return np.load(path, allow_pickle=False)

@@ -1,4 +1,4 @@
-"""Log-mel front end (SPEC §1), computed in torch so it runs batched on any device."""
+"""Log-mel front end (the paper's, arXiv:2111.13457), computed in torch so it runs batched on any device."""
 
 from __future__ import annotations
 

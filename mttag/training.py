@@ -1,4 +1,4 @@
-"""Supervised and noisy-student training (SPEC §4 and §6), on one device or many.
+"""Supervised and noisy-student training (the paper's recipe, arXiv:2111.13457; docs/training.md, docs/noisy-student.md), on one device or many.
 
 One loop serves both: each step draws a labelled batch; with a teacher it also
 draws an unlabelled batch, which the teacher labels (eval mode, no gradient,
@@ -71,7 +71,7 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "auto"
-    # noisy student (SPEC §6)
+    # noisy student (docs/noisy-student.md)
     teacher: str | None = None
     unlabeled_fraction: float = 0.5  # share of each batch that is unlabelled
     pseudo_weight: float = 1.0
@@ -852,7 +852,7 @@ def _train_epoch(run: _Run, epoch: int, on_step) -> tuple[float | None, float | 
     for step in range(plan.steps):
         x, y, n_l = _next_batch(run, labeled, unlabeled, step)
         if run.augment is not None:
-            x = run.augment(x)  # labelled and unlabelled crops alike (SPEC §6)
+            x = run.augment(x)  # labelled and unlabelled crops alike (the paper's noisy student: docs/noisy-student.md)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             logits = run.ddp_model(x)
         losses = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none").mean(1)

@@ -1,4 +1,4 @@
-"""Tag vocabularies: the published ones (SPEC §7), in the order the authors' label arrays use,
+"""Tag vocabularies: the published ones (docs/prepare.md), in the order the authors' label arrays use,
 and the table that gives every tag one spelling and a kind.
 
 The table (``mttag/data/vocabulary.json``) maps a model's own tag name to its display spelling
