@@ -8,9 +8,17 @@ with short windows so multi-window behaviour is testable on clips of a few secon
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
+
+# Ray's native library must be loaded before usearch's (tests/test_ann.py): with usearch's
+# loaded first, ray.init() later in the same process aborts in std::regex (a libstdc++ symbol
+# clash between the two wheels), taking the whole test run with it (mttag.engines refuses
+# that order with one line; separate processes, as the command line uses, are unaffected).
+with contextlib.suppress(ImportError):
+    import ray  # noqa: F401
 
 import numpy as np
 import pytest

@@ -445,7 +445,7 @@ def models_dir(tmp_path):
     return save_model(build_model(make_config("transformer", ["a", "b", "c"], "tiny")), tmp_path / "ours")
 
 
-def test_cli_models_lists_and_downloads(env):
+def test_cli_models_lists_and_downloads(env, tmp_path):
     listed = CliRunner().invoke(app, ["models", "--format", "json"])
     assert listed.exit_code == 0, listed.output
     entries = {e["name"]: e for e in json.loads(listed.stdout)}
@@ -464,7 +464,9 @@ def test_cli_models_lists_and_downloads(env):
     wide = CliRunner().invoke(app, ["models"], env={"COLUMNS": "220"})
     assert wide.exit_code == 0 and "cached" in wide.stdout
 
-    refused = CliRunner().invoke(app, ["tag", "x.wav", "--model", "won2021-teacher"], env={"HF_HUB_OFFLINE": "1"})
+    song = tmp_path / "x.wav"  # paths are checked before the model: the file must exist to reach it
+    song.write_bytes(b"")
+    refused = CliRunner().invoke(app, ["tag", str(song), "--model", "won2021-teacher"], env={"HF_HUB_OFFLINE": "1"})
     assert refused.exit_code == 2 and "won2021-teacher is not downloaded yet" in refused.output
 
 

@@ -220,3 +220,15 @@ def test_object_store_in_and_out(cluster, library, tiny_model, s3, tmp_path):
     for p in good[:2]:
         got = np.asarray(by_path[f"s3://catalogue/in/{p.name}"]["scores"], np.float32)
         assert np.max(np.abs(got - expected[os.path.abspath(p)].probabilities)) <= 1e-4
+
+
+def test_usearch_loaded_before_ray_is_one_line_not_an_abort(monkeypatch):
+    """usearch's native library loaded before Ray's makes ray.init() abort the process
+    (std::regex_error): the engine refuses that order instead of starting Ray."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "usearch.compiled", types.ModuleType("usearch.compiled"))
+    monkeypatch.delitem(sys.modules, "ray._raylet", raising=False)
+    with pytest.raises(ray_engine.EngineError, match="usearch"):
+        ray_engine._ray()

@@ -63,6 +63,14 @@ class EngineError(Exception):
 
 
 def _ray():
+    import sys
+
+    if "usearch.compiled" in sys.modules and "ray._raylet" not in sys.modules:
+        # usearch's native library loaded first makes Ray's start abort the process (std::regex
+        # in the two wheels' libstdc++ symbols): a clear line instead of a crash
+        raise EngineError("this process loaded usearch (mttag's ANN index) before Ray, and Ray would abort in it; "
+                          "run the Ray engine in a process of its own (as `mttag tag --engine ray` does), or "
+                          "import ray first")
     try:
         import ray
         import ray.data  # noqa: F401
