@@ -136,7 +136,7 @@ def test_table_paths_are_relative_to_the_current_folder(music, tiny_model_dir, m
     song = music / "Artist" / "two.wav"
     assert json.loads(tag(song, "--model", tiny_model_dir, "-f", "jsonl").stdout)["path"] == str(song)
     rows = tag(song, "--model", tiny_model_dir, "-f", "csv").stdout.splitlines()
-    assert rows[0] == "path,model,duration,tags,scores,error" and rows[1].startswith(f"{song},")
+    assert rows[0].startswith("path,model,duration,tags,scores,error") and rows[1].startswith(f"{song},")
     # a path outside the current folder is shown as given
     monkeypatch.chdir(music / "Artist")
     result = tag(music.parent / "Music" / "Artist" / ".." / "Artist" / "two.wav", "--model", tiny_model_dir)
