@@ -448,7 +448,11 @@ class ResultWriter:
         return path
 
     def _tag_cells(self, tags: list[dict[str, Any]], indent: str) -> str:
-        cells = [f"{printable(display_tag(t['tag'])):<{self.tag_width}} {t['score']:.2f}" for t in tags]
+        # a calibrated model's tags come best-confidence first: the table shows that confidence
+        # (as a percentage: 98% = higher than on 98 % of reference music), else the probability
+        cells = [f"{printable(display_tag(t['tag'])):<{self.tag_width}} "
+                 + (f"{int(t['confidence'] * 100):3d}%" if isinstance(t.get("confidence"), (int, float)) else f"{t['score']:.2f}")
+                 for t in tags]
         per_line = len(cells) or 1
         if self.width:  # n cells take n * (width + 5) + (n - 1) * 2 columns after the indent
             per_line = max(1, (self.width - len(indent) + 2) // (self.tag_width + 7))

@@ -219,3 +219,21 @@ def test_tag_write_with_the_calibrated_default_writes_only_confident_genres(tmp_
     assert mutagen_flac.FLAC(audio).get("genre", []) == want
     written = mutagen_flac.FLAC(audio)["mttag"][0].split("; ")
     assert len(written) == sum(t["confidence"] >= 0.9 for t in tags)
+
+
+def test_the_table_shows_the_confidence_of_a_calibrated_model(tmp_path):
+    """Tags come best-confidence first, so the table shows that confidence (a percentage),
+    not the raw probability, which would look unsorted; json keeps both."""
+    import re
+
+    import numpy as np
+    import soundfile as sf
+
+    audio = tmp_path / "noise.wav"
+    sf.write(audio, (0.3 * np.random.default_rng(1).standard_normal(22050 * 4)).astype(np.float32), 22050)
+    table = runner.invoke(app, ["tag", str(audio), "--model", "musicnn", "--windows", "2", "-q"])
+    assert table.exit_code == 0, table.output
+    shown = [int(p) for p in re.findall(r"\s(\d{1,2})%", table.stdout.splitlines()[1])]
+    record = json.loads(runner.invoke(app, ["tag", str(audio), "--model", "musicnn", "--windows", "2", "-q",
+                                            "-f", "jsonl"]).stdout)
+    assert shown == [int(t["confidence"] * 100) for t in record["tags"]] and shown == sorted(shown, reverse=True)
