@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 # Ray's native library must be loaded before usearch's (tests/test_ann.py): with usearch's
@@ -156,3 +157,22 @@ def tiny_model(tiny_model_dir):
     from mttag.modelfile import load_local_model
 
     return load_local_model(tiny_model_dir)
+
+
+def finishes(fn, timeout: float = 30.0):
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it does not return."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not finish in {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import HAS_FFMPEG, needs_ffmpeg, synth, write_audio
+from conftest import HAS_FFMPEG, finishes, needs_ffmpeg, synth, write_audio
 from mttag import audio
 from mttag.audio import (
     MIN_DURATION,
@@ -49,25 +48,6 @@ def one_line_error(exc: pytest.ExceptionInfo, path: Path, *reasons: str) -> str:
     assert "\n" not in message, message
     assert any(r in exc.value.reason for r in reasons), message
     return message
-
-
-def finishes(fn, timeout: float = 20.0):
-    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it does not return."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"did not finish in {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 # -- formats ---------------------------------------------------------------------------

@@ -14,14 +14,13 @@ import math
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import synth, write_audio
+from conftest import finishes, synth, write_audio
 from mttag import audio, embedding
 from mttag.audio import iter_audio_files
 from mttag.cli import app
@@ -44,25 +43,6 @@ def one_line(text: str, *words: str) -> str:
     line = [s for s in text.splitlines() if s.strip()][-1]
     assert all(w in line for w in words), text
     return line
-
-
-def finishes(fn, timeout: float = 30.0):
-    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it does not return."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"did not finish in {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def mttag(*args, memory_mb: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
