@@ -99,12 +99,21 @@ def _check(vectors: np.ndarray, count: int) -> str:
     return "sha256:" + h.hexdigest()
 
 
+MAX_META_BYTES = 1 << 20  # ann.json is a few hundred bytes; more is not ours
+
+
 def read_meta(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(_meta_path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    """``ann.json`` as a dict (``{}`` when it is damaged: not a regular file, too large, not
+    JSON, nested too deeply), None when there is none. Opened as the index's own files are."""
+    from .embedding import EmbeddingIndexError, _open_regular
+
+    if not os.path.lexists(_meta_path(path)):
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    try:
+        with _open_regular(Path(path), ANN_META) as f:
+            raw = f.read(MAX_META_BYTES + 1)
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_META_BYTES else None
+    except (EmbeddingIndexError, OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -113,10 +122,11 @@ def _mismatch(meta: dict[str, Any] | None, index: "EmbeddingIndex") -> str | Non
     """Why the ANN file described by ``meta`` cannot serve ``index`` (None: it can)."""
     if meta is None:
         return "absent"
-    count = meta.get("count")
-    if meta.get("format") != ANN_FORMAT or not isinstance(count, int) or count < 1:
+    count, version = meta.get("count"), meta.get("format_version", 0)
+    if (meta.get("format") != ANN_FORMAT or not isinstance(count, int) or isinstance(count, bool) or count < 1
+            or not isinstance(version, int)):
         return f"{ANN_META} is damaged"
-    if meta.get("format_version", 0) > ANN_FORMAT_VERSION:
+    if version > ANN_FORMAT_VERSION:
         return f"{ANN_META} is of a newer mttag"
     if (meta.get("index_created") != index.manifest.get("created")
             or meta.get("model_revision") != index.model.get("revision") or meta.get("dim") != index.dim):

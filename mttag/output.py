@@ -336,7 +336,8 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
     if fmt == "parquet":  # written whole (renamed into place complete): every row counts
         from .parquet_output import read_rows, record_from_row
 
-        ok = [r for r in map(record_from_row, read_rows(path)) if "error" not in r]
+        # the same record checks as the text formats: a row of the wrong types is tagged again
+        ok = [r for r in map(record_from_row, read_rows(path)) if "error" not in r and record_problem(r) is None]
         return ok, {path_key(path_from_text(r["path"])) for r in ok}
     ok = [r for r in read_records(path, fmt) if "error" not in r and "invalid" not in r]
     return ok, {path_key(path_from_text(r["path"])) for r in ok}

@@ -85,7 +85,7 @@ def describe(sch: "pa.Schema") -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
@@ -153,7 +153,10 @@ def read_rows(path: str | os.PathLike, columns: list[str] | None = None) -> list
         raise ValueError(f"not a readable Parquet file ({str(exc).splitlines()[0][:160]})") from None
     if describe(pf.schema_arrow) is None:
         raise ValueError("a Parquet file mttag did not write")
-    return pf.read(columns=columns).to_pylist()
+    try:
+        return pf.read(columns=columns).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"its rows cannot be read ({str(exc).splitlines()[0][:160]})") from None
 
 
 def is_results_file(path: str | os.PathLike) -> bool:

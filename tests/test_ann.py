@@ -167,6 +167,24 @@ def test_a_damaged_file_is_ignored_with_a_note(copy):
     assert result.rebuilt and EmbeddingIndex(copy, ann="on").ann is not None
 
 
+
+@pytest.mark.parametrize("meta", ['{"format": "mttag-ann", "format_version": "2", "count": 5}',
+                                  "[" * 100_000 + "]" * 100_000, "fifo", "big"])
+def test_an_ann_json_of_the_wrong_types_or_shape_is_a_note_not_a_traceback(copy, meta):
+    import os
+
+    path = copy / ann.ANN_META
+    path.unlink()
+    if meta == "fifo":
+        os.mkfifo(path)  # would block a plain read forever
+    elif meta == "big":
+        path.write_bytes(b" " * (ann.MAX_META_BYTES + 10) + b"{}")
+    else:
+        path.write_text(meta.replace("mttag-ann", ann.ANN_FORMAT))
+    idx = EmbeddingIndex(copy, ann="on")
+    assert idx.ann is None and "damaged" in idx.ann_note
+    assert len(idx.search(queries(1)[0], 10)) == 10
+
 def test_writes_are_atomic(copy, monkeypatch):
     before = {name: (copy / name).read_bytes() for name in (ann.ANN_FILE, ann.ANN_META)}
     write_index(copy, 10, seed=3, resume=True, start=3000)

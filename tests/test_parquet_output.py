@@ -78,6 +78,21 @@ def test_a_parquet_file_mttag_did_not_write_is_refused(music, tiny_model_dir, tm
     assert foreign.read_bytes() == data
 
 
+
+def test_rows_of_the_wrong_types_are_tagged_again_not_a_traceback(music, tiny_model_dir, tmp_path):
+    """A Parquet file that says it is mttag's (its metadata) but holds a number as a path and a
+    text score: --resume keeps no such row and tags those tracks again."""
+    out = tmp_path / "tags.parquet"
+    meta = parquet_output.schema(["rock"], "m").metadata
+    bad = pa.table({"path": [5], "model": ["m"], "duration": [1.0], "windows": [1],
+                    "tags": [[{"tag": "rock", "score": "high"}]], "scores": [None], "embedding": [None],
+                    "error": [None]}).replace_schema_metadata(meta)
+    pq.write_table(bad, out)
+    res = tag(music, "-m", tiny_model_dir, "-o", out, "--resume")
+    assert res.exit_code == 1 and not isinstance(res.exception, TypeError), res.output  # broken.wav fails
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 4 and all(isinstance(r["path"], str) for r in rows)
+
 def test_a_write_that_fails_before_its_footer_keeps_the_old_file(tmp_path):
     from mttag.output import OutputFile
 

@@ -232,3 +232,14 @@ def test_usearch_loaded_before_ray_is_one_line_not_an_abort(monkeypatch):
     monkeypatch.delitem(sys.modules, "ray._raylet", raising=False)
     with pytest.raises(ray_engine.EngineError, match="usearch"):
         ray_engine._ray()
+
+
+def test_embed_on_ray_without_paths_is_one_line():
+    """PATHS is optional for `mttag embed --ann on` alone; the Ray engine has no such use."""
+    from typer.testing import CliRunner
+
+    from mttag.cli import app
+
+    res = CliRunner().invoke(app, ["embed", "--engine", "ray", "-o", "x"])
+    assert res.exit_code == 2 and "missing argument 'PATHS...'" in res.output and res.exception is None or \
+        isinstance(res.exception, SystemExit)

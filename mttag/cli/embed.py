@@ -94,12 +94,16 @@ def embed(
 
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, not {engine!r}")
+    if not paths and (engine == "ray" or ann is not Ann.on):
+        fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
+             "see 'mttag embed --help'")
     if engine == "ray":
         from ..engines.cli import run_embed as run_on_ray
 
+        # the Ray engine writes a Parquet dataset, not an index folder: no ANN file to build
         run_on_ray(paths, output=output, model=model, windows=parse_windows(windows) if windows is not None else DEFAULT_WINDOWS,
                    batch_size=batch_size, device=device, resume=resume, address=address, quiet=quiet,
-                   refused={"--force": force})
+                   refused={"--force": force, "--ann on": ann is Ann.on})
     if address is not None:
         fail("--address names a Ray cluster; it needs --engine ray")
     if ann is Ann.on:
@@ -107,10 +111,7 @@ def embed(
 
         if not available():
             fail(f"--ann on: {MISSING}")
-    if not paths:
-        if ann is not Ann.on:
-            fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
-                 "see 'mttag embed --help'")
+    if not paths:  # --ann on alone: build the existing index's ANN file
         raise typer.Exit(_build_ann(output, ann, quiet, only=True))
     events = _EmbedEvents(quiet, output)
     request = EmbedRequest(paths, output, model=model, resume=resume, force=force, device=device,
