@@ -272,6 +272,7 @@ class Tagger:
         embeddings: bool = False,
         model_threads: int | None = None,
         precision: str = "auto",
+        fingerprints: bool = False,
     ):
         self.device = select_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device, model)
@@ -285,6 +286,9 @@ class Tagger:
         self.model_threads = max(1, model_threads or default_model_threads(self.device))
         self.keep_windows = keep_windows
         self.embeddings = embeddings
+        # each result's audio fingerprint (one more read of the file): for results that
+        # `mttag write` may use, not for embeddings, a table or a Parquet dataset
+        self.fingerprints = fingerprints
         # calibrated confidence for models that have a table (mttag.calibration); None otherwise
         self.calibration = calibration_module.table_for(model)
         if embeddings and not hasattr(model, "forward_with_embedding"):
@@ -297,7 +301,7 @@ class Tagger:
         start = time.perf_counter()
         window = self.config.crop_seconds
         info, gen = iter_windows(path, self.config.sample_rate, window, self.windows)
-        fingerprint = _fingerprint(path)
+        fingerprint = _fingerprint(path) if self.fingerprints else None
         if len(window_starts(info.duration, window, self.windows)) * window <= _MAX_PREFETCHED_SECONDS:
             windows = list(gen)
             return info, windows, time.perf_counter() - start, fingerprint
@@ -529,5 +533,6 @@ def tag(
     from .runs.tag import tag_results
 
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
-    tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision)
+    tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision,
+                    fingerprints=True)
     yield from tag_results(tagger, files, unlistable, top, threshold, min_confidence)

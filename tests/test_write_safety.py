@@ -466,6 +466,24 @@ def test_a_full_disk_when_the_undo_log_closes_is_one_line(tmp_path, monkeypatch)
     assert "Rock" in genre(song) and len(filetags.read_undo_log(tmp_path / "u.jsonl")) == 1
 
 
+
+def test_tag_write_too_closes_its_undo_log_in_one_line_on_a_full_disk(tmp_path, monkeypatch, tiny_model_dir):
+    """`mttag tag --write` shares write's closing of the undo log: a full disk at its final sync
+    is one error line (was a traceback), the lock is released, the log names what was written."""
+    song = flac(tmp_path, "a.flac", seconds=3.0)
+    real_close = filetags.UndoLog.close
+
+    def close(self):
+        real_close(self)
+        raise filetags.WriteError("cannot close u.jsonl (No space left on device)")
+
+    monkeypatch.setattr(filetags.UndoLog, "close", close)
+    r = runner.invoke(app, ["tag", str(song), "--model", str(tiny_model_dir), "-o", str(tmp_path / "r.jsonl"),
+                            "--write", "--threshold", "0", "--undo-log", str(tmp_path / "u.jsonl")])
+    assert r.exit_code == 1 and "No space left on device" in r.stderr and r.exception is None or \
+        isinstance(r.exception, SystemExit), r.output
+    assert not (tmp_path / ".u.jsonl.lock").exists()
+
 def test_a_record_cut_by_a_full_disk_is_removed_from_the_log(tmp_path, monkeypatch):
     log = filetags.UndoLog(tmp_path / "u.jsonl")
     size = (tmp_path / "u.jsonl").stat().st_size

@@ -97,6 +97,8 @@ def tag(
         download_progress=False if quiet else None,
     )
     summary = run(run_tag, request, events)
+    for problem in summary.problems:
+        console.print(f"[red]error:[/] {escape(printable(problem))}", highlight=False, soft_wrap=True)
     if not quiet:
         msg = (f"{summary.done} tagged, {summary.failed} failed in {summary.elapsed:.1f} s on "
                f"{ran_on(summary.device, summary.precision)} with {summary.model}")
@@ -111,8 +113,8 @@ def tag(
         console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
         if write:
             parts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing written"
-            console.print(escape(f"tags in files: {parts}; undo with: mttag write --undo {printable(summary.undo_log)}"),
-                          highlight=False, soft_wrap=True)
+            undo = f"; undo with: mttag write --undo {printable(summary.undo_log)}" if summary.undo_log else ""
+            console.print(escape(f"tags in files: {parts}{undo}"), highlight=False, soft_wrap=True)
     raise typer.Exit(summary.exit_code)
 
 

@@ -244,3 +244,34 @@ def open_undo_log(path: Path, header: dict[str, Any], holder: str):
         if lock is not None:
             lock.release()
         raise
+
+
+def close_undo_log(lock, log, summary: RunSummary) -> None:
+    """Close what :func:`open_undo_log` opened, on every way out of a run: a log that cannot
+    be closed (a full disk at its final sync) is one of the run's problems and counts as a
+    failure; the lock goes in any case; a log of headers only (nothing was written) is
+    removed, and ``summary.undo_log`` names the log only when it holds records."""
+    from .. import filetags
+
+    try:
+        if log is not None:
+            try:
+                log.close()
+            except filetags.WriteError as exc:
+                summary.problems.append(f"--undo-log: {exc}")
+                summary.failed += 1
+    finally:
+        if lock is not None:
+            lock.release()
+    if log is None:
+        return
+    if log.count:
+        summary.undo_log = log.path
+        return
+    try:
+        with open(log.path, encoding="utf-8", errors="replace") as f:
+            only_headers = all(line.startswith('{"mttag_undo":') for line in f if line.strip())
+        if only_headers:
+            log.path.unlink()
+    except OSError:
+        pass

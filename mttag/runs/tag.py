@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS
 from .common import (
+    close_undo_log,
     EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, bf16_emulation_warning, find_audio, finish, interruptible, load,
     missing_paths_error, no_files_error, open_undo_log, parse_windows, resolve_device,
 )
@@ -225,7 +226,8 @@ class _TagRun:
         req = self.req
         start = time.perf_counter()
         tagger = Tagger(self.net, self.dev, batch_size=req.batch_size, windows=self.n_windows, model_name=self.model_name,
-                        keep_windows=self.timeline or req.plot is not None, precision=req.precision)
+                        keep_windows=self.timeline or req.plot is not None, precision=req.precision,
+                        fingerprints=req.write or self.fmt not in ("table", "parquet"))
         top_k = None if req.all_tags or self.layout == "wide" else req.top  # wide: a column for every tag
         summary = RunSummary("tag", device=self.dev.type, precision=tagger.precision, model=self.model_name,
                              output=req.output, plots=self.plots)
@@ -254,7 +256,8 @@ class _TagRun:
         summary.elapsed = time.perf_counter() - start
         summary.done = self.writer.count - len(self.kept) - summary.failed
         if self.tag_writer is not None:
-            summary.counts, summary.undo_log = dict(self.tag_writer.counts), self.tag_writer.log_path
+            summary.counts = dict(self.tag_writer.counts)
+            self.tag_writer.close(summary)  # names the undo log in the summary if it holds records
         return finish(summary)
 
     def _save(self, result) -> int:
@@ -305,7 +308,7 @@ class _TagRun:
         if self.target is not None:
             self.target.close(discard=True)
         if self.tag_writer is not None:
-            self.tag_writer.close()
+            self.tag_writer.close(RunSummary("tag"))  # a refusal or an error: closed, nothing to report
 
 
 class _FileTagWriter:
@@ -341,13 +344,9 @@ class _FileTagWriter:
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         return outcome
 
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+    def close(self, summary: RunSummary) -> None:
+        lock, log, self._lock, self._log = self._lock, self._log, None, None
+        close_undo_log(lock, log, summary)
 
 
 def _plot_target(plot: Path, files: list[Path], force: bool = False):

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..display import printable
-from .common import EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, finish, interruptible, open_undo_log
+from .common import (EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, close_undo_log, finish, interruptible,
+                     open_undo_log)
 
 DEFAULT_FIELDS = "genre,mood,mttag"
 
@@ -167,19 +168,7 @@ def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSumm
         summary.interrupted = True
     finally:
         events.finished()
-        if log is not None:
-            try:
-                log.close()
-            except filetags.WriteError as exc:  # e.g. a full disk at the final sync
-                summary.problems.append(f"--undo-log: {exc}")
-                summary.failed += 1
-        if lock is not None:
-            lock.release()
-    if log is not None:
-        if log.count:
-            summary.undo_log = log.path
-        else:
-            _drop_if_empty(log.path)
+        close_undo_log(lock, log, summary)
     return finish(summary)
 
 
@@ -222,14 +211,3 @@ def _count(summary: RunSummary, status: str) -> None:
         summary.failed += 1
     elif status != "skipped":
         summary.done += 1
-
-
-def _drop_if_empty(path: Path) -> None:
-    """Nothing was written: a log of headers only is noise."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            only_headers = all(line.startswith('{"mttag_undo":') for line in f if line.strip())
-        if only_headers:
-            path.unlink()
-    except OSError:
-        pass
