@@ -1360,27 +1360,37 @@ def undo_key_path() -> Path:
 
 
 def _undo_key(create: bool) -> bytes | None:
-    """This user's undo key: 32 random bytes, made owner-only (0600) on first use."""
+    """This user's undo key: 32 random bytes, made owner-only (0600) on first use. Made whole
+    in a temporary file and linked into place, so a run starting at the same moment reads
+    either no key or the whole one; a key that cannot be read is a WriteError, one line."""
     path = undo_key_path()
-    for _ in range(2):
-        try:
-            with open(path, "rb") as f:
-                key = f.read(64)
-            if len(key) != 32:
-                raise WriteError(f"{printable(path)} is not an mttag undo key (delete it; old undo logs then stop working)")
-            return key
-        except FileNotFoundError:
-            if not create:
-                return None
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            continue  # another run made it first: read theirs
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        for _ in range(2):
+            try:
+                with open(path, "rb") as f:
+                    key = f.read(64)
+                if len(key) != 32:
+                    raise WriteError(f"{printable(path)} is not an mttag undo key "
+                                     "(delete it; old undo logs then stop working)")
+                return key
+            except FileNotFoundError:
+                if not create:
+                    return None
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".undo.key.")  # mode 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(32))
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    pass  # another run made it first: read theirs
+            finally:
+                os.unlink(tmp)
+    except OSError as exc:
+        raise WriteError(f"cannot read the undo key {printable(path)} ({_reason(exc)})") from None
     raise WriteError(f"cannot read the undo key {printable(path)}")
 
 

@@ -117,7 +117,12 @@ def _delimiter(fmt: str) -> str:
 
 
 def read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
-    """Records already in an output file, tolerating a last line cut off mid-write."""
+    """Records already in an output file, tolerating a last line cut off mid-write. A
+    record that fails :func:`record_problem` comes back as ``{"path", "invalid": why}``."""
+    if fmt == "parquet":  # written whole (renamed into place complete): every row counts
+        from .parquet_output import read_rows, record_from_row
+
+        return [_checked(record_from_row(row)) for row in read_rows(path)]
     # errors="replace": a run killed mid-write can cut a non-ASCII path in half
     text = path.read_text(encoding="utf-8", errors="replace").lstrip("\ufeff")
     if fmt in ("csv", "tsv"):
@@ -132,11 +137,16 @@ def read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # the record being written when the run was interrupted
         if isinstance(record, dict) and "path" in record:
-            problem = record_problem(record)
-            if problem is not None:  # kept, so that a reader can say which record is bad and why
-                record = {"path": record["path"] if isinstance(record["path"], str) else "", "invalid": problem}
-            records.append(record)
+            records.append(_checked(record))
     return records
+
+
+def _checked(record: dict[str, Any]) -> dict[str, Any]:
+    problem = record_problem(record)
+    if problem is None:
+        return record
+    # kept, so that a reader can say which record is bad and why
+    return {"path": record["path"] if isinstance(record.get("path"), str) else "", "invalid": problem}
 
 
 def _is_number(value: Any) -> bool:
@@ -333,12 +343,6 @@ def read_done(path: Path, fmt: str) -> tuple[list[dict[str, Any]], set[str]]:
         raise ValueError("--resume needs --format csv, tsv, json or jsonl")
     if not path.exists():
         return [], set()
-    if fmt == "parquet":  # written whole (renamed into place complete): every row counts
-        from .parquet_output import read_rows, record_from_row
-
-        # the same record checks as the text formats: a row of the wrong types is tagged again
-        ok = [r for r in map(record_from_row, read_rows(path)) if "error" not in r and record_problem(r) is None]
-        return ok, {path_key(path_from_text(r["path"])) for r in ok}
     ok = [r for r in read_records(path, fmt) if "error" not in r and "invalid" not in r]
     return ok, {path_key(path_from_text(r["path"])) for r in ok}
 

@@ -152,12 +152,51 @@ def test_undo_key_is_private_and_reused(tmp_path):
     assert key.read_bytes() == before
 
 
+
+def test_an_undo_key_that_cannot_be_read_is_one_line(tmp_path):
+    song = flac(tmp_path, "a.flac")
+    assert cli(results(tmp_path / "r.jsonl", [song]), "--undo-log", tmp_path / "u.jsonl").exit_code == 0
+    key = filetags.undo_key_path()
+    key.unlink()
+    key.mkdir()  # a folder where the key should be: reading it is an OSError, not a WriteError
+    for args in (["--undo", tmp_path / "u.jsonl"], [results(tmp_path / "r2.jsonl", [song]), "--undo-log", tmp_path / "v.jsonl"]):
+        r = runner.invoke(app, ["write", *map(str, args)])
+        assert r.exit_code in (1, 2) and not isinstance(r.exception, OSError), r.output
+        assert "undo key" in r.output
+
+
+def test_results_and_undo_logs_whose_name_cannot_be_checked_are_one_line(tmp_path):
+    long = tmp_path / ("x" * 300 + ".jsonl")  # stat() fails: file name too long
+    for args in ([long], ["--undo", long]):
+        r = runner.invoke(app, ["write", *map(str, args)])
+        assert r.exit_code == 2 and "cannot read it" in r.output and not isinstance(r.exception, OSError), r.output
+
+
+def test_write_reads_a_parquet_results_file(tmp_path):
+    pytest.importorskip("pyarrow")
+    from mttag import parquet_output
+
+    import pyarrow.parquet as pq
+
+    song = flac(tmp_path, "a.flac")
+    rows = [{"path": str(song), "model": "m", "duration": 1.0, "windows": 1, "error": None, "scores": None,
+             "embedding": None, "tags": [{"tag": t["tag"], "score": t["score"], "kind": None, "confidence": None}
+                                         for t in TAGS]}]
+    pq.write_table(parquet_output.table(rows, [t["tag"] for t in TAGS], "m"), tmp_path / "r.parquet")
+    r = cli(tmp_path / "r.parquet", "--undo-log", tmp_path / "u.jsonl")
+    assert r.exit_code == 0 and lines(r.stdout, "written"), r.output
+    assert genre(song) != ["Jazz"]
+
+
 # ---------------------------------------------------------------------------- 4. concurrent writers
 
 
-def _tagger(files, stop, last, errors, lost):
+def _tagger(files, stop, last, errors, lost, stale):
     """An external tagger: saves TITLE=N into the files in turn until told to stop, and
-    before each save checks that its previous save to that file is still there."""
+    before each save checks that its previous save to that file is still there. Like any
+    tagger that takes no lock, it reads, then saves what it read: when mttag replaced the file
+    in between, that save writes the tags it read over mttag's (its own lost update, which no
+    check of mttag's can see); such files are in ``stale``."""
     from mutagen.flac import FLAC
 
     n = 0
@@ -165,12 +204,15 @@ def _tagger(files, stop, last, errors, lost):
         for p in files:
             n += 1
             try:
+                read_from = os.stat(p).st_ino
                 audio = FLAC(p)
                 if p in last and audio.get("TITLE") != [last[p]]:
                     lost.append((p, last[p], audio.get("TITLE")))
                 audio["TITLE"] = f"edit {n}"
                 audio.save()
                 last[p] = f"edit {n}"
+                if os.stat(p).st_ino != read_from:  # replaced between its read and its save
+                    stale.add(p)
             except Exception as exc:  # noqa: BLE001 - a file swapped mid-save is the tagger's problem
                 errors.append(repr(exc))
             time.sleep(0.002)
@@ -183,8 +225,8 @@ def test_two_writers_and_an_external_tagger_lose_no_edit(tmp_path):
         "a": ["--fields", "genre", "--undo-log", tmp_path / "ua.jsonl"],
         "b": ["--fields", "comment", "--mode", "replace", "--undo-log", tmp_path / "ub.jsonl"],
     }
-    stop, last, errors, lost = threading.Event(), {}, [], []
-    tagger = threading.Thread(target=_tagger, args=(files, stop, last, errors, lost))
+    stop, last, errors, lost, stale = threading.Event(), {}, [], [], set()
+    tagger = threading.Thread(target=_tagger, args=(files, stop, last, errors, lost, stale))
     tagger.start()
     try:
         procs = {name: subprocess.Popen([sys.executable, "-m", "mttag", "write", str(results(tmp_path / f"r{name}.jsonl", files)),
@@ -203,15 +245,13 @@ def test_two_writers_and_an_external_tagger_lose_no_edit(tmp_path):
         a, b = status["a"][str(p)], status["b"][str(p)]
         # every run's "written" is in the file: no run silently undid another's fields
         # (an error is reported, not silent: usually "another program changed the file", or
-        # tags read while the tagger was half-way through a save)
-        if a["status"] == "written":
+        # tags read while the tagger was half-way through a save) -- unless the lockless
+        # tagger itself saved a stale read over the file mttag had just replaced
+        assert a["status"] in ("written", "error") and b["status"] in ("written", "error"), (a, b)
+        if a["status"] == "written" and p not in stale:
             assert "Rock" in audio.get("GENRE", []), (p, a, b)
-        else:
-            assert a["status"] == "error", a
-        if b["status"] == "written":
+        if b["status"] == "written" and p not in stale:
             assert audio.get("COMMENT") == ["rock, happy, guitar"], (p, a, b)
-        else:
-            assert b["status"] == "error", b
         # and the tagger's last save survived (mttag either saw it and stopped, or wrote before it)
         assert audio["TITLE"] == [last[p]], (p, a, b)
     assert any(s["status"] == "written" for run in status.values() for s in run.values())

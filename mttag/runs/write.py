@@ -71,10 +71,7 @@ def read_results(results: Path) -> list[tuple[str, dict]]:
     """``(path, record)`` of each track in a results file of ``mttag tag``."""
     from ..output import path_from_text, read_records, sniff_format
 
-    if results.is_dir():
-        raise RunError(f"{printable(results)}: is a directory")
-    if not _regular_or_missing(results):
-        raise RunError(f"{printable(results)}: not a regular file")
+    _check_regular(results, printable(results))
     try:
         fmt = sniff_format(results)
     except FileNotFoundError:
@@ -90,8 +87,25 @@ def read_results(results: Path) -> list[tuple[str, dict]]:
         records = read_records(results, fmt)
     except OSError as exc:
         raise RunError(f"{printable(results)}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a Parquet file that cannot be read
+        raise RunError(f"{printable(results)}: {exc}") from None
     # a record that failed validation ("invalid") may have no usable path: it is reported by number
     return [(path_from_text(r["path"]) if r.get("path") else "", r) for r in records]
+
+
+def _check_regular(path: Path, label: str) -> None:
+    """RunError unless ``path`` is a regular file: missing, unreadable (a name too long, no
+    permission), a folder, a FIFO (reading one waits forever) or a device, in one line."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise RunError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise RunError(f"{label}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise RunError(f"{label}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise RunError(f"{label}: not a regular file")
 
 
 def _regular_or_missing(path: Path) -> bool:
@@ -182,14 +196,7 @@ def run_undo(log: Path, dry_run: bool = False, events: RunEvents | None = None) 
     from .. import filetags
 
     events = events or RunEvents()
-    if not log.exists():
-        raise RunError(f"--undo {printable(log)}: no such file")
-    if not log.is_file():
-        raise RunError(f"--undo {printable(log)}: not a regular file")
-    try:
-        filetags.read_undo_log(log)
-    except filetags.WriteError as exc:
-        raise RunError(f"--undo: {exc}") from None
+    _check_regular(log, f"--undo {printable(log)}")
     summary = RunSummary("undo", output=log)
     try:
         with interruptible():
