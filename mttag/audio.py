@@ -273,7 +273,7 @@ def _counted_info(path: Path, sample_rate: int, channels: int, claim: str) -> Au
             timer.cancel()
         if frames > limit:
             raise AudioError(path, "decodes to more audio than a file of this size can hold")
-        if killed and not frames:
+        if killed:  # a count cut short is no length: tagging would plan windows on part of the track
             raise AudioError(path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s")
         if frames == 0:
             err.seek(0)

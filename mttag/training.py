@@ -368,8 +368,9 @@ def check_run_dir(out_dir: str | Path, force: bool = False) -> None:
     foreign = foreign_run_files(out_dir)
     if foreign and foreign[0] == out_dir:
         raise TrainingError(f"{printable(out_dir)}: exists and is not a directory")
-    if foreign and foreign[0] == out_dir / MODEL_DIR_NAME:
-        raise TrainingError(f"{printable(foreign[0])}: exists and is not a directory; the run exports its model there")
+    if out_dir / MODEL_DIR_NAME in foreign:  # listed only when it is not a folder: --force cannot help
+        raise TrainingError(f"{printable(out_dir / MODEL_DIR_NAME)}: exists and is not a directory; "
+                            "the run exports its model there")
     if foreign and not force:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise TrainingError(f"{printable(foreign[0])}{more}: exists and was not written by mttag; refusing to "

@@ -622,3 +622,16 @@ def test_help_lists_every_preset_and_opens_with_an_example():
     assert -1 < text.find("Example: mttag train ") < text.find("Arguments")
     res = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "400"})
     assert f"{', '.join(PRESETS['transformer'])} (the Transformer's presets)" in " ".join(res.output.split())
+
+
+def test_a_file_where_the_model_goes_is_refused_even_with_force(tmp_path):
+    """OUT/model as a file is in the way of the export whatever else is foreign there: refused
+    before training (with --force it used to train a whole epoch, then fail to save)."""
+    from mttag.training import TrainingError, check_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_text("my own settings, not mttag's")
+    (out / "model").write_text("not a folder")
+    with pytest.raises(TrainingError, match="is not a directory"):
+        check_run_dir(out, force=True)

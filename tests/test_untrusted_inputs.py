@@ -459,3 +459,21 @@ def test_a_hub_config_nested_too_deep_is_one_line(tmp_path):
     config.write_text('{"files": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(ModelLoadError, match="nested too deeply"):
         hub._config_files(config, "alice/deep")
+
+
+@pytest.mark.skipif(not audio.ffmpeg_available(), reason="needs ffmpeg")
+def test_a_length_count_cut_short_by_the_timeout_is_refused_not_believed(flacs, monkeypatch):
+    """ffmpeg killed at its time limit has counted part of the file: that is no length to plan
+    windows on (it used to be taken as the track's length whenever some frames were read)."""
+    _, piped = flacs
+    real_run = audio.subprocess.Popen
+
+    def slow_ffmpeg(cmd, *args, **kwargs):  # counts a few frames, then hangs past the limit
+        if cmd and cmd[0] == "ffmpeg":
+            cmd = ["bash", "-c", 'head -c 4096 /dev/zero; exec sleep 5', "--"]
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(audio.subprocess, "Popen", slow_ffmpeg)
+    monkeypatch.setattr(audio, "FFMPEG_TIMEOUT", 0.5)
+    with pytest.raises(audio.AudioError, match="did not finish"):
+        audio.probe(piped)
