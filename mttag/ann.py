@@ -235,7 +235,8 @@ def search(index: "EmbeddingIndex", ann: AnnSearcher, q: np.ndarray, top: int, e
             return None
         fetch = min(limit, max(2 * fetch, need))
     scores = np.asarray(index.vectors[kept] @ q, dtype=np.float32)
-    return kept, scores
+    usable = index.usable(kept, scores)  # the graph may propose a damaged row: never ranked
+    return kept[usable], scores[usable]
 
 
 # -- building ----------------------------------------------------------------------------------

@@ -658,6 +658,16 @@ class EmbeddingIndex:
                 return i
         raise KeyError(name)
 
+    def usable(self, rows: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` (their similarities ``s`` to a unit query) can be ranked: a
+        damaged row (NaN, zero, not unit length) has no similarity to give, whether exact
+        search or the ANN file proposed it."""
+        keep = np.isfinite(s) & (np.abs(s) <= 1 + _UNIT_TOLERANCE)
+        zero = np.flatnonzero(keep & (s == 0))
+        if len(zero):
+            keep[zero[~np.any(self.vectors[rows[zero]] != 0, axis=1)]] = False
+        return keep
+
     def search(self, query: np.ndarray, top: int = 20, *, exclude: Iterable[int] = (),
                tags: Sequence[tuple[int, float]] = (), min_duration: float | None = None,
                max_duration: float | None = None, chunk: int = SEARCH_CHUNK, exact: bool = False) -> list[Hit]:
@@ -690,11 +700,7 @@ class EmbeddingIndex:
         for a in range(start, n, chunk):
             b = min(n, a + chunk)
             s = self.vectors[a:b] @ q
-            # a damaged row (NaN, zero, not unit) has no similarity to give: left out, not ranked
-            keep = np.isfinite(s) & (np.abs(s) <= 1 + _UNIT_TOLERANCE)
-            zero = np.flatnonzero(keep & (s == 0))
-            if len(zero):
-                keep[zero[~np.any(self.vectors[a + zero] != 0, axis=1)]] = False
+            keep = self.usable(a + np.arange(b - a), s)
             for column, minimum in tags:
                 keep &= self.scores[a:b, column].astype(np.float32) >= minimum
             if min_duration is not None:

@@ -287,3 +287,21 @@ def test_embed_builds_it_at_the_end_and_resume_keeps_it_up_to_date(tmp_path, tin
     assert idx.ann is not None and idx.ann.count == 4 and idx.ann_note is None
     result = runner.invoke(app, ["embed", str(music), "-o", str(out), "--resume", "--ann", "off", "-q"])
     assert result.exit_code == 0 and not result.output
+
+
+def test_a_damaged_row_the_graph_proposes_is_not_ranked(copy):
+    """A row whose vector was scaled on disk (not unit length) scores above 1 against its own
+    direction: exact search leaves such rows out, and so must a search through the graph."""
+    from mttag.embedding import VECTORS
+
+    idx = EmbeddingIndex(copy, ann="on")
+    query = np.array(idx.vectors[7], dtype=np.float32)
+    vectors = np.memmap(copy / VECTORS, dtype="<f4", mode="r+").reshape(len(idx), idx.dim)
+    vectors[7] *= 3.0
+    vectors.flush()
+    del vectors
+    idx = EmbeddingIndex(copy, ann="on")
+    assert idx.ann is not None
+    for exact in (False, True):
+        hits = idx.search(query, 10, exact=exact)
+        assert 7 not in [h.row for h in hits] and all(h.score <= 1.0 + 1e-3 for h in hits), exact
