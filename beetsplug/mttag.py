@@ -114,9 +114,11 @@ class MttagPlugin(BeetsPlugin):
             index = self.index_path() if self.config["similarity"].get(bool) else None
         except Exception:
             index = None
-        fields: dict[str, types.Type] = {
-            support.field_name(t): types.Float(3) for t in support.known_vocabulary(self.model, index)
-        }
+        try:
+            vocabulary = support.known_vocabulary(self.model, index)
+        except Exception:  # beets reads this opening the library: a damaged file must not stop `beet ls`
+            vocabulary = support.known_vocabulary(None, None)
+        fields: dict[str, types.Type] = {support.field_name(t): types.Float(3) for t in vocabulary}
         fields.pop(support.TAGS_FIELD, None)
         fields.pop(support.MODEL_FIELD, None)
         return fields
@@ -193,7 +195,8 @@ class MttagPlugin(BeetsPlugin):
                     indexed -= self._drop_stale(lib, index, indexed, items if force else [])
             except Exception as exc:  # a damaged index: tag anyway, say so once
                 self._log.warning("similarity index left alone: {}", exc)
-        tag_ids = {item.id for item in items if force or item.get(support.MODEL_FIELD) != self.model_name}
+        name = self.model_name  # a registry look-up: once, not once per item
+        tag_ids = {item.id for item in items if force or item.get(support.MODEL_FIELD) != name}
         todo = [item for item in items if item.id in tag_ids
                 or (indexed is not None and support.path_key(os.fsdecode(item.path)) not in indexed)]
         return todo, tag_ids, indexed
@@ -310,9 +313,16 @@ class MttagPlugin(BeetsPlugin):
         """Tag a task's new items (one batch per album). Files are not written here: they
         are still where the import found them; beets writes them in its next stage when
         ``import.write`` applies, and :meth:`import_task_files` files the embeddings."""
-        items = list(task.imported_items())
+        try:
+            self._tag_imported(list(task.imported_items()))
+        except Exception as exc:  # noqa: BLE001 - an import stage that raises stops the whole
+            # import half-way (items in the library, files not yet copied): log and go on untagged
+            self._log.error("{}; items imported untagged (tag them later with: beet mttag)", exc)
+
+    def _tag_imported(self, items: list) -> None:
         force = self.config["force"].get(bool)
-        items = [i for i in items if force or i.get(support.MODEL_FIELD) != self.model_name]
+        name = self.model_name
+        items = [i for i in items if force or i.get(support.MODEL_FIELD) != name]
         if not items:
             return
         with self._model_lock:
@@ -320,7 +330,7 @@ class MttagPlugin(BeetsPlugin):
             try:
                 runner.load()
             except Exception as exc:
-                self._log.error("model {}: {}; items imported untagged", support.describe(self.model_name), exc)
+                self._log.error("model {}: {}; items imported untagged", support.describe(name), exc)
                 return
             paths = [os.fsdecode(item.path) for item in items]
             for item, outcome in zip(items, runner.run(paths, self._top(), self._threshold())):

@@ -56,7 +56,7 @@ def model_display_name(model: str | None) -> str:
 def _vocabulary_of_dir(directory: Path) -> list[str]:
     try:
         tags = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("tags")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return []
     return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
@@ -85,7 +85,7 @@ def known_vocabulary(model: str | None, index: str | os.PathLike | None = None) 
         try:
             manifest = json.loads((Path(index) / "index.json").read_text(encoding="utf-8"))
             tags.update(dict.fromkeys(t for t in manifest.get("tags", []) if isinstance(t, str)))
-        except (OSError, ValueError, AttributeError, TypeError):
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             pass
     for tag in list(tags):
         tags.setdefault(display(tag))

@@ -350,6 +350,19 @@ class TestImport(PluginMixin, ImportHelper):
         for kind in ("tone", "noise"):
             assert "genre" not in mutagen_flac.FLAC(source / sounds[kind].name)
 
+    def test_a_failing_stage_logs_and_the_import_completes(self, sounds):
+        """An import stage that raises stops beets' import half-way: a bad setting (or a model
+        that fails) is one log line, and the items are imported untagged."""
+        self.config["mttag"].set({"auto": True, "genre": "add", "mood": "maybe"})
+        self.load_plugins()
+        source = self.import_path / "album"
+        source.mkdir()
+        shutil.copy(sounds["tone"], source)
+        self.setup_importer(autotag=False, write=True).run()
+        items = list(self.lib.items())
+        assert len(items) == 1 and "mttag_model" not in items[0]
+        assert str(self.lib_path) in os.fsdecode(items[0].path)  # copied: the import went on
+
     def test_auto_off_registers_no_stage(self):
         self.config["mttag"].set({"auto": False})
         self.load_plugins()
@@ -423,3 +436,9 @@ def test_plugin_module_does_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,
                          env={**os.environ, "BEETSDIR": str(tmp_path), "HOME": str(tmp_path)}, check=True)
     assert json.loads(out.stdout) == [False, False]
+
+
+def test_a_damaged_index_does_not_stop_beets_from_opening_the_library(tmp_path):
+    (tmp_path / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    tags = support.known_vocabulary(None, tmp_path)
+    assert "rock" in tags
