@@ -772,14 +772,24 @@ def _range_digest(path: str, start: int, end: int) -> str:
     return h.hexdigest()
 
 
-def _id3v2_size(f) -> int:
-    head = _read_at(f, 0, 10)
+def _id3v2_size(f, at: int = 0) -> int:
+    """Bytes of the ID3v2 tag at ``at`` (0: none there)."""
+    head = _read_at(f, at, 10)
     if len(head) == 10 and head[:3] == b"ID3":
         size = 0
         for b in head[6:10]:
             size = (size << 7) | (b & 0x7F)
         return 10 + size + (10 if head[5] & 0x10 else 0)
     return 0
+
+
+def _id3v2_end(f) -> int:
+    """Where the ID3v2 tags at the start of a file end: some writers stack a second tag
+    after the first, and players skip them all."""
+    end = 0
+    while (tag := _id3v2_size(f, end)) > 0:
+        end += tag
+    return end
 
 
 def _flac_ranges(f, size: int) -> list[tuple[int, int]]:
@@ -1040,7 +1050,9 @@ _MPEG_KBPS = {
 }
 _MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
 _MPEG_ZEROS = 256 << 10  # zero bytes skipped after the ID3v2 tag (padding some writers leave)
-_MPEG_SLACK = 4096  # where, after them, the first frame must start
+# where, after them, the first frame must start: a wider search finds chained frame-like
+# words deep inside programs named .mp3 (tests: test_dry_run_does_not_promise_to_write_...)
+_MPEG_SLACK = 4096
 
 
 def _mpeg_frame(head: bytes) -> tuple[int, tuple[int, int, int]] | None:
@@ -1090,7 +1102,7 @@ def _mpeg_audio_start(f, start: int, size: int) -> int:
 def _mp3_ranges(f, size: int) -> list[tuple[int, int]]:
     """The MPEG frames of an mp3: after the ID3v2 tag (and any junk before the first frame),
     before an ID3v1 tag and an APEv2 tag at the end."""
-    start = _mpeg_audio_start(f, _id3v2_size(f), size)
+    start = _mpeg_audio_start(f, _id3v2_end(f), size)
     end = size
     if end - start >= 128 and _read_at(f, end - 128, 3) == b"TAG":
         end -= 128

@@ -614,3 +614,17 @@ def test_dry_run_does_not_promise_to_write_a_program_named_mp3(tmp_path):
     assert r.exit_code == 1 and not lines(r.stdout, "would write")
     (line,) = lines(r.stdout, "error")
     assert "song.mp3" in line
+
+
+def _id3_header(body: int) -> bytes:
+    return b"ID3\x04\x00\x00" + bytes((body >> s) & 0x7F for s in (21, 14, 7, 0))
+
+
+def test_an_mp3_with_stacked_id3_tags_is_written_not_refused(tmp_path):
+    """Two ID3v2 tags one after the other (some writers add one instead of updating the
+    first): players skip both; the audio check looked for frames only 4 KiB past the first."""
+    song = mp3(tmp_path, "a.mp3")
+    data = song.read_bytes()
+    song.write_bytes(_id3_header(100) + b"\0" * 100 + _id3_header(20_000) + b"\0" * 20_000 + data)
+    r = cli(results(tmp_path / "r.jsonl", [song]), "--undo-log", tmp_path / "u.jsonl")
+    assert r.exit_code == 0 and lines(r.stdout, "written"), r.output
