@@ -168,3 +168,11 @@ def test_table_keeps_control_characters_escaped(music, tiny_model_dir, monkeypat
     assert "\x1b" not in result.stdout
     assert result.stdout.startswith("Artist/odd\\x1b[2Jname.wav  [0:02]")
 
+
+
+def test_embed_too_refuses_a_typo_before_the_model_loads(music, tmp_path, monkeypatch):
+    import mttag.runs.embed as embed_run
+
+    monkeypatch.setattr(embed_run, "load", lambda *a, **k: pytest.fail("the model loaded before the paths were checked"))
+    result = runner.invoke(app, ["embed", str(music / "Artst"), "-o", str(tmp_path / "idx")])
+    assert result.exit_code == 2 and "did you mean" in result.output and "Artist" in result.output

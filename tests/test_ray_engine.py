@@ -243,3 +243,31 @@ def test_embed_on_ray_without_paths_is_one_line():
     res = CliRunner().invoke(app, ["embed", "--engine", "ray", "-o", "x"])
     assert res.exit_code == 2 and "missing argument 'PATHS...'" in res.output and res.exception is None or \
         isinstance(res.exception, SystemExit)
+
+
+def test_a_failed_object_store_copy_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A read that fails part-way (network, missing object): __exit__ never runs for a failed
+    __enter__, so the partial copy used to stay in the temp folder, once per failed track."""
+    import tempfile
+
+    from mttag.engines import sources
+
+    class Broken:
+        def read(self, n):
+            raise OSError("connection reset")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class FS:
+        def open_input_stream(self, inner):
+            return Broken()
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(OSError, match="connection reset"):
+        with sources.LocalCopy("s3://bucket/a.flac", {"s3://bucket": FS()}):
+            pass
+    assert list(tmp_path.iterdir()) == []

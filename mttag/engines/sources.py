@@ -176,13 +176,18 @@ class LocalCopy:
             inner = self.track.split("://", 1)[1]
         suffix = Path(inner).suffix
         fd, self._tmp = tempfile.mkstemp(prefix="mttag-", suffix=suffix)
-        with os.fdopen(fd, "wb") as dst:
-            try:
-                src = fs.open_input_stream(inner)
-            except FileNotFoundError:
-                raise OSError(f"no such file in {bucket_root(self.track)}") from None
-            with src:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                try:
+                    src = fs.open_input_stream(inner)
+                except FileNotFoundError:
+                    raise OSError(f"no such file in {bucket_root(self.track)}") from None
+                with src:
+                    shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        except BaseException:  # __exit__ never runs for a failed __enter__: the copy goes here
+            os.unlink(self._tmp)
+            self._tmp = None
+            raise
         self.path = self._tmp
         return self.path
 

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Iterator
 from ..display import printable
 from ..errors import DEFAULT_WINDOWS
 from .common import (
-    EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, find_audio, finish, interruptible, load, no_files_error,
+    EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, find_audio, finish, interruptible, load, missing_paths_error,
+    no_files_error,
     parse_windows, resolve_device,
 )
 
@@ -86,6 +87,9 @@ def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSumm
         parse_windows(req.windows)  # a bad --windows before anything else
     if req.resume and req.force:
         raise RunError("--resume adds to an index, --force starts it over: choose one")
+    missing = missing_paths_error(req.paths)  # as tag: before the model loads, with a guess
+    if missing is not None:
+        raise missing
     dev = resolve_device(req.device)
     model, n_windows = _index_defaults(req)
     files, unlistable = find_audio(req.paths)
