@@ -209,16 +209,6 @@ def model_label(model: nn.Module) -> str:
     return str(name) if name else f"{config.arch}-{config.preset or 'custom'}"
 
 
-def select_tags(probabilities: np.ndarray, names: list[str], top: int | None, threshold: float | None) -> list[tuple[str, float]]:
-    order = np.argsort(-probabilities, kind="stable")
-    chosen = [(names[i], float(probabilities[i])) for i in order]
-    if threshold is not None:
-        chosen = [(t, s) for t, s in chosen if s >= threshold]
-    if top is not None:
-        chosen = chosen[:top]
-    return chosen
-
-
 def _fingerprint(path: str) -> str | None:
     """The audio fingerprint of a file being tagged (one more read of it; the decoder
     reports a file that cannot be read)."""

@@ -240,3 +240,10 @@ def test_the_table_shows_the_confidence_of_a_calibrated_model(tmp_path):
     want = [t["confidence"] * 100 for t in record["tags"]]
     assert len(shown) == len(want) == 5 and all(abs(a - b) <= 1 for a, b in zip(shown, want))
     assert shown == sorted(shown, reverse=True)
+
+
+def test_quiet_keeps_the_no_confidence_note_off_stderr(tmp_path):
+    old = [{"tag": "rock", "score": 0.8}]
+    res = results(tmp_path / "r.jsonl", [(song(tmp_path, "a.flac"), old)])
+    r = runner.invoke(app, ["write", str(res), "--dry-run", "--json", "-q"])
+    assert r.exit_code == 0 and "no confidence" not in r.stderr, r.stderr

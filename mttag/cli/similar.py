@@ -14,6 +14,7 @@ import typer
 
 from ..display import json_printable, printable, reaches_terminal
 from ._common import EXIT_OK, EXIT_SOME_FAILED, ConsoleEvents, app, console, run, warn
+from .embed import Ann  # the index's ANN file, as embed builds it: one set of choices
 
 
 if TYPE_CHECKING:
@@ -21,12 +22,6 @@ if TYPE_CHECKING:
 
 # numpy, the index code and the decoders are imported by the commands that use them, so
 # that `mttag --help` (which imports every command module) stays quick.
-
-
-class Ann(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
 
 
 class Format(str, Enum):

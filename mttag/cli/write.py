@@ -98,7 +98,7 @@ def write(
     """
     from ..runs.write import WriteRequest, run_undo, run_write
 
-    events = _WriteEvents(as_json)
+    events = _WriteEvents(as_json, quiet)
     if undo is not None:
         if results is not None:
             fail("--undo LOG takes no RESULTS file")
@@ -128,13 +128,15 @@ def write(
 class _WriteEvents(RunEvents):
     """Each file's outcome on stdout as it happens: a line (and its changes), or a JSON record."""
 
-    def __init__(self, as_json: bool):
-        self.as_json = as_json
+    def __init__(self, as_json: bool, quiet: bool):
+        self.as_json, self.quiet = as_json, quiet
 
     def result(self, result) -> None:
         _print(result, self.as_json)
 
     def warning(self, path, message: str) -> None:
         # stderr: --json's stdout stays one record per line
+        if self.quiet:
+            return
         where = f"{printable(path)}: " if path else ""
         console.print(f"[yellow]note:[/] {escape(where + printable(message))}", highlight=False, soft_wrap=True)
