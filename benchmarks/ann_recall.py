@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Recall and latency of the ANN file (``mttag.ann``) against exact search, at 1 M and 10 M tracks.
+"""Recall and latency of the ANN file (``mttag.inference.ann``) against exact search, at 1 M and 10 M tracks.
 
 Synthetic but musicnn-like data: ``mttag embed`` with the bundled msd-musicnn gives 200-d
 unit vectors that share a common direction (any two tracks have a cosine of ~0.5-0.8) and
 cluster by style. Here: a common mean + one of 2,000 cluster centres (sizes drawn from a
 Dirichlet, so some styles are big) + per-track noise, normalised; 50 random tag
 probabilities and durations. Written in chunks with the real IndexWriter, the ANN file built
-with the real :func:`mttag.ann.build`, then searched in a fresh process with the real
-:class:`mttag.embedding.EmbeddingIndex` (ann="on" and "off"):
+with the real :func:`mttag.inference.ann.build`, then searched in a fresh process with the real
+:class:`mttag.inference.embedding.EmbeddingIndex` (ann="on" and "off"):
 
 * queries: new draws from the same mixture (an audio file not in the index), 200 of them;
 * truth: the exact top 10 of each query (one batched pass over the vectors, in its own
@@ -63,7 +63,7 @@ def draw(n: int, rng: np.random.Generator, model) -> np.ndarray:
 
 
 def write(path: Path, n: int) -> dict:
-    from mttag.embedding import IndexWriter
+    from mttag.inference.embedding import IndexWriter
 
     model = mixture()
     tags = [f"tag{i}" for i in range(N_TAGS)]
@@ -81,7 +81,7 @@ def write(path: Path, n: int) -> dict:
 
 
 def build(path: Path) -> dict:
-    from mttag import ann
+    from mttag.inference import ann
 
     last = [time.perf_counter()]
 
@@ -127,7 +127,7 @@ def cases(idx) -> dict:
 def exact_truth(path: Path, queries: int) -> dict:
     """The exact top 10 of every query and filter, saved for the measuring process (which then
     never reads every vector, so its memory is that of ANN queries alone)."""
-    from mttag.embedding import EmbeddingIndex
+    from mttag.inference.embedding import EmbeddingIndex
 
     idx = EmbeddingIndex(path, ann="off")
     _, Q = query_set(queries)
@@ -145,8 +145,8 @@ def exact_truth(path: Path, queries: int) -> dict:
 
 
 def measure(path: Path, queries: int, exact_queries: int, ef: list[int], min_fetch: int | None) -> dict:
-    from mttag import ann
-    from mttag.embedding import EmbeddingIndex
+    from mttag.inference import ann
+    from mttag.inference.embedding import EmbeddingIndex
 
     if min_fetch:
         ann.MIN_FETCH = min_fetch
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--exact-queries", type=int, default=10)
     ap.add_argument("--ef", type=int, nargs="+", default=[128, 256, 512, 1024])
-    ap.add_argument("--min-fetch", type=int, help="Candidates rescored at least (default: mttag.ann.MIN_FETCH).")
+    ap.add_argument("--min-fetch", type=int, help="Candidates rescored at least (default: mttag.inference.ann.MIN_FETCH).")
     ap.add_argument("--phase", choices=["write", "build", "truth", "measure"], help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="Keep the indexes in --work (default: reuse if present).")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Throughput of the batched augmentation chain (mttag.augment).
+"""Throughput of the batched augmentation chain (mttag.training.augment).
 
 Prints clips/s for the paper chain applied to a whole ``B×N`` batch at once and
 one example at a time, and the time each transform takes when it is switched on
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mttag.augment import DEFAULT_PROBABILITIES, paper_chain  # noqa: E402
+from mttag.training.augment import DEFAULT_PROBABILITIES, paper_chain  # noqa: E402
 
 SR = 22050
 

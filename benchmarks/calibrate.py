@@ -4,8 +4,8 @@
 Every track of the reference manifest (``benchmarks/manifests/reference.tsv``: package, path,
 style) is tagged by the bundled ``musicnn`` model (the MSD and MTT networks on one front end,
 whose outputs are exactly those of ``msd-musicnn`` and ``mtt-musicnn``) with its default window
-plan (12 windows, see ``mttag.tagging.default_windows``) in float32; for each tag the mean and standard deviation of ``logit p`` over the tracks are
-stored for all three models (see :mod:`mttag.calibration` for what a confidence is). Then, on
+plan (12 windows, see ``mttag.inference.tagging.default_windows``) in float32; for each tag the mean and standard deviation of ``logit p`` over the tracks are
+stored for all three models (see :mod:`mttag.inference.calibration` for what a confidence is). Then, on
 the same reference set, for a few thresholds: how many tags and genres a track gets above it.
 
 The reference set is recordings from Debian game-music packages (the tuning set; never the
@@ -83,7 +83,7 @@ def tag_tracks(files: list[str], model: str = "musicnn", precision: str = "fp32"
     """The model's raw outputs' names, tracks × tags probabilities (default window plan), and the
     files that gave a result (a file that fails is reported and left out)."""
     import mttag
-    from mttag.tagging import Tagger
+    from mttag.inference.tagging import Tagger
 
     net = mttag.load_model(model)
     tagger = Tagger(net, "cpu", precision=precision)
@@ -116,7 +116,8 @@ def main() -> int:
         return 0
 
     import mttag
-    from mttag import calibration, vocab
+    from mttag.inference import calibration
+    from mttag.inference import vocab
 
     rows = read_manifest(REFERENCE)
     names, probs, ok = tag_tracks([r["path"] for r in rows])

@@ -8,7 +8,7 @@ Music Tagging Transformer with random weights, and runs
     /usr/bin/time -v mttag tag FILE --model DIR [--windows all] --format jsonl
 
 for each format and windows setting, printing the peak RSS and the wall time.
-A "decode" row runs the same windows through :func:`mttag.audio.iter_windows`
+A "decode" row runs the same windows through :func:`mttag.audio.decode.iter_windows`
 without a model: what the audio side alone holds.
 
     python benchmarks/long_track.py                       # flac + mp3, default and all windows
@@ -34,7 +34,7 @@ LIMIT_MB = 1536
 
 _DECODE_ONLY = """
 import sys
-from mttag.audio import iter_windows
+from mttag.audio.decode import iter_windows
 windows = None if sys.argv[2] == "all" else int(sys.argv[2])
 info, gen = iter_windows(sys.argv[1], 22050, 10.0, windows)
 print(sum(1 for _ in gen), "windows")
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
             from mttag import save_model
             from mttag.models import build_model, make_config
-            from mttag.vocab import CALS_TAGS
+            from mttag.inference.vocab import CALS_TAGS
 
             torch.manual_seed(0)
             save_model(build_model(make_config("transformer", CALS_TAGS, args.preset)), model_dir)

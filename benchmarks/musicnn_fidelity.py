@@ -323,9 +323,9 @@ def time_port(key: str, paths: list[Path], repeats: int) -> dict[str, float]:
     """In a process without TensorFlow: mttag's Tagger, and the network alone."""
     import torch
 
-    from mttag.audio import load_audio
-    from mttag.modelfile import load_local_model
-    from mttag.tagging import Tagger
+    from mttag.audio.decode import load_audio
+    from mttag.weights.modelfile import load_local_model
+    from mttag.inference.tagging import Tagger
 
     model = load_local_model(ROOT / "mttag" / "data" / "models" / key)
     tagger = Tagger(model, device="cpu", windows=None)
@@ -414,9 +414,9 @@ def main() -> None:
     import tensorflow as tf
     import torch
 
-    from mttag.audio import load_audio
-    from mttag.modelfile import load_local_model
-    from mttag.tagging import Tagger
+    from mttag.audio.decode import load_audio
+    from mttag.weights.modelfile import load_local_model
+    from mttag.inference.tagging import Tagger
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, tensorflow {tf.__version__}, "
           f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({platform.machine()})")

@@ -107,7 +107,7 @@ def main() -> None:
         sys.exit("needs the sox binary (Debian: apt-get install sox)")
     import torch
 
-    from mttag.augment import PitchShift
+    from mttag.training.augment import PitchShift
 
     shifts = [float(s) for s in args.shifts.split(",")]
     methods = {"mttag sox": PitchShift(SR, method="sox"), "mttag vocoder": PitchShift(SR, method="vocoder")}

@@ -25,8 +25,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mttag.audio import load_audio  # noqa: E402
-from mttag.dataset import PreparedDataset, TrackSpec, prepare_dataset  # noqa: E402
+from mttag.audio.decode import load_audio  # noqa: E402
+from mttag.training.dataset import PreparedDataset, TrackSpec, prepare_dataset  # noqa: E402
 
 TAGS = ["rock", "pop", "jazz", "electronic", "ambient", "metal", "folk", "house"]
 

@@ -71,7 +71,7 @@ def main() -> None:
     import pyarrow.dataset as pads
 
     from mttag.engines import ray_engine
-    from mttag.pretrained import load_model
+    from mttag.weights.pretrained import load_model
 
     work = Path(tempfile.mkdtemp(prefix="mttag-ray-bench-"))
     try:
@@ -100,7 +100,7 @@ def main() -> None:
         # the same tracks on one machine: the engines must agree
         import numpy as np
 
-        from mttag.tagging import Tagger
+        from mttag.inference.tagging import Tagger
 
         local = {r.path: r.probabilities for r in Tagger(net, "cpu", windows=args.windows, precision="fp32")
                  .tag_files([str(p) for p in tracks])}

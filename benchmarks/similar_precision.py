@@ -116,8 +116,8 @@ def synthesize(out: Path, per_cell: int = 6, seconds: float = 12.0, sr: int = 22
 
 def model_embeddings(name: str, paths: list[Path], windows: int | None) -> dict[str, np.ndarray]:
     """{pooling: n x dim} for one model; every file must embed."""
-    from mttag.embedding import Embedder, pool
-    from mttag.pretrained import load_model
+    from mttag.inference.embedding import Embedder, pool
+    from mttag.weights.pretrained import load_model
 
     embedder = Embedder(load_model(name), "cpu", windows=windows, model_name=name)
     pooled, plain = [], []
@@ -132,8 +132,8 @@ def model_embeddings(name: str, paths: list[Path], windows: int | None) -> dict[
 def mel_stats(paths: list[Path]) -> np.ndarray:
     import torch
 
-    from mttag.audio import load_audio
-    from mttag.features import LogMelSpectrogram
+    from mttag.audio.decode import load_audio
+    from mttag.audio.features import LogMelSpectrogram
 
     mel = LogMelSpectrogram(22050, 1024, 512, 128)
     rows = []

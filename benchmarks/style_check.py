@@ -10,7 +10,7 @@ default window plan (20 windows for ``msd-musicnn``, 12 for ``musicnn``) and pre
 * old default: top 5 by raw probability; would-be GENRE: the genres among those 5 (what
   ``mttag write`` puts in GENRE from a ``mttag tag`` results file today);
 * new default: top 5 by calibrated confidence, near-duplicates merged; would-be GENRE: up to 3
-  genres with a confidence of at least ``mttag.calibration.DEFAULT_THRESHOLD`` (``--threshold``).
+  genres with a confidence of at least ``mttag.inference.calibration.DEFAULT_THRESHOLD`` (``--threshold``).
 
 Per style family: how often the top 5 (the GENRE) name the family, and how often they name another
 family (tags of no family, e.g. ``ambient`` or ``experimental``, count as neither).
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import MANIFESTS, read_manifest  # noqa: E402
 
 CHECK = MANIFESTS / "check.tsv"
-# display spellings (mttag.vocab) that name each family
+# display spellings (mttag.inference.vocab) that name each family
 FAMILIES = {
     "classical/orchestral": {"classical", "opera", "choir", "harpsichord", "strings", "violin", "cello", "harp"},
     "electronic": {"electronic", "electro", "techno", "house", "trance", "dance", "synth"},
@@ -55,7 +55,7 @@ def families_named(tags: list[str]) -> set[str]:
 
 
 def old_default(names: list[str], probs: np.ndarray) -> tuple[list[str], list[str]]:
-    from mttag import vocab
+    from mttag.inference import vocab
 
     order = sorted(range(len(names)), key=lambda i: -probs[i])[:5]
     top = [vocab.display(names[i]) for i in order]
@@ -63,7 +63,7 @@ def old_default(names: list[str], probs: np.ndarray) -> tuple[list[str], list[st
 
 
 def new_default(names: list[str], probs: np.ndarray, table, threshold: float) -> tuple[list[str], list[str]]:
-    from mttag.tagging import score_tags
+    from mttag.inference.tagging import score_tags
 
     scores = score_tags(probs, names, table)
     genres = [s.tag for s in scores if s.kind == "genre" and s.confidence is not None and s.confidence >= threshold]
@@ -121,7 +121,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs", default="msd-musicnn,musicnn", help="with --cost: models to time, MODEL or MODEL@WINDOWS")
     ap.add_argument("--manifest", type=Path, default=CHECK)
-    ap.add_argument("--threshold", type=float, default=None, help="confidence for GENRE [mttag.calibration.DEFAULT_THRESHOLD]")
+    ap.add_argument("--threshold", type=float, default=None, help="confidence for GENRE [mttag.inference.calibration.DEFAULT_THRESHOLD]")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--json", type=Path, help="also write every track's tags here")
     a = ap.parse_args()
@@ -129,13 +129,13 @@ def main() -> int:
         return cost(a.cost or [r["path"] for r in read_manifest(a.manifest)], a.repeats, a.runs.split(","))
 
     import mttag
-    from mttag import calibration
+    from mttag.inference import calibration
     from calibrate import tag_tracks
 
     threshold = calibration.DEFAULT_THRESHOLD if a.threshold is None else a.threshold
     rows = read_manifest(a.manifest)
     style = {r["path"]: r["style"] for r in rows}
-    # each model with its own default window plan (mttag.tagging.default_windows: 20 and 12)
+    # each model with its own default window plan (mttag.inference.tagging.default_windows: 20 and 12)
     old_names, old_probs, old_ok = tag_tracks([r["path"] for r in rows], model="msd-musicnn", precision=a.precision)
     names, probs, ok = tag_tracks([r["path"] for r in rows], precision=a.precision)
     assert old_ok == ok, "a track failed with one model only"

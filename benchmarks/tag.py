@@ -5,7 +5,7 @@ percussive noise bursts and a little hiss; 44.1 kHz stereo, half mp3, half flac)
 then times, for the default number of windows and for ``--windows all``:
 
 * decode   — probing, decoding, downmixing and resampling every window through
-             :func:`mttag.audio.iter_windows` (no model);
+             :func:`mttag.audio.decode.iter_windows` (no model);
 * model    — the Music Tagging Transformer (teacher preset, random weights) on
              batches of windows already in memory (no decoding);
 * tag      — :meth:`mttag.Tagger.tag_files` end to end (decoding in worker
@@ -98,7 +98,7 @@ def _audio_seconds(paths) -> float:
 
 
 def bench_decode(paths, config, windows) -> tuple[float, int]:
-    from mttag.audio import iter_windows
+    from mttag.audio.decode import iter_windows
 
     n = 0
     t = time.perf_counter()
@@ -157,8 +157,8 @@ def main(argv=None) -> None:
 
     from mttag.device import select_device
     from mttag.models import build_model, count_parameters, make_config
-    from mttag.tagging import DEFAULT_WINDOWS, default_batch_size
-    from mttag.vocab import CALS_TAGS
+    from mttag.inference.tagging import DEFAULT_WINDOWS, default_batch_size
+    from mttag.inference.vocab import CALS_TAGS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
     args.batch_size = args.batch_size or default_batch_size(device)
     torch.manual_seed(0)
     if args.model:
-        from mttag.pretrained import load_model
+        from mttag.weights.pretrained import load_model
 
         model = load_model(None if args.model == "default" else args.model, device=str(device))
         name = f"{model.config.arch} ({args.model})"

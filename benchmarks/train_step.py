@@ -6,7 +6,7 @@
 Builds a small prepared dataset of generated audio in a temporary folder, then
 
 1. times each stage of a noisy-student step separately (a sync after each stage, so the
-   shares add up; same code paths as mttag.training), and
+   shares add up; same code paths as mttag.training.loop), and
 2. with ``--loop-steps N``, runs N steps the way the training loop does (no syncs between
    stages, loader workers prefetching) and reports the clips per second that gives and,
    on CUDA, the GPU utilisation sampled every 50 ms through NVML while it ran, and the peak
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mttag.augment import paper_chain
-from mttag.dataset import TrackSpec, prepare_dataset
+from mttag.training.augment import paper_chain
+from mttag.training.dataset import TrackSpec, prepare_dataset
 from mttag.device import select_device
 from mttag.models import build_model, make_config
-from mttag.training import CropDataset, EpochSampler, teacher_probabilities
+from mttag.training.loop import CropDataset, EpochSampler, teacher_probabilities
 
 
 def sync(device):

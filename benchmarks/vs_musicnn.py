@@ -44,7 +44,7 @@ EXTS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".m4a", ".aif", ".aiff
 
 DECODE = """
 import sys
-from mttag.audio import load_audio
+from mttag.audio.decode import load_audio
 for f in sys.argv[2:]:
     load_audio(f, int(sys.argv[1]))
 """

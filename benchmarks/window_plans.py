@@ -34,8 +34,8 @@ def main() -> None:
     import numpy as np
 
     import mttag
-    from mttag.audio import iter_audio_files, probe, read_segment
-    from mttag.tagging import Tagger
+    from mttag.audio.decode import iter_audio_files, probe, read_segment
+    from mttag.inference.tagging import Tagger
 
     model = mttag.load_model(args.model)
     sr, window = model.config.sample_rate, model.config.crop_seconds

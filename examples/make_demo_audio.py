@@ -3,13 +3,13 @@ so the quick-start has something to tag on a machine with no music on it.
 
     python examples/make_demo_audio.py demo_music
 
-The generator lives in the package (:mod:`mttag.demo`), so an installed mttag has it
+The generator lives in the package (:mod:`mttag.audio.demo`), so an installed mttag has it
 too: ``mttag demo demo_music``.
 """
 
 from __future__ import annotations
 
-from mttag.demo import main
+from mttag.audio.demo import main
 
 if __name__ == "__main__":
     main()

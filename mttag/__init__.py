@@ -13,23 +13,23 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "load_model": "mttag.pretrained",
-    "save_model": "mttag.modelfile",
-    "tag": "mttag.tagging",
-    "Tagger": "mttag.tagging",
-    "TagResult": "mttag.tagging",
+    "load_model": "mttag.weights.pretrained",
+    "save_model": "mttag.weights.modelfile",
+    "tag": "mttag.inference.tagging",
+    "Tagger": "mttag.inference.tagging",
+    "TagResult": "mttag.inference.tagging",
     "ModelLoadError": "mttag.errors",
-    "embed": "mttag.embedding",
+    "embed": "mttag.inference.embedding",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager view of the same names
-    from .embedding import embed
     from .errors import ModelLoadError
-    from .modelfile import save_model
-    from .pretrained import load_model
-    from .tagging import Tagger, TagResult, tag
+    from .inference.embedding import embed
+    from .inference.tagging import Tagger, TagResult, tag
+    from .weights.modelfile import save_model
+    from .weights.pretrained import load_model
 
 
 def __getattr__(name: str):

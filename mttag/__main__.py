@@ -1,3 +1,3 @@
-from mttag.cli import main
+from .cli import main
 
 main()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .display import printable
+from .util.display import printable
 
 FIELD_PREFIX = "mttag_"
 # flexible attributes of the plugin's own (the per-tag scores are FIELD_PREFIX + tag)
@@ -36,9 +36,9 @@ def field_name(tag: str) -> str:
 
 
 def display_tag(tag: str) -> str:
-    """A tag as ``mttag_tags`` lists it: mttag's one spelling (:func:`mttag.vocab.display`:
+    """A tag as ``mttag_tags`` lists it: mttag's one spelling (:func:`mttag.inference.vocab.display`:
     ``msd:Progressive rock`` → ``progressive rock``), as every other output spells it."""
-    from .vocab import display
+    from .inference.vocab import display
 
     return display(tag)
 
@@ -48,7 +48,7 @@ def model_display_name(model: str | None) -> str:
     the default model's registered name."""
     if model:
         return str(model)
-    from .registry import default_model_name
+    from .weights.registry import default_model_name
 
     return default_model_name() or "default"
 
@@ -67,8 +67,8 @@ def known_vocabulary(model: str | None, index: str | os.PathLike | None = None) 
     it is a local directory, and the vocabulary an existing index records (a Hub model); each
     also in its display spelling (a combined model's ``msd:rock`` is stored as ``rock``), and
     every display spelling of mttag's vocabulary table."""
-    from . import registry
-    from .vocab import VOCABULARIES, _table, display
+    from .inference.vocab import VOCABULARIES, _table, display
+    from .weights import registry
 
     tags: dict[str, None] = dict.fromkeys(_table()[0])
     for vocabulary in VOCABULARIES.values():
@@ -99,11 +99,11 @@ def genre_values(tags: Sequence[Any], kind: str, threshold: float | None = None,
                  min_confidence: float | None = None) -> list[str]:
     """The chosen tags of one kind (``genre``, ``mood``) that ``mttag write`` would put into
     that field, spelled as it spells them: of a confidence of at least ``min_confidence``
-    (default :data:`mttag.calibration.DEFAULT_THRESHOLD`, unless ``threshold`` is given),
-    at most 3 genres or 2 moods (:func:`mttag.filetags.choose_tags`). ``tags``: TagScores,
+    (default :data:`mttag.inference.calibration.DEFAULT_THRESHOLD`, unless ``threshold`` is given),
+    at most 3 genres or 2 moods (:func:`mttag.filetags.writer.choose_tags`). ``tags``: TagScores,
     ``{"tag", "score", "confidence"}`` records or ``(tag, score)`` pairs (no confidence: all
     of that kind, capped)."""
-    from .filetags import WriteOptions, choose_tags, planned_values
+    from .filetags.writer import WriteOptions, choose_tags, planned_values
 
     options = WriteOptions(fields=(kind,), threshold=threshold, min_confidence=min_confidence)
     return planned_values(choose_tags(tags, options), options)[kind]
@@ -133,7 +133,7 @@ def merge_text(before: str, ours: str, mode: str) -> str:
 class Outcome:
     """One file's result: ``tags`` (best first, each with the value stored in beets: the
     calibrated confidence, or the raw probability for a model without a calibration table),
-    ``scores`` (the same tags in full: :class:`mttag.tagging.TagScore`; all the model's
+    ``scores`` (the same tags in full: :class:`mttag.inference.tagging.TagScore`; all the model's
     probabilities in ``probabilities``) and, when embeddings were asked for, the track's unit
     ``vector``; or ``error``, one line."""
 
@@ -153,7 +153,7 @@ class Outcome:
 
 class Runner:
     """The model, loaded once on first use and reused (the import stage calls :meth:`run`
-    once per album), and a :class:`mttag.tagging.Tagger` over it. Batching across the files
+    once per album), and a :class:`mttag.inference.tagging.Tagger` over it. Batching across the files
     of a call, decoding ahead, device choice and windowing are the Tagger's."""
 
     def __init__(self, model: str | None = None, device: str = "auto", windows: int | None = None,
@@ -175,8 +175,8 @@ class Runner:
         """Load the model (raises ``mttag.ModelLoadError`` or ``ValueError`` with one line)."""
         if self._tagger is None:
             from .device import select_device
-            from .pretrained import load_model
-            from .tagging import Tagger
+            from .inference.tagging import Tagger
+            from .weights.pretrained import load_model
 
             start = time.perf_counter()
             dev = select_device(self.device)
@@ -196,7 +196,7 @@ class Runner:
     def identity(self) -> dict[str, Any]:
         """What an index records about the model (as ``mttag embed`` records it)."""
         if self._identity is None:
-            from .embedding import _probe_dim, model_revision
+            from .inference.embedding import _probe_dim, model_revision
 
             tagger = self.load()
             config = tagger.config
@@ -209,8 +209,8 @@ class Runner:
 
     def run(self, paths: Sequence[str], top: int | None, threshold: float | None) -> Iterator[Outcome]:
         """One :class:`Outcome` per path, in order, as each file is done."""
-        from .embedding import pool
-        from .tagging import score_tags, select_scores
+        from .inference.embedding import pool
+        from .inference.tagging import score_tags, select_scores
 
         tagger = self.load()
         names = list(tagger.config.tags)
@@ -248,15 +248,15 @@ def default_index_path(library_db: str | os.PathLike, model: str, config_dir: st
 
 def path_key(path: str) -> str:
     """How the index names a file (absolute, as ``mttag embed`` writes it)."""
-    from .output import path_key as key
+    from .inference.output import path_key as key
 
     return key(path)
 
 
 def indexed_paths(index: str | os.PathLike) -> set[str]:
     """The files an index holds (empty when there is none yet). Raises
-    ``mttag.embedding.EmbeddingIndexError`` for a damaged one."""
-    from .embedding import EmbeddingIndex, read_manifest
+    ``mttag.inference.embedding.EmbeddingIndexError`` for a damaged one."""
+    from .inference.embedding import EmbeddingIndex, read_manifest
 
     recover_index(index)
     if read_manifest(index) is None:
@@ -311,8 +311,8 @@ def drop_rows(index: str | os.PathLike, keep) -> int:
 
     import numpy as np
 
-    from .embedding import LOCK, TRACKS, EmbeddingIndex, EmbeddingIndexError, IndexWriter, read_manifest
-    from .fileio import ExclusiveLock, LockedError
+    from .inference.embedding import LOCK, TRACKS, EmbeddingIndex, EmbeddingIndexError, IndexWriter, read_manifest
+    from .util.fileio import ExclusiveLock, LockedError
 
     index = Path(index)
     recover_index(index)
@@ -354,7 +354,7 @@ def drop_rows(index: str | os.PathLike, keep) -> int:
 
 def index_model(index: str | os.PathLike) -> str | None:
     """The name of the model an index was made with (None: no index yet)."""
-    from .embedding import read_manifest
+    from .inference.embedding import read_manifest
 
     manifest = read_manifest(index)
     return None if manifest is None else str(manifest["model"].get("name"))
@@ -365,7 +365,7 @@ class IndexAppender:
     the lock is held only while this process writes (two ``beet`` commands can take turns)."""
 
     def __init__(self, index: str | os.PathLike, runner: Runner):
-        from .embedding import IndexWriter
+        from .inference.embedding import IndexWriter
 
         self.writer = IndexWriter(index, runner.identity, runner.tags, runner.windows, resume=True)
 
@@ -396,7 +396,7 @@ def similar(index: str | os.PathLike, seed: str, live: Iterable[str], count: int
     first; the seed and rows of files no longer in ``live`` (removed from the library, or
     moved: their new path is embedded again) are left out. Raises ``KeyError`` when the
     seed is not in the index."""
-    from .embedding import EmbeddingIndex
+    from .inference.embedding import EmbeddingIndex
 
     idx = EmbeddingIndex(index)
     row = idx.row_of(seed)
@@ -410,15 +410,15 @@ def similar(index: str | os.PathLike, seed: str, live: Iterable[str], count: int
 
 def file_of(key: str) -> str:
     """A file name from an index key (undecodable bytes restored)."""
-    from .output import path_from_text
+    from .inference.output import path_from_text
 
     return path_from_text(key)
 
 
 def write_playlist(path: str | os.PathLike, entries: Sequence[tuple[str, float]]) -> list[str]:
     """An .m3u8 playlist of ``entries`` (file, seconds), as ``mttag similar --playlist`` writes
-    it; returns warnings. Raises ``mttag.embedding.EmbeddingIndexError`` with one line."""
-    from .embedding import write_playlist as write
+    it; returns warnings. Raises ``mttag.inference.embedding.EmbeddingIndexError`` with one line."""
+    from .inference.embedding import write_playlist as write
 
     return write(path, entries)
 

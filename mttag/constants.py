@@ -3,6 +3,12 @@ import: ``mttag --help``, ``--version`` and ``mttag models`` load nothing heavy.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# Files shipped with the package: the vocabulary, calibration, the pinned model registry,
+# the bundled musicnn weights.
+DATA_DIR = Path(__file__).parent / "data"
+
 # A model directory: config.json + model.safetensors + README.md model card.
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

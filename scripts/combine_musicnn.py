@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import mttag
-from mttag.modelfile import save_model
+from mttag.weights.modelfile import save_model
 from mttag.models.musicnn import MusicnnMulti
 
 BODY = """The two released musicnn networks (Pons & Serra 2019) in one model: `msd-musicnn` (Million Song
@@ -38,7 +38,7 @@ def main(out: str) -> int:
         "checkpoint_sha256": revision, "networks_checkpoint_sha256": shas,
         "converter": "scripts/combine_musicnn.py v1",
         # two networks per window: at 12 windows per track it costs what msd-musicnn costs at 20
-        # (mttag.tagging.default_windows; measured in docs/tagging.md)
+        # (mttag.inference.tagging.default_windows; measured in docs/tagging.md)
         "default_windows": 12,
     }
     model = MusicnnMulti.combine(models, provenance)

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mttag.modelfile import save_model  # noqa: E402
+from mttag.weights.modelfile import save_model  # noqa: E402
 from mttag.models import ModelConfig, build_model  # noqa: E402
 from mttag.models.musicnn import DEFAULTS, PATCH_SECONDS, PRESETS  # noqa: E402
 

@@ -154,7 +154,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from mttag.modelfile import load_local_model
+    from mttag.weights.modelfile import load_local_model
 
     return load_local_model(tiny_model_dir)
 

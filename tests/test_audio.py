@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from conftest import HAS_FFMPEG, finishes, needs_ffmpeg, synth, write_audio
-from mttag import audio
-from mttag.audio import (
+from mttag.audio import decode as audio
+from mttag.audio.decode import (
     MIN_DURATION,
     AudioError,
     fit_length,
@@ -569,7 +569,7 @@ def test_libsndfile_opens_a_file_name_that_is_not_utf8_without_ffmpeg(tmp_path, 
     the ffmpeg fallback (which is what hid this where ffmpeg is installed)."""
     import shutil
 
-    from mttag.filetags import decoded_digest
+    from mttag.filetags.writer import decoded_digest
 
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     assert not audio.ffmpeg_available()

@@ -1,4 +1,4 @@
-"""Tests for mttag.augment: each transform does what SPEC §5 says, batched and seeded."""
+"""Tests for mttag.training.augment: each transform does what SPEC §5 says, batched and seeded."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mttag import augment
-from mttag.augment import (
+from mttag.training import augment
+from mttag.training.augment import (
     DEFAULT_PROBABILITIES,
     Delay,
     Gain,

@@ -235,7 +235,7 @@ class TestWrite(_Base):
         assert "genre" not in mutagen_flac.FLAC(os.fsdecode(b.path))
 
     def test_genres_follow_the_confident_rule_of_mttag_write(self):
-        from mttag.tagging import TagScore
+        from mttag.inference.tagging import TagScore
 
         self.start(genre="replace", mood="add")
         item = Item(path=str(self.lib_path / "x.flac"), title="x", genres=["Polka"])
@@ -295,7 +295,7 @@ class TestSimilar(_Base):
         assert support.path_key(str(moved)) in indexed and old not in indexed and len(indexed) == 2
 
     def test_force_embeds_changed_audio_again(self, sounds):
-        from mttag.embedding import EmbeddingIndex
+        from mttag.inference.embedding import EmbeddingIndex
 
         self.start()
         (tone, noise) = self.add(sounds, "tone", "noise")
@@ -400,7 +400,7 @@ def test_the_combined_models_display_tags_are_typed_as_numbers():
 def test_stored_score_is_the_confidence_where_the_model_has_a_table():
     from types import SimpleNamespace
 
-    from mttag.tagging import TagResult, TagScore
+    from mttag.inference.tagging import TagResult, TagScore
 
     def fake_tagger(confident: bool):
         def tag_files(paths, top=None, threshold=None):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import mttag
-from mttag import calibration
-from mttag.tagging import Tagger, score_tags, select_scores
+from mttag.inference import calibration
+from mttag.inference.tagging import Tagger, score_tags, select_scores
 
 
 def _sigmoid(x):

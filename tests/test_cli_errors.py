@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from mttag.cli import app
-from mttag.dataset import PreparedDataset, TrackSpec, prepare_dataset, tracks_from_folder
-from mttag.fileio import ExclusiveLock, LockedError
-from mttag.training import TrainConfig, TrainingError, train
+from mttag.training.dataset import PreparedDataset, TrackSpec, prepare_dataset, tracks_from_folder
+from mttag.util.fileio import ExclusiveLock, LockedError
+from mttag.training.loop import TrainConfig, TrainingError, train
 
 runner = CliRunner()
 SR = 22050
@@ -153,10 +153,10 @@ def test_shell_completion_is_offered():
 def test_demo_command_and_example_write_the_same_tracks(tmp_path, monkeypatch):
     import runpy
 
-    import mttag.demo
+    import mttag.audio.demo
 
     # the real tracks are 25-40 s; 2 s each make the same files in a fraction of the time
-    monkeypatch.setattr(mttag.demo, "TRACKS", tuple((name, 2, *rest) for name, _, *rest in mttag.demo.TRACKS))
+    monkeypatch.setattr(mttag.audio.demo, "TRACKS", tuple((name, 2, *rest) for name, _, *rest in mttag.audio.demo.TRACKS))
     result = runner.invoke(app, ["demo", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     names = ("slow minor piano.flac", "upbeat major band.mp3", "mid tempo groove.ogg", "quiet chords.wav")
@@ -248,7 +248,7 @@ def test_second_run_into_the_same_dir_is_refused(dataset, tmp_path):
 
 
 def test_second_prepare_into_the_same_dir_is_refused_before_reading_sources(tmp_path, monkeypatch):
-    import mttag.dataset as dsmod
+    import mttag.training.dataset as dsmod
 
     csv_path = annotations(tmp_path, 2)
     out = tmp_path / "ds"
@@ -326,7 +326,7 @@ def test_resume_does_not_log_an_epoch_twice(dataset, one_epoch_run):
 
 
 def test_sigterm_stops_train_like_ctrl_c(dataset, tmp_path, monkeypatch, sigterm_guard):
-    import mttag.training as training
+    import mttag.training.loop as training
 
     real = training.atomic_write
     writes = []
@@ -351,7 +351,7 @@ def test_sigterm_stops_train_like_ctrl_c(dataset, tmp_path, monkeypatch, sigterm
 
 
 def test_sigterm_stops_prepare_like_ctrl_c(tmp_path, monkeypatch, sigterm_guard):
-    import mttag.dataset as dsmod
+    import mttag.training.dataset as dsmod
 
     csv_path = annotations(tmp_path, 8)
     real = dsmod._decode_track
@@ -454,7 +454,7 @@ def test_prepare_reports_a_folder_it_cannot_list(tmp_path, locked_folder):
 
 
 def test_prepare_source_readers_never_skip_a_folder_silently(tmp_path, locked_folder):
-    from mttag.audio import UnlistableFolder
+    from mttag.audio.decode import UnlistableFolder
 
     wav(tmp_path / "lib" / "a.wav")
     wav(tmp_path / "lib" / "locked" / "b.wav")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import mttag
-from mttag import registry
-from mttag.modelfile import load_local_model, save_model
+from mttag.weights import registry
+from mttag.weights.modelfile import load_local_model, save_model
 from mttag.models import build_model, make_config
 from mttag.models.musicnn import MusicnnMulti, split_sources
 
@@ -87,7 +87,7 @@ def test_bundled_musicnn_equals_msd_and_mtt_musicnn():
 
 def test_window_plan_defaults_to_the_models_own(tiny_model):
     from mttag.errors import DEFAULT_WINDOWS
-    from mttag.tagging import Tagger, default_windows
+    from mttag.inference.tagging import Tagger, default_windows
 
     multi = mttag.load_model("musicnn")
     # two networks per window: 12 windows cost what msd-musicnn's 20 do

@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import synth, write_audio
-from mttag import filetags
+from mttag.filetags import writer as filetags
 from mttag.cli import app
-from mttag.output import ResultWriter, read_records, record_problem
+from mttag.inference.output import ResultWriter, read_records, record_problem
 
 runner = CliRunner()
 
@@ -97,7 +97,7 @@ def test_results_without_confidence_fall_back_and_say_so_once(tmp_path):
 
 
 def test_write_tags_takes_tag_scores_and_skips_when_nothing_is_confident(tmp_path):
-    from mttag.tagging import TagScore
+    from mttag.inference.tagging import TagScore
 
     audio = song(tmp_path)
     opts = filetags.WriteOptions(dry_run=True)
@@ -122,7 +122,7 @@ def test_kinds_csv_still_overrides(tmp_path):
 
 
 def _result(path: str = "/m/a.flac"):
-    from mttag.tagging import TagResult, TagScore
+    from mttag.inference.tagging import TagResult, TagScore
 
     scores = [TagScore("death metal", "genre", "msd:death metal", 0.12, 0.95),
               TagScore("violin", "instrument", "mtt:violin", 0.3, None)]
@@ -174,7 +174,7 @@ def test_a_confidence_out_of_range_is_refused():
 
 def test_parquet_tag_structs_have_kind_and_confidence(tmp_path):
     pytest.importorskip("pyarrow")
-    from mttag.parquet_output import ParquetResultWriter, read_rows
+    from mttag.inference.parquet import ParquetResultWriter, read_rows
 
     path = tmp_path / "r.parquet"
     with open(path, "wb") as f:
@@ -191,7 +191,7 @@ def test_parquet_tag_structs_have_kind_and_confidence(tmp_path):
 def test_wide_layout_has_one_column_per_merged_tag():
     """A combined model's ``msd:rock`` and ``mtt:rock`` are one tag: one ``rock`` column,
     filled (the columns used to be the model's names, which no merged tag matched)."""
-    from mttag.tagging import TagResult
+    from mttag.inference.tagging import TagResult
 
     out = io.StringIO()
     writer = ResultWriter(out, "csv", layout="wide", vocabulary=["msd:rock", "mtt:rock", "mtt:violin"])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mttag.features import LogMelSpectrogram
+from mttag.audio.features import LogMelSpectrogram
 
 
 def _reference(x: np.ndarray) -> np.ndarray:
@@ -48,7 +48,7 @@ def test_silence_floor_and_batch_independence():
 def test_mel_filters_are_librosas_and_come_from_the_cache_the_second_time(kw, tmp_path, monkeypatch):
     import sys
 
-    from mttag.features import mel_filters
+    from mttag.audio.features import mel_filters
 
     monkeypatch.setenv("MTTAG_CACHE_DIR", str(tmp_path))
     expected = librosa.filters.mel(**kw)
@@ -61,7 +61,7 @@ def test_mel_filters_are_librosas_and_come_from_the_cache_the_second_time(kw, tm
 
 @pytest.mark.parametrize("content", [b"", b"not an npy file", "wrong shape", "nan"])
 def test_a_bad_cache_file_is_recomputed_and_replaced(content, tmp_path, monkeypatch):
-    from mttag.features import mel_filters
+    from mttag.audio.features import mel_filters
 
     monkeypatch.setenv("MTTAG_CACHE_DIR", str(tmp_path))
     kw = dict(sr=16000, n_fft=512, n_mels=96)
@@ -78,7 +78,7 @@ def test_a_bad_cache_file_is_recomputed_and_replaced(content, tmp_path, monkeypa
 
 
 def test_an_unwritable_cache_still_gives_the_filters(tmp_path, monkeypatch):
-    from mttag.features import mel_filters
+    from mttag.audio.features import mel_filters
 
     blocker = tmp_path / "a file"
     blocker.write_text("x")

@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub  # noqa: E402
 
-from mttag import hub as mhub  # noqa: E402
-from mttag import registry  # noqa: E402
-from mttag.modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, load_local_model, save_model  # noqa: E402
+from mttag.weights import hub as mhub  # noqa: E402
+from mttag.weights import registry  # noqa: E402
+from mttag.weights.modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, load_local_model, save_model  # noqa: E402
 from mttag.models import build_model, make_config  # noqa: E402
-from mttag.pretrained import load_model, resolve_model  # noqa: E402
+from mttag.weights.pretrained import load_model, resolve_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # huggingface_hub's LFS upload hands httpx a file object as `data`; not ours to fix
@@ -536,6 +536,6 @@ def test_fresh_install_tags_with_bundled_default(tmp_path):
     ("x" * 97 + "/b", None),
 ])
 def test_repo_ids_are_checked_by_huggingface_hub(text, expected):
-    from mttag.hub import parse_repo_ref
+    from mttag.weights.hub import parse_repo_ref
 
     assert parse_repo_ref(text) == expected

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import mttag.modelfile as modelfile
+import mttag.weights.modelfile as modelfile
+from mttag.constants import DATA_DIR
 from mttag import ModelLoadError, load_model, save_model
 from mttag.models import (
     ModelConfig,
@@ -23,7 +24,7 @@ from mttag.models import (
 )
 
 TAGS = ["rock", "pop", "jazz"]
-BUNDLED = Path(modelfile.__file__).parent / "data" / "models"
+BUNDLED = DATA_DIR / "models"
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_model_card_metadata_reads_back_exactly(tmp_path, name):
     import yaml
 
     from mttag.models import build_model, make_config, place
-    from mttag.modelfile import save_model
+    from mttag.weights.modelfile import save_model
 
     model = build_model(make_config("transformer", ["a", "b"], "tiny"))
     model.config.provenance.update(name=name, datasets=[name], dataset_name=name)

@@ -134,7 +134,7 @@ def test_precision_follows_what_the_model_declares_not_its_name():
 def test_teacher_takes_whole_inputs_as_long_as_it_declares():
     """A teacher with ``max_samples`` sees a crop longer than its window whole, whatever its
     architecture; without it, the crop is cut into windows of the teacher's crop length."""
-    from mttag.training import teacher_probabilities
+    from mttag.training.loop import teacher_probabilities
 
     config = make_config("resnet", ["a", "b"], "tiny")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import mttag
-from mttag.modelfile import load_local_model
+from mttag.weights.modelfile import load_local_model
 from mttag.models import build_model, count_parameters, make_config
 from mttag.models.musicnn import PATCH_FRAMES, Musicnn, compress
 
@@ -154,7 +154,7 @@ def test_presets_and_parameter_count():
 
 
 def test_tagger_runs_bundled_model(models, ref, tmp_path):
-    from mttag.tagging import Tagger
+    from mttag.inference.tagging import Tagger
 
     path = tmp_path / "clip.wav"
     sf.write(path, ref["audio_int16"], 16000, subtype="PCM_16")
@@ -168,7 +168,7 @@ def test_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16_and_bf16_stays_cl
     other CPUs; there bit-identical to fp32); bf16 keeps the probabilities within 0.02 and
     the top-5 tags (on the reference clip)."""
     from mttag import device
-    from mttag.tagging import Tagger, resolve_precision
+    from mttag.inference.tagging import Tagger, resolve_precision
 
     net = models["msd-musicnn"]
     assert resolve_precision("auto", torch.device("cuda"), net) == "fp32"

@@ -14,7 +14,7 @@ from conftest import synth, write_audio
 from mttag.cli import app
 from mttag.runs.common import RunError
 from mttag.runs.tag import TagRequest, run_tag
-from mttag.tagging import Tagger
+from mttag.inference.tagging import Tagger
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from conftest import HAS_FFMPEG
-from mttag.audio import load_audio, ogg_header_page_carries_audio, probe
+from mttag.audio.decode import load_audio, ogg_header_page_carries_audio, probe
 from mttag.cli import app
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from mttag import parquet_output  # noqa: E402
+from mttag.inference import parquet as parquet_output  # noqa: E402
 from mttag.cli import app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -94,7 +94,7 @@ def test_rows_of_the_wrong_types_are_tagged_again_not_a_traceback(music, tiny_mo
     assert len(rows) == 4 and all(isinstance(r["path"], str) for r in rows)
 
 def test_a_write_that_fails_before_its_footer_keeps_the_old_file(tmp_path):
-    from mttag.output import OutputFile
+    from mttag.inference.output import OutputFile
 
     out = tmp_path / "tags.parquet"
     rows = [{"path": "/a.wav", "model": "m", "duration": 1.0, "windows": 1, "tags": [{"tag": "rock", "score": 0.5}],

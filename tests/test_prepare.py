@@ -16,11 +16,11 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mttag import dataset as dsmod
-from mttag.audio import load_audio, resample
-from mttag.fileio import ExclusiveLock, LockedError
+from mttag.training import dataset as dsmod
+from mttag.audio.decode import load_audio, resample
+from mttag.util.fileio import ExclusiveLock, LockedError
 from mttag.cli import app
-from mttag.dataset import (
+from mttag.training.dataset import (
     SPLITS,
     PreparedDataset,
     PrepareInterrupted,
@@ -31,8 +31,8 @@ from mttag.dataset import (
     tracks_from_cals,
     tracks_from_metadata,
 )
-from mttag.metadata import clean_tags, read_file_tags, split_values
-from mttag.vocab import CALS_TAGS
+from mttag.filetags.reader import clean_tags, read_file_tags, split_values
+from mttag.inference.vocab import CALS_TAGS
 
 Q = 1 / 32768  # int16 step
 TAGS = ["rock", "pop", "jazz", "house", "ambient"]
@@ -301,7 +301,7 @@ def test_metadata_source(tmp_path):
 
 
 def test_tags_are_cleaned_the_same_way_from_every_source(tmp_path):
-    """One cleaner (mttag.metadata.clean_tags) for annotations, embedded tags and raw TrackSpecs:
+    """One cleaner (mttag.filetags.reader.clean_tags) for annotations, embedded tags and raw TrackSpecs:
     normalised (NFC, lower case, single spaces), empties and repeats dropped, first one kept."""
     raw = ["Deep  House", "deep house", " Rock ", "", "ROCK", "E\u0301lectro"]
     assert clean_tags(raw) == ["deep house", "rock", "\u00e9lectro"]
@@ -429,7 +429,7 @@ def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "ds"
     script = textwrap.dedent(f"""
         import os, signal
-        from mttag.dataset import prepare_dataset, tracks_from_annotations
+        from mttag.training.dataset import prepare_dataset, tracks_from_annotations
         def hook(p):
             if p.stage == "decode" and p.done == 5:
                 os.kill(os.getpid(), signal.SIGKILL)

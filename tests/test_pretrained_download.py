@@ -25,13 +25,15 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from mttag import download, registry
+from mttag.weights import download
+
+from mttag.weights import registry
 from mttag.cli import app
-from mttag.convert import to_authors_layout
-from mttag.modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, load_local_model
+from mttag.weights.convert import to_authors_layout
+from mttag.weights.modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, load_local_model
 from mttag.models import build_model, make_config
-from mttag.pretrained import load_model, resolve_model
-from mttag.vocab import CALS_TAGS
+from mttag.weights.pretrained import load_model, resolve_model
+from mttag.inference.vocab import CALS_TAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "ca6a68741cdc962358a88955114fb879956a5f70"
@@ -43,7 +45,7 @@ PINNED = {
 
 
 def blob_sha1(data: bytes) -> str:
-    """Written out here from the definition, independently of mttag.download."""
+    """Written out here from the definition, independently of mttag.weights.download."""
     return hashlib.sha1(b"blob " + str(len(data)).encode() + b"\0" + data).hexdigest()
 
 
@@ -439,7 +441,7 @@ def test_registry_override_precedence_and_local_entries(env, ckpts, models_dir, 
 
 @pytest.fixture
 def models_dir(tmp_path):
-    from mttag.modelfile import save_model
+    from mttag.weights.modelfile import save_model
 
     torch.manual_seed(0)
     return save_model(build_model(make_config("transformer", ["a", "b", "c"], "tiny")), tmp_path / "ours")

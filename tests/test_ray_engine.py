@@ -20,7 +20,7 @@ import pyarrow.dataset as pads  # noqa: E402
 from conftest import synth, write_audio  # noqa: E402
 
 from mttag.engines import ray_engine  # noqa: E402
-from mttag.tagging import Tagger  # noqa: E402
+from mttag.inference.tagging import Tagger  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TRACKS = 4

@@ -78,7 +78,7 @@ def test_tag_run_reports_events_and_a_summary(songs, tiny_model, tmp_path):
     assert [c[2] for c in events.calls if c[0] == "result"] == [True, True, True, False]
     assert (summary.command, summary.done, summary.failed, summary.exit_code) == ("tag", 3, 1, EXIT_SOME_FAILED)
     assert (summary.device, summary.precision, summary.output, summary.interrupted) == ("cpu", "fp32", out, False)
-    assert summary.model == mttag.tagging.model_label(tiny_model) and summary.elapsed > 0
+    assert summary.model == mttag.inference.tagging.model_label(tiny_model) and summary.elapsed > 0
     records = jsonl(out)
     # the Python API and the run give the same tags: one code path
     api = {r.path: r.to_dict() for r in mttag.tag(songs, model=tiny_model, device="cpu", precision="fp32")}

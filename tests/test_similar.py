@@ -1,4 +1,4 @@
-"""``mttag embed`` / ``mttag similar`` and the embedding index (mttag.embedding)."""
+"""``mttag embed`` / ``mttag similar`` and the embedding index (mttag.inference.embedding)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import mttag
 from conftest import TEST_TAGS, save_tiny_model, synth, write_audio
 from mttag.cli import app
-from mttag.embedding import (
+from mttag.inference.embedding import (
     TRACKS,
     VECTORS,
     Embedder,
@@ -26,7 +26,7 @@ from mttag.embedding import (
     playlist_path,
     pool,
 )
-from mttag.fileio import ExclusiveLock
+from mttag.util.fileio import ExclusiveLock
 
 runner = CliRunner()
 
@@ -106,7 +106,7 @@ def test_every_architecture_embeds(music, arch, preset):
 
 
 def test_revision_follows_the_weights(tiny_model, tmp_path):
-    from mttag.modelfile import load_local_model
+    from mttag.weights.modelfile import load_local_model
 
     same = load_local_model(save_tiny_model(tmp_path / "again", seed=0))
     other = load_local_model(save_tiny_model(tmp_path / "other", seed=1))

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import mttag
 from conftest import HAS_FFMPEG, TEST_TAGS, synth, write_audio
 from mttag.cli import app
-from mttag.tagging import Tagger
+from mttag.inference.tagging import Tagger
 
 runner = CliRunner()
 
@@ -241,7 +241,7 @@ def test_batch_size_does_not_change_results(library, tiny_model_dir, windows_see
 
 def test_streamed_and_prefetched_tracks_agree(library, tiny_model, monkeypatch):
     """Long tracks are streamed window by window instead of decoded ahead: same results."""
-    from mttag import tagging
+    from mttag.inference import tagging
 
     files = audio_paths(library)
     prefetched = list(Tagger(tiny_model, "cpu", batch_size=3, windows=None).tag_files(files, top=None))
@@ -256,7 +256,7 @@ def test_streamed_and_prefetched_tracks_agree(library, tiny_model, monkeypatch):
 def test_windows_decoded_in_stretches_tag_like_windows_read_alone(library, tiny_model, monkeypatch):
     """The stretch decoder (consecutive windows decoded together and cut apart) is a fast
     path that claims exactness: probabilities within 1e-3 of every window read on its own."""
-    from mttag import audio
+    from mttag.audio import decode as audio
 
     files = audio_paths(library)
     together = list(Tagger(tiny_model, "cpu", windows=None).tag_files(files, top=None))
@@ -532,7 +532,7 @@ def test_precision_option(tiny_model_dir, tmp_path, monkeypatch):
     """--precision bf16 tags like fp32 to within bf16's resolution; on a CPU without native
     bf16 it says that it will be slower; a bad value is a usage error."""
     from mttag import device as device_mod
-    from mttag.tagging import resolve_precision
+    from mttag.inference.tagging import resolve_precision
 
     clip = tmp_path / "clip.wav"
     write_audio(clip, synth(4.0, 22050, 1, "music"), 22050)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import TEST_TAGS, synth, write_audio
 from mttag.cli import app
-from mttag.output import ResultWriter, display_tag, read_done
+from mttag.inference.output import ResultWriter, display_tag, read_done
 
 runner = CliRunner()
 
@@ -130,7 +130,7 @@ def test_display_names_are_normalised_json_keeps_the_models():
 def test_one_spelling_in_every_format():
     """A tag the vocabulary table does not know (a custom model's) is spelled the same in
     JSON, CSV (both layouts) and the table: the CSV used to lowercase it on its own."""
-    from mttag.tagging import TagResult
+    from mttag.inference.tagging import TagResult
 
     result = TagResult("a.wav", 3.0, [("Hip-Hop Fusion", 0.5), ("msd:Progressive rock", 0.25)], model="custom")
     spelled = {}

@@ -21,9 +21,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from conftest import synth, write_audio
-from mttag.audio import load_audio
+from mttag.audio.decode import load_audio
 from mttag.cli import app
-from mttag.fileio import ExclusiveLock
+from mttag.util.fileio import ExclusiveLock
 
 runner = CliRunner()
 LINUX = sys.platform.startswith("linux")

@@ -37,7 +37,7 @@ def songs(tmp_path_factory) -> Path:
 
 def test_timeline_windows_cover_the_track_and_average_to_the_tags(songs, tiny_model_dir):
     import mttag
-    from mttag.tagging import Tagger
+    from mttag.inference.tagging import Tagger
 
     result = tag(songs / "a song.wav", "--model", tiny_model_dir, "-f", "json", "--all-tags", "--timeline")
     assert result.exit_code == 0, result.stderr
@@ -154,8 +154,8 @@ def test_plot_colour_scale_fits_the_scores(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    from mttag.plot import colour_range, plot_taggram
-    from mttag.tagging import TagResult
+    from mttag.inference.plot import colour_range, plot_taggram
+    from mttag.inference.tagging import TagResult
 
     probs = np.random.default_rng(0).uniform(0.1, 0.4, (10, 6)).astype(np.float32)
     result = TagResult("song.wav", window_times=[(1.5 * i, 1.5 * (i + 1)) for i in range(10)],

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from mttag import load_model
 from mttag.cli import app
-from mttag.dataset import PreparedDataset, TrackSpec, prepare_dataset
-from mttag.training import TrainConfig, TrainingError, evaluate, teacher_probabilities, train
+from mttag.training.dataset import PreparedDataset, TrackSpec, prepare_dataset
+from mttag.training.loop import TrainConfig, TrainingError, evaluate, teacher_probabilities, train
 
 SR = 22050
 TAGS = ["low", "high", "noisy"]
@@ -106,7 +106,7 @@ def test_existing_run_needs_resume_and_nan_stops(dataset, tmp_path, monkeypatch)
     train(dataset, tmp_path / "r", _config(max_epochs=1))
     with pytest.raises(TrainingError, match="--resume"):
         train(dataset, tmp_path / "r", _config(max_epochs=1))
-    import mttag.training as training
+    import mttag.training.loop as training
 
     real = training.F.binary_cross_entropy_with_logits
     monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits", lambda *a, **k: real(*a, **k) * float("nan"))
@@ -120,7 +120,7 @@ def test_noisy_student_pseudo_label_path(dataset, teacher_dir, tmp_path, monkeyp
     model_dir, _ = teacher_dir
     before = {k: v.clone() for k, v in load_model(model_dir).state_dict().items()}
     seen = {}
-    import mttag.training as training
+    import mttag.training.loop as training
 
     real_tp = training.teacher_probabilities
 
@@ -263,7 +263,7 @@ def _ddp_rank(rank, port, dataset, out, result):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import mttag.training as training
+    import mttag.training.loop as training
 
     cfg = _config(max_epochs=1, steps_per_epoch=1, batch_size=4, lr=1e-2)
     run = training._setup(dataset, out, cfg, None)
@@ -627,7 +627,7 @@ def test_help_lists_every_preset_and_opens_with_an_example():
 def test_a_file_where_the_model_goes_is_refused_even_with_force(tmp_path):
     """OUT/model as a file is in the way of the export whatever else is foreign there: refused
     before training (with --force it used to train a whole epoch, then fail to save)."""
-    from mttag.training import TrainingError, check_run_dir
+    from mttag.training.loop import TrainingError, check_run_dir
 
     out = tmp_path / "run"
     out.mkdir()

@@ -21,11 +21,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import finishes, synth, write_audio
-from mttag import audio, embedding
-from mttag.audio import iter_audio_files
+from mttag.audio import decode as audio
+from mttag.inference import embedding
+from mttag.audio.decode import iter_audio_files
 from mttag.cli import app
-from mttag.embedding import MANIFEST, SCORES, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
-from mttag.output import ResultWriter
+from mttag.inference.embedding import MANIFEST, SCORES, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
+from mttag.inference.output import ResultWriter
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -414,7 +415,7 @@ def test_a_query_of_another_size_is_one_line(tmp_path, monkeypatch):
 
 
 def test_annotation_csv_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
-    from mttag.dataset import tracks_from_annotations
+    from mttag.training.dataset import tracks_from_annotations
 
     ann = tmp_path / "ann.csv"
     ann.write_text('path,tags\na.wav,rock\n"b.wav' + "x" * 140_000 + "\nc.wav,jazz\n", encoding="utf-8")
@@ -425,8 +426,8 @@ def test_annotation_csv_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
 
 @posix_only
 def test_annotations_or_kinds_that_are_a_fifo_are_refused(tmp_path):
-    from mttag.dataset import tracks_from_annotations
-    from mttag.filetags import load_kinds
+    from mttag.training.dataset import tracks_from_annotations
+    from mttag.filetags.writer import load_kinds
 
     fifo = tmp_path / "ann.csv"
     os.mkfifo(fifo)
@@ -448,7 +449,7 @@ def test_kinds_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
 
 
 def test_a_hub_config_nested_too_deep_is_one_line(tmp_path):
-    from mttag import hub
+    from mttag.weights import hub
     from mttag.errors import ModelLoadError
 
     config = tmp_path / "config.json"

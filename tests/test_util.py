@@ -2,7 +2,13 @@
 
 import pytest
 
-from mttag import constants, download, errors, filetags, hub
+from mttag import constants, errors
+
+from mttag.weights import download
+
+from mttag.filetags import writer as filetags
+
+from mttag.weights import hub
 from mttag.util import fs, hashing, text
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mttag import vocab
+from mttag.constants import DATA_DIR
+from mttag.inference import vocab
 
-BUNDLED = Path(vocab.__file__).parent / "data" / "models"
+BUNDLED = DATA_DIR / "models"
 
 
 def _bundled_tags(name: str) -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import synth, write_audio
-from mttag import filetags
+from mttag.filetags import writer as filetags
 from mttag.cli import app
 
 runner = CliRunner()
@@ -174,7 +174,7 @@ def test_results_and_undo_logs_whose_name_cannot_be_checked_are_one_line(tmp_pat
 
 def test_write_reads_a_parquet_results_file(tmp_path):
     pytest.importorskip("pyarrow")
-    from mttag import parquet_output
+    from mttag.inference import parquet as parquet_output
 
     import pyarrow.parquet as pq
 
@@ -357,7 +357,7 @@ def test_tag_outputs_carry_the_fingerprint_and_write_checks_it(tmp_path, tiny_mo
         out = tmp_path / f"r.{fmt}"
         r = runner.invoke(app, ["tag", str(song), "--model", str(tiny_model_dir), "-o", str(out)])
         assert r.exit_code == 0, r.output
-        from mttag.output import read_records
+        from mttag.inference.output import read_records
 
         (record,) = read_records(out, fmt)
         assert filetags.parse_fingerprint(record["fingerprint"]) == filetags.parse_fingerprint(filetags.audio_fingerprint(song))

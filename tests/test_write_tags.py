@@ -1,4 +1,4 @@
-"""``mttag write`` / :mod:`mttag.filetags`: tags go into real files of every supported
+"""``mttag write`` / :mod:`mttag.filetags.writer`: tags go into real files of every supported
 format, the audio and every other tag (cover art included) stay exactly as they were, a
 write is atomic per file (also when the process is killed), bad files get one error line
 and the run goes on, and the undo log restores the files byte for byte."""
@@ -20,7 +20,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from conftest import HAS_FFMPEG, synth, write_audio
-from mttag import filetags
+from mttag.filetags import writer as filetags
 from mttag.cli import app
 
 runner = CliRunner()
@@ -295,7 +295,7 @@ def test_planning_top_threshold_kinds_and_case():
     assert plan == {"genre": ["Rock", "Guitar"], "mood": [], "comment": ["rock, guitar"], "mttag": ["rock 0.81; guitar 0.60"]}
     assert filetags.display_name("rnb") == "R&B" and filetags.display_name("00s") == "00s"
     assert filetags.tag_kind("House") == "genre" and filetags.tag_kind("Mellow") == "mood"
-    assert filetags.tag_kind("female vocalists") == "voice" and filetags.tag_kind("80s") == "era"  # mttag.vocab decides
+    assert filetags.tag_kind("female vocalists") == "voice" and filetags.tag_kind("80s") == "era"  # mttag.inference.vocab decides
 
 
 # ---------------------------------------------------------------------------- the command
@@ -465,7 +465,7 @@ def test_interrupt_before_replace_stops_cleanly(library, tmp_path, monkeypatch):
 
 KILLER = r"""
 import os, signal, sys
-from mttag import filetags
+from mttag.filetags import writer as filetags
 from mttag.cli import app
 where, victim = sys.argv[1], os.path.realpath(sys.argv[2])
 if where == "between":          # the undo record is on disk, the file not yet replaced

@@ -18,11 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ..display import printable
-from ..runs.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE  # noqa: F401  (re-exported)
-from ..runs.common import RunError, RunEvents, bf16_emulation_warning
+from ..runs.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, RunError, RunEvents, bf16_emulation_warning  # noqa: F401  (re-exported)
 from ..runs.common import interruptible as sigterm_as_interrupt  # noqa: F401  (train, prepare, distill use it)
 from ..runs.common import parse_windows as _parse_windows
+from ..util.display import printable
 
 # Results go to stdout; progress, warnings and errors to stderr so pipes stay clean.
 console = Console(stderr=True)
@@ -245,7 +244,7 @@ class ProgressEvents(ConsoleEvents):
 
 def augment_probabilities(items: list[str] | None) -> dict[str, float]:
     """``--augment-p NAME=P`` options → ``{name: p}`` for ``paper_chain``, with one-line errors."""
-    from ..augment import DEFAULT_PROBABILITIES
+    from ..training.augment import DEFAULT_PROBABILITIES
 
     out: dict[str, float] = {}
     for item in items or []:

@@ -24,8 +24,8 @@ def convert(
 
     The authors' two published checkpoints need no manual conversion: [bold]--model won2021-teacher[/] and [bold]--model won2021-student[/] download, verify and convert them once (see `mttag models`).
     """
-    from ..convert import ConversionError, convert_checkpoint  # torch: only when converting
-    from ..vocab import resolve_tags
+    from ..inference.vocab import resolve_tags
+    from ..weights.convert import ConversionError, convert_checkpoint  # torch: only when converting
 
     try:
         tag_list = resolve_tags(tags)

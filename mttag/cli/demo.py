@@ -14,7 +14,7 @@ def demo(
     out_dir: Path = typer.Argument(Path("demo_music"), metavar="DIR", help="Folder to write the tracks into (created)."),
 ) -> None:
     """Write four short synthetic tracks (flac, mp3, ogg, wav) to try mttag on: mttag tag DIR --top 5."""
-    from ..demo import write_demo  # numpy and soundfile: only when the command runs
+    from ..audio.demo import write_demo  # numpy and soundfile: only when the command runs
 
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out_dir}: exists and is not a directory")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-
 from typer.core import TyperCommand
 
 from ..models.params import preset_names

@@ -11,10 +11,22 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..display import printable
 from ..errors import DEFAULT_WINDOWS
-from ._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, ProgressEvents, app, console, fail, parse_windows,
-                      ran_on, run, sigterm_as_interrupt, warn)
+from ..util.display import printable
+from ._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    ProgressEvents,
+    app,
+    console,
+    fail,
+    parse_windows,
+    ran_on,
+    run,
+    sigterm_as_interrupt,
+    warn,
+)
 
 
 class Ann(str, Enum):
@@ -24,10 +36,10 @@ class Ann(str, Enum):
 
 
 def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
-    """Build or update the index's ANN file (mttag.ann) after embedding; the exit code it adds.
+    """Build or update the index's ANN file (mttag.inference.ann) after embedding; the exit code it adds.
     ``only``: nothing was embedded (no PATHS), so a failure is the run's error."""
-    from .. import ann as ann_mod
-    from ..embedding import EmbeddingIndex, EmbeddingIndexError
+    from ..inference import ann as ann_mod
+    from ..inference.embedding import EmbeddingIndex, EmbeddingIndexError
 
     if ann is Ann.off:
         return EXIT_OK
@@ -107,7 +119,7 @@ def embed(
     if address is not None:
         fail("--address names a Ray cluster; it needs --engine ray")
     if ann is Ann.on:
-        from ..ann import MISSING, available
+        from ..inference.ann import MISSING, available
 
         if not available():
             fail(f"--ann on: {MISSING}")

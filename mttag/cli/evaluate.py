@@ -31,10 +31,11 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", min=0),
 ) -> None:
     """Macro and per-tag ROC-AUC and PR-AUC (JSON: top-level roc_auc, pr_auc, per_tag)."""
-    from ..dataset import PreparedDataset
-    from ..modelfile import ModelLoadError
-    from ..pretrained import load_model
-    from ..training import TrainingError, evaluate as run_eval
+    from ..training.dataset import PreparedDataset
+    from ..training.loop import TrainingError
+    from ..training.loop import evaluate as run_eval
+    from ..weights.modelfile import ModelLoadError
+    from ..weights.pretrained import load_model
 
     check_device(device)
     try:

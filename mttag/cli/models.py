@@ -65,7 +65,7 @@ def _tags(tags) -> str:
 
 
 def _download(entry) -> str:
-    from ..download import human_size
+    from ..weights.download import human_size
 
     if entry.get("status") in ("bundled", "local"):
         return "-"
@@ -81,7 +81,7 @@ def _status(status: str) -> str:
 
 def _download_models(names: list[str], quiet: bool) -> None:
     from ..errors import ModelLoadError
-    from ..pretrained import resolve_model
+    from ..weights.pretrained import resolve_model
 
     for name in names:
         try:
@@ -113,7 +113,7 @@ def models(
     ~/.config/mttag/registry.json (see docs/models.md).
     """
     from ..errors import ModelLoadError
-    from ..registry import default_model_name, default_model_origin, list_models
+    from ..weights.registry import default_model_name, default_model_origin, list_models
 
     if download:
         _download_models(download, quiet)

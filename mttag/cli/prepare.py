@@ -10,13 +10,21 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from ..fileio import LockedError
+from ..util.fileio import LockedError
 
 if TYPE_CHECKING:
-    from ..dataset import PrepareProgress, TrackSpec
+    from ..training.dataset import PrepareProgress, TrackSpec
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -43,7 +51,13 @@ def _parse_ratios(value: str) -> tuple[float, float, float]:
 def _sources(annotations, audio_root, path_column, tags_column, separator, artist_column, split_column,
              keep_case, split, splits_dir, fields, libraries, unlabeled, encoding,
              on_error) -> tuple[Iterator[TrackSpec], list[str] | None]:
-    from ..dataset import annotation_encoding, tracks_from_annotations, tracks_from_cals, tracks_from_folder, tracks_from_metadata
+    from ..training.dataset import (
+        annotation_encoding,
+        tracks_from_annotations,
+        tracks_from_cals,
+        tracks_from_folder,
+        tracks_from_metadata,
+    )
 
     labelled = [name for name, given in (("--annotations", annotations), ("--split cals", split),
                                          ("--tags-from-metadata", fields)) if given]
@@ -89,7 +103,7 @@ def _sources(annotations, audio_root, path_column, tags_column, separator, artis
             fail("--split cals needs --splits-dir DIR (the *_ids.npy / *_binaries.npy files) and --audio-root DIR")
         if not splits_dir.is_dir() or not audio_root.is_dir():
             fail(f"{splits_dir if not splits_dir.is_dir() else audio_root}: not a directory")
-        from ..vocab import CALS_TAGS
+        from ..inference.vocab import CALS_TAGS
 
         source = tracks_from_cals(splits_dir, audio_root)
         vocab = list(CALS_TAGS)
@@ -141,7 +155,7 @@ def prepare(
     a folder could not be listed (named in a warning); 2 usage error; 130 interrupted (Ctrl+C
     or SIGTERM; run the same command again to resume).
     """
-    from ..dataset import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
+    from ..training.dataset import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
 
     ratio_values = _parse_ratios(ratios)
     unlisted: list = []  # folders under the sources that could not be listed
@@ -155,7 +169,7 @@ def prepare(
                                    [*(folders or []), *(library or [])], list(unlabeled or []), encoding,
                                    on_unlistable)
     if vocab is not None:
-        from ..vocab import resolve_tags
+        from ..inference.vocab import resolve_tags
 
         try:
             fixed_vocab = resolve_tags(vocab)
@@ -213,7 +227,7 @@ def prepare(
 
 def _print_summary(s: dict, out_dir: Path, elapsed: float) -> None:
     """The summary on stdout; warnings about it on stderr."""
-    from ..dataset import SPLITS
+    from ..training.dataset import SPLITS
 
     out = Console(highlight=False)
     run = s.get("last_run", {})

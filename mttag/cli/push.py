@@ -24,8 +24,8 @@ def push(
     Honours HF_ENDPOINT and HF_TOKEN. Prints the commit URL; load the model anywhere with
     [bold]--model owner/name[/] or pin this exact upload with [bold]--model owner/name@SHA[/].
     """
-    from ..hub import hub_endpoint, push_model
-    from ..modelfile import ModelLoadError
+    from ..weights.hub import hub_endpoint, push_model
+    from ..weights.modelfile import ModelLoadError
 
     console.print(f"Pushing {model_dir} to {hub_endpoint()}/{repo_id}" + (f" (branch {revision})" if revision else ""),
                   highlight=False)

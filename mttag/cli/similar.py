@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from ..display import json_printable, printable, reaches_terminal
+from ..util.display import json_printable, printable, reaches_terminal
 from ._common import EXIT_OK, EXIT_SOME_FAILED, ConsoleEvents, app, console, run, warn
 from .embed import Ann  # the index's ANN file, as embed builds it: one set of choices
 
-
 if TYPE_CHECKING:
-    from ..embedding import Hit
+    from ..inference.embedding import Hit
 
 # numpy, the index code and the decoders are imported by the commands that use them, so
 # that `mttag --help` (which imports every command module) stays quick.
@@ -36,7 +35,7 @@ def _minutes(seconds: float) -> str:
 
 
 def _print_table(query_label: str, hits: list[Hit]) -> None:
-    from ..output import path_from_text
+    from ..inference.output import path_from_text
 
     out = sys.stdout
     out.write(f"# tracks like {printable(query_label)}\n")
@@ -67,7 +66,7 @@ def similar(
 
     Exit codes: 0 tracks found; 1 none found (filters too strict, empty index) or the query file failed; 2 usage error.
     """
-    from ..output import path_text
+    from ..inference.output import path_text
     from ..runs.similar import SimilarRequest, find_similar, write_similar_playlist
 
     request = SimilarRequest(query, index, top=top, tags=tag, min_score=min_score, min_duration=min_duration,

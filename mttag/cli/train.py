@@ -12,8 +12,17 @@ from typing import Any, Optional
 import typer
 
 from ..models.params import preset_names
-from ._common import (EXIT_INTERRUPTED, app, augment_probabilities, console, fail, model_param_overrides, one_line,
-                      sigterm_as_interrupt, warn_if_bf16_is_emulated)
+from ._common import (
+    EXIT_INTERRUPTED,
+    app,
+    augment_probabilities,
+    console,
+    fail,
+    model_param_overrides,
+    one_line,
+    sigterm_as_interrupt,
+    warn_if_bf16_is_emulated,
+)
 
 
 class Arch(str, Enum):
@@ -70,9 +79,9 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet, force=Fa
     """Shared by ``train`` and ``distill``: open data, run, print progress and a summary."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-    from ..dataset import PreparedDataset, PrepareInterrupted
-    from ..modelfile import ModelLoadError
-    from ..training import TrainingError, train
+    from ..training.dataset import PreparedDataset, PrepareInterrupted
+    from ..training.loop import TrainingError, train
+    from ..weights.modelfile import ModelLoadError
 
     try:
         data = PreparedDataset(dataset) if dataset is not None else None
@@ -140,9 +149,9 @@ def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled
     OUT_DIR is locked for the whole run (one writer per directory; under torchrun, rank 0
     holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable. A file in a run
     directory that mttag did not write is refused before anything is created, unless ``force``."""
-    from ..dataset import PreparedDataset
-    from ..fileio import LockedError
-    from ..training import TrainingError, check_run_dir, run_lock
+    from ..training.dataset import PreparedDataset
+    from ..training.loop import TrainingError, check_run_dir, run_lock
+    from ..util.fileio import LockedError
 
     if dataset is not None:  # before OUT_DIR is created
         try:
@@ -196,7 +205,7 @@ def check_preset(arch: str, preset: str) -> None:
 def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
     """A prepared store of extra unlabelled audio: a prepared dataset as is, or folders of
     audio decoded once into ``OUT_DIR/unlabeled`` (resumable, reused on --resume)."""
-    from ..dataset import PreparedDataset, prepare_dataset, tracks_from_folder
+    from ..training.dataset import PreparedDataset, prepare_dataset, tracks_from_folder
 
     if len(paths) == 1 and (Path(paths[0]) / "dataset.json").is_file():
         return PreparedDataset(paths[0])
@@ -267,7 +276,7 @@ def option(name: str) -> Any:
 
 def make_config(teacher: str | None, augment_p: list[str] | None, **settings: Any):
     """The run's TrainConfig from the shared options (and --arch/--preset/student config)."""
-    from ..training import TrainConfig
+    from ..training.loop import TrainConfig
 
     return TrainConfig(teacher=teacher, augment_probabilities=augment_probabilities(augment_p), **settings)
 
@@ -332,8 +341,8 @@ def train(
 def _check_split(dataset: Path, split: str) -> None:
     if split.lower() != "cals":
         fail(f"--split {split}: only 'cals' is known")
-    from ..dataset import PreparedDataset
-    from ..vocab import CALS_TAGS
+    from ..inference.vocab import CALS_TAGS
+    from ..training.dataset import PreparedDataset
 
     try:
         tags = PreparedDataset(dataset).tags

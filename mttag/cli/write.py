@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from ..display import printable
 from ..runs.common import RunEvents
+from ..util.display import printable
 from ._common import app, console, fail, run
 
 
@@ -40,7 +40,7 @@ def _show(value: list[str]) -> str:
 
 
 def _print(outcome, as_json: bool) -> None:
-    from ..output import safe_text
+    from ..inference.output import safe_text
 
     if as_json:
         record = {k: safe_text(v) if isinstance(v, str) else v for k, v in outcome.to_dict().items()}

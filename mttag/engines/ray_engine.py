@@ -10,15 +10,15 @@ share of the object store)::
   become blocks of a dataset, which Ray spreads over the cluster.
 * **decode**: each task reads a track's bytes (a local or shared path as it is, an
   object-store file copied to a temporary file) and decodes only the windows the model
-  will see, with the single-machine decoder (:func:`mttag.audio.iter_windows`), so an
+  will see, with the single-machine decoder (:func:`mttag.audio.decode.iter_windows`), so an
   hour-long track costs its windows, not its samples. A track that cannot be decoded
   becomes a row with its error, exactly as on one machine.
 * **model**: stateful actors, each holding the model once (``map_batches`` with a
   callable class), batched across tracks; one GPU each when the cluster has GPUs, else
-  ``threads`` CPU cores each. The per-track arithmetic is :class:`mttag.tagging.Tagger`'s
+  ``threads`` CPU cores each. The per-track arithmetic is :class:`mttag.inference.tagging.Tagger`'s
   own (its ``_predict`` and ``_result``), so both engines give the same numbers.
 * **write**: rows grouped into parts of ``rows_per_part`` tracks, each written whole
-  (:func:`mttag.parquet_output.write_part`: a temporary name and a rename on a local
+  (:func:`mttag.inference.parquet.write_part`: a temporary name and a rename on a local
   disk) under a name derived from the tracks it holds.
 
 Nothing lost, nothing twice: a killed task or actor is retried by Ray (Ray Data's
@@ -102,12 +102,12 @@ class RunSummary:
 
 def decode_track(track: str, sample_rate: int, crop_seconds: float, windows: int | None,
                  filesystems: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One track's model windows, decoded exactly as :class:`mttag.tagging.Tagger` does,
+    """One track's model windows, decoded exactly as :class:`mttag.inference.tagging.Tagger` does,
     as a row: ``path``, ``duration``, ``n`` windows, ``audio`` (``n × samples`` float32
     bytes), ``silent``, ``error`` and the read and decode seconds."""
     import numpy as np
 
-    from ..audio import AudioError, is_silent, iter_windows
+    from ..audio.decode import AudioError, is_silent, iter_windows
 
     row: dict[str, Any] = {"path": track, "duration": None, "n": 0, "audio": b"", "silent": True, "error": None,
                            "_read_s": 0.0, "_decode_s": 0.0}
@@ -165,7 +165,7 @@ class ModelActor:
         import ray
         import torch
 
-        from ..tagging import Tagger
+        from ..inference.tagging import Tagger
 
         torch.set_num_threads(max(1, threads))
         net = ray.get(model_ref[0])
@@ -180,9 +180,9 @@ class ModelActor:
         import numpy as np
         import pyarrow as pa
 
-        from ..embedding import pool
-        from ..parquet_output import row_from_result, schema
-        from ..tagging import _Track
+        from ..inference.embedding import pool
+        from ..inference.parquet import row_from_result, schema
+        from ..inference.tagging import _Track
 
         if self.fault_marker and not os.path.exists(self.fault_marker):
             # tests: this process dies mid-run, once, as a preempted node would
@@ -243,7 +243,7 @@ def _write_batch(batch, *, fs, folder: str, tags: list[str], model: str, fault_m
     """Ray task body: the batch's rows as one part; returns what the driver counts."""
     import pyarrow as pa
 
-    from ..parquet_output import COLUMNS, write_part
+    from ..inference.parquet import COLUMNS, write_part
 
     start = time.perf_counter()
     rows = batch.select(COLUMNS).to_pylist()
@@ -309,7 +309,7 @@ def _cluster_plan(ray, device: str, actors: int | None, threads: int | None) -> 
 def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tuple[set[str], set[str]]:
     """``(parts there, tracks they hold)``; refuses a folder that is not a results dataset,
     one holding results without ``resume``, and one made with another vocabulary."""
-    from ..parquet_output import list_parts, other_files, read_part_column, read_part_metadata
+    from ..inference.parquet import list_parts, other_files, read_part_column, read_part_metadata
 
     parts = list_parts(fs, folder)
     others = other_files(fs, folder)
@@ -358,10 +358,10 @@ def run(
     into the Parquet dataset ``output`` (a folder or an object-store URI); see the module's
     docstring for the pipeline and docs/scale.md for the schema. ``model``: a loaded model,
     or anything :func:`mttag.load_model` takes. ``on_part`` is called after each part."""
-    from ..display import printable
-    from ..parquet_output import list_parts
-    from ..pretrained import load_model
-    from ..tagging import model_label
+    from ..inference.parquet import list_parts
+    from ..inference.tagging import model_label
+    from ..util.display import printable
+    from ..weights.pretrained import load_model
 
     ray = _ray()
     from torch import nn
@@ -371,7 +371,7 @@ def run(
     summary = RunSummary(output=out_text)
     net = model if isinstance(model, nn.Module) else load_model(model, device="cpu", progress=False if quiet else None)
     if windows == "auto":  # the model's own default, as the single-machine engine takes it
-        from ..tagging import default_windows
+        from ..inference.tagging import default_windows
 
         windows = default_windows(net)
     name = model_name or (os.fspath(model) if model is not None and not isinstance(model, nn.Module) else model_label(net))
@@ -434,7 +434,7 @@ def run(
     if problems:  # unlistable sources: rows with their errors, like a track that fails
         import pyarrow as pa
 
-        from ..parquet_output import write_part
+        from ..inference.parquet import write_part
 
         rows = [{"path": p, "model": name, "duration": None, "windows": 0, "tags": [], "scores": None,
                  "embedding": None, "error": reason} for p, reason in problems]

@@ -73,7 +73,7 @@ def build_model(config: ModelConfig) -> "nn.Module":
 def computed_buffers():
     """Context for building modules whose tensors are computed, not loaded (the spectrogram
     front ends: window and mel filterbank are non-persistent buffers). When the network is being
-    built on the ``meta`` device (see :func:`mttag.modelfile.load_local_model`), these are built
+    built on the ``meta`` device (see :func:`mttag.weights.modelfile.load_local_model`), these are built
     on the CPU, so that a model materialised from a state dict has them right."""
     import torch
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..features import LogMelSpectrogram
+from ..audio.features import LogMelSpectrogram
 from . import computed_buffers
 from .config import ModelConfig
 

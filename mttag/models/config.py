@@ -30,7 +30,7 @@ CROP_SECONDS_RANGE = (0.01, 600.0)
 MAX_PRESET_CHARS = 200
 MAX_CONFIG_BYTES = 64 << 20
 # Top-level keys a config.json may have besides the fields of ModelConfig: a list of
-# extra files the model needs (fetched from the Hub with it, see mttag.hub).
+# extra files the model needs (fetched from the Hub with it, see mttag.weights.hub).
 EXTRA_KEYS = ("files",)
 
 

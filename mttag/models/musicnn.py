@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import mel_filters
+from ..audio.features import mel_filters
 from . import computed_buffers
 from .config import ModelConfig
 from .params import PRESETS as _PRESETS

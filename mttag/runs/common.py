@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..display import printable
+from ..util.display import printable
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -147,7 +147,7 @@ def bf16_emulation_warning(precision: str, device_type: str) -> str | None:
 def find_audio(paths: Iterable[str | os.PathLike]):
     """The audio files under ``paths`` (folders searched recursively), and the folders that
     could not be listed (each a failure of its own, not a silent gap)."""
-    from ..audio import UnlistableFolder, iter_audio_files
+    from ..audio.decode import UnlistableFolder, iter_audio_files
 
     unlistable: list[UnlistableFolder] = []
     files = list(iter_audio_files(paths, on_error=unlistable.append))
@@ -205,7 +205,7 @@ def nearest_existing(path: Path) -> Path | None:
 def open_model(model, dev, progress: bool | None = None):
     """``model`` itself when it is a loaded model, else the one its name resolves to (None: the
     default) on ``dev``; raises ModelLoadError as :func:`mttag.load_model` does."""
-    from ..pretrained import load_model
+    from ..weights.pretrained import load_model
 
     if model is not None and not isinstance(model, (str, os.PathLike)):
         return model
@@ -231,8 +231,8 @@ def open_undo_log(path: Path, header: dict[str, Any], holder: str):
     finds it taken) and the undo log opened for appending. Raises the lock's, the log's or
     the file system's error as it is, each caller naming it its own way; nothing is left
     held then."""
-    from .. import filetags
-    from ..fileio import ExclusiveLock
+    from ..filetags import writer as filetags
+    from ..util.fileio import ExclusiveLock
 
     lock = None
     try:
@@ -251,7 +251,7 @@ def close_undo_log(lock, log, summary: RunSummary) -> None:
     be closed (a full disk at its final sync) is one of the run's problems and counts as a
     failure; the lock goes in any case; a log of headers only (nothing was written) is
     removed, and ``summary.undo_log`` names the log only when it holds records."""
-    from .. import filetags
+    from ..filetags import writer as filetags
 
     try:
         if log is not None:

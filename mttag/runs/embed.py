@@ -9,12 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..display import printable
 from ..errors import DEFAULT_WINDOWS
+from ..util.display import printable
 from .common import (
-    EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, find_audio, finish, interruptible, load, missing_paths_error,
+    EXIT_SOME_FAILED,
+    RunError,
+    RunEvents,
+    RunSummary,
+    find_audio,
+    finish,
+    interruptible,
+    load,
+    missing_paths_error,
     no_files_error,
-    parse_windows, resolve_device,
+    parse_windows,
+    resolve_device,
 )
 
 
@@ -40,7 +49,7 @@ def model_reference(name: str | os.PathLike | None, net) -> str:
     """The model's name as an index records it, so that ``mttag similar`` can load it again
     from any folder: a local model directory as an absolute path, anything else as given."""
     if name is None or not isinstance(name, (str, os.PathLike)):
-        from ..tagging import model_label
+        from ..inference.tagging import model_label
 
         return model_label(net)
     if Path(name).expanduser().is_dir():
@@ -50,7 +59,7 @@ def model_reference(name: str | os.PathLike | None, net) -> str:
 
 def embed_results(embedder, files: Iterable[str | os.PathLike], unlistable) -> Iterator[Any]:
     """One EmbeddingResult per folder that could not be listed (an error), then one per file."""
-    from ..embedding import EmbeddingResult
+    from ..inference.embedding import EmbeddingResult
 
     for problem in unlistable:
         yield EmbeddingResult(problem.path, error=f"cannot list this folder ({problem.reason})",
@@ -61,7 +70,7 @@ def embed_results(embedder, files: Iterable[str | os.PathLike], unlistable) -> I
 def _index_defaults(req: EmbedRequest) -> tuple[Any, int | None]:
     """The model and windows to embed with: what is given, and with ``resume`` the index's for
     what is not (so that an index made with another default keeps pooling its tracks alike)."""
-    from ..embedding import EmbeddingIndexError, read_manifest
+    from ..inference.embedding import EmbeddingIndexError, read_manifest
 
     model = req.model
     n_windows = parse_windows(req.windows) if req.windows is not None else DEFAULT_WINDOWS
@@ -80,7 +89,7 @@ def _index_defaults(req: EmbedRequest) -> tuple[Any, int | None]:
 def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSummary:
     """Embed ``request.paths`` into the index ``request.output``; raises RunError for a refusal
     (nothing written then) or a failed write (the tracks written before are kept)."""
-    from ..embedding import Embedder, EmbeddingIndexError, IndexWriter
+    from ..inference.embedding import Embedder, EmbeddingIndexError, IndexWriter
 
     req, events = request, events or RunEvents()
     if req.windows is not None:
@@ -109,7 +118,7 @@ def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSumm
     except OSError as exc:
         raise RunError(f"--output {printable(req.output)}: cannot write it ({exc.strerror or exc})") from None
     if writer.existing:
-        from ..output import path_key
+        from ..inference.output import path_key
 
         before = len(files)
         files = [f for f in files if path_key(str(f)) not in writer.done]
@@ -122,7 +131,7 @@ def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSumm
 
 
 def _embed_loop(embedder, files, unlistable, writer, events: RunEvents, summary: RunSummary) -> None:
-    from ..audio import DecoderMessages
+    from ..audio.decode import DecoderMessages
 
     decoder = DecoderMessages()
     write_error: OSError | None = None

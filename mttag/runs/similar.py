@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..display import printable
+from ..util.display import printable
 from .common import EXIT_SOME_FAILED, RunError, RunEvents, open_model, parse_windows, resolve_device
 
 
@@ -32,10 +32,10 @@ class SimilarRequest:
 
 @dataclass
 class Similar:
-    """What a query found: ``hits`` best first (mttag.embedding.Hit), and about the query."""
+    """What a query found: ``hits`` best first (mttag.inference.embedding.Hit), and about the query."""
 
     hits: list[Any]
-    index: Any  # the mttag.embedding.EmbeddingIndex searched
+    index: Any  # the mttag.inference.embedding.EmbeddingIndex searched
     query_duration: float
     filtered: bool  # tag or duration filters applied
     query_in_index: bool = False
@@ -45,8 +45,8 @@ class Similar:
 def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Similar:
     """The index's tracks most like ``request.query``; RunError for a refusal, or (exit code 1)
     for a query file that cannot be embedded."""
-    from ..embedding import EmbeddingIndex, EmbeddingIndexError
-    from ..output import display_tag
+    from ..inference.embedding import EmbeddingIndex, EmbeddingIndexError
+    from ..inference.output import display_tag
 
     req = request
     try:
@@ -88,8 +88,8 @@ def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Si
 
 def embed_query(query: Path, index, model: str | None, device: str, windows: int | str | None):
     """The query file's vector and duration, made with the index's model (refusing any other)."""
-    from ..embedding import Embedder, short_revision
     from ..errors import ModelLoadError
+    from ..inference.embedding import Embedder, short_revision
 
     dev = resolve_device(device)
     name = model or index.model.get("name")
@@ -115,7 +115,7 @@ def write_similar_playlist(found: Similar, query: Path, playlist: Path, force: b
                            events: RunEvents | None = None) -> int:
     """An .m3u8 playlist: the query (when it is a file), then the tracks found, in order; the
     number of entries. What the playlist cannot hold as it should comes as warnings."""
-    from ..embedding import EmbeddingIndexError, write_playlist
+    from ..inference.embedding import EmbeddingIndexError, write_playlist
 
     events = events or RunEvents()
     entries = [(os.path.abspath(query), found.query_duration)] if os.path.lexists(query) else []

@@ -10,19 +10,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..display import printable
 from ..errors import DEFAULT_WINDOWS
+from ..util.display import printable
 from .common import (
+    EXIT_SOME_FAILED,
+    RunError,
+    RunEvents,
+    RunSummary,
+    bf16_emulation_warning,
     close_undo_log,
-    EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, bf16_emulation_warning, find_audio, finish, interruptible, load,
-    missing_paths_error, no_files_error, open_undo_log, parse_windows, resolve_device,
+    find_audio,
+    finish,
+    interruptible,
+    load,
+    missing_paths_error,
+    no_files_error,
+    open_undo_log,
+    parse_windows,
+    resolve_device,
 )
+
 
 @dataclass
 class TagRequest:
     """What to tag and where the results go; the options of ``mttag tag``, by the same names.
 
-    ``windows``: None for the model's default (mttag.tagging.default_windows; every window with ``timeline`` or
+    ``windows``: None for the model's default (mttag.inference.tagging.default_windows; every window with ``timeline`` or
     ``plot``), a number, or ``"all"``. ``model``: a name as ``--model`` takes it, or a loaded
     model. ``stream``: where the results go without an ``output`` file (None: ``sys.stdout``;
     a plugin that only wants the ``result`` events passes ``io.StringIO()``).
@@ -56,7 +69,7 @@ class TagRequest:
 def tag_results(tagger, files: Iterable[str | os.PathLike], unlistable, top: int | None,
                 threshold: float | None, min_confidence: float | None = None) -> Iterator[Any]:
     """One TagResult per folder that could not be listed (an error record), then one per file."""
-    from ..tagging import TagResult
+    from ..inference.tagging import TagResult
 
     for problem in unlistable:
         yield TagResult(problem.path, error=f"cannot list this folder ({problem.reason})", model=tagger.model_name)
@@ -101,7 +114,7 @@ class _TagRun:
         if isinstance(req.model, (str, os.PathLike)):
             self.model_name = os.fspath(req.model)
         else:
-            from ..tagging import model_label
+            from ..inference.tagging import model_label
 
             self.model_name = model_label(self.net)
         self._plan_plot()
@@ -121,7 +134,7 @@ class _TagRun:
     def _check_options(self) -> None:
         req = self.req
         if req.windows is None:  # a timeline follows the whole track, window after window
-            # otherwise the model's own default (mttag.tagging.default_windows: 20, 12 for musicnn)
+            # otherwise the model's own default (mttag.inference.tagging.default_windows: 20, 12 for musicnn)
             req.windows = "all" if req.timeline or req.plot is not None else "auto"
         self.n_windows = "auto" if req.windows == "auto" else parse_windows(req.windows)
         if req.resume and req.output is None:
@@ -138,7 +151,7 @@ class _TagRun:
             raise RunError("--format parquet writes a file: give --output FILE.parquet")
 
     def _check_output(self) -> None:
-        from ..output import OutputError, OutputFile
+        from ..inference.output import OutputError, OutputFile
 
         req = self.req
         if req.output is None:
@@ -168,7 +181,7 @@ class _TagRun:
     def _plan_plot(self) -> None:
         if self.req.plot is None:
             return
-        from ..plot import PlotUnavailable, _pyplot
+        from ..inference.plot import PlotUnavailable, _pyplot
 
         try:
             _pyplot()
@@ -177,7 +190,7 @@ class _TagRun:
             raise RunError(str(exc)) from None
 
     def _read_resumed(self) -> None:
-        from ..output import path_key, read_done, wide_columns, wide_tag_columns
+        from ..inference.output import path_key, read_done, wide_columns, wide_tag_columns
 
         output = self.req.output
         try:
@@ -191,7 +204,7 @@ class _TagRun:
         self.events.resuming(len(done), len(self.files))
 
     def _open_results(self) -> None:
-        from ..output import OutputError, ResultWriter
+        from ..inference.output import OutputError, ResultWriter
 
         target, output = self.target, self.req.output
         try:
@@ -200,7 +213,7 @@ class _TagRun:
             else:  # looked up now: a test runner swaps sys.stdout per invocation
                 stream = self.req.stream if self.req.stream is not None else sys.stdout
             if self.fmt == "parquet":
-                from ..parquet_output import ParquetResultWriter, ParquetUnavailable
+                from ..inference.parquet import ParquetResultWriter, ParquetUnavailable
 
                 try:
                     self.writer = ParquetResultWriter(stream, self.net.config.tags, self.model_name)
@@ -220,8 +233,8 @@ class _TagRun:
             raise RunError(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})") from None
 
     def loop(self) -> RunSummary:
-        from ..audio import DecoderMessages
-        from ..tagging import Tagger
+        from ..audio.decode import DecoderMessages
+        from ..inference.tagging import Tagger
 
         req = self.req
         start = time.perf_counter()
@@ -270,7 +283,7 @@ class _TagRun:
             if outcome.status == "error":
                 self.events.warning(result.path, f"tags not written into the file ({printable(outcome.error)})")
         if self.plot_path is not None and result.ok:
-            from ..plot import plot_taggram
+            from ..inference.plot import plot_taggram
 
             png = self.plot_path(result.path)
             try:
@@ -281,7 +294,7 @@ class _TagRun:
         chatter = self.decoder.pop(result.path)
         self.events.result(result)
         if result.ok and Path(result.path).suffix.lower() in (".ogg", ".oga", ".opus"):
-            from ..audio import OGG_HEADER_AUDIO_WARNING, ffmpeg_available, ogg_header_page_carries_audio
+            from ..audio.decode import OGG_HEADER_AUDIO_WARNING, ffmpeg_available, ogg_header_page_carries_audio
 
             # with ffmpeg such a file was decoded exactly (audio.probe); without, say so
             if not ffmpeg_available() and ogg_header_page_carries_audio(result.path):
@@ -312,7 +325,7 @@ class _TagRun:
 
 
 class _FileTagWriter:
-    """``--write``: each tagged track's tags go into its file through mttag.filetags
+    """``--write``: each tagged track's tags go into its file through mttag.filetags.writer
     (copy, verify, atomic rename), the previous values into an undo log first."""
 
     def __init__(self, undo_log: Path | None, output: Path | None, top: int | None, threshold: float | None):
@@ -324,8 +337,8 @@ class _FileTagWriter:
         self._lock = self._log = None
 
     def open(self) -> None:
-        from .. import filetags
-        from ..fileio import LockedError
+        from ..filetags import writer as filetags
+        from ..util.fileio import LockedError
 
         self.options = filetags.WriteOptions(top=self.top, threshold=self.threshold)
         try:
@@ -336,7 +349,7 @@ class _FileTagWriter:
             raise ValueError(f"--undo-log {printable(self.log_path)}: {exc}") from None
 
     def write(self, result):
-        from ..filetags import write_tags
+        from ..filetags.writer import write_tags
 
         # the scores carry the confidence that decides what is written (filetags.choose_tags)
         tags = result.scores if result.scores is not None else result.tags
@@ -355,7 +368,7 @@ def _plot_target(plot: Path, files: list[Path], force: bool = False):
     different folders get the folder's name too). Like ``-o``, an existing file there is
     replaced only if it is a taggram mttag drew, or with ``force``: checked for every track
     before the run, so that a refusal comes before any tagging."""
-    from ..plot import is_taggram
+    from ..inference.plot import is_taggram
 
     if plot.suffix.lower() == ".png":
         if len(files) != 1:

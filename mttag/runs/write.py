@@ -1,6 +1,6 @@
 """Writing tags into audio files from a results file, and undoing it: ``mttag write``'s run.
 
-Every file is written through mttag.filetags (copy, verify, atomic rename), its previous
+Every file is written through mttag.filetags.writer (copy, verify, atomic rename), its previous
 values into an undo log first; the log is locked for the whole run."""
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..display import printable
-from .common import (EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, close_undo_log, finish, interruptible,
-                     open_undo_log)
+from ..util.display import printable
+from .common import EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, close_undo_log, finish, interruptible, open_undo_log
 
 DEFAULT_FIELDS = "genre,mood,mttag"
 
@@ -39,7 +38,7 @@ class WriteRequest:
 
 
 def _fields(value: str | list[str]) -> list[str]:
-    from ..filetags import FIELDS
+    from ..filetags.writer import FIELDS
 
     text = value if isinstance(value, str) else ",".join(value)
     names = [v.strip().lower() for v in text.split(",") if v.strip()]
@@ -50,7 +49,7 @@ def _fields(value: str | list[str]) -> list[str]:
 
 
 def _options(req: WriteRequest):
-    from .. import filetags
+    from ..filetags import writer as filetags
 
     kind_map = None
     if req.kinds is not None:
@@ -69,7 +68,7 @@ def _options(req: WriteRequest):
 
 def read_results(results: Path) -> list[tuple[str, dict]]:
     """``(path, record)`` of each track in a results file of ``mttag tag``."""
-    from ..output import path_from_text, read_records, sniff_format
+    from ..inference.output import path_from_text, read_records, sniff_format
 
     _check_regular(results, printable(results))
     try:
@@ -119,9 +118,9 @@ def _regular_or_missing(path: Path) -> bool:
 
 def _open_log(req: WriteRequest, options):
     """``(lock, log)`` for a run that writes; ``(None, None)`` for a dry run."""
-    from .. import filetags
-    from ..audio import AUDIO_EXTENSIONS
-    from ..fileio import LockedError
+    from ..audio.decode import AUDIO_EXTENSIONS
+    from ..filetags import writer as filetags
+    from ..util.fileio import LockedError
 
     if req.dry_run:
         return None, None
@@ -144,7 +143,7 @@ def _open_log(req: WriteRequest, options):
 def run_write(request: WriteRequest, events: RunEvents | None = None) -> RunSummary:
     """Write each track's tags of ``request.results`` into its file; ``events.result`` gets each
     file's WriteOutcome. Raises RunError for a refusal (no file touched then)."""
-    from .. import filetags
+    from ..filetags import writer as filetags
 
     events = events or RunEvents()
     options = _options(request)
@@ -193,7 +192,7 @@ _UNCALIBRATED = ("some results have no confidence (an older mttag, or a model wi
 
 def run_undo(log: Path, dry_run: bool = False, events: RunEvents | None = None) -> RunSummary:
     """Restore the files the undo log ``log`` recorded; ``events.result`` gets each outcome."""
-    from .. import filetags
+    from ..filetags import writer as filetags
 
     events = events or RunEvents()
     _check_regular(log, f"--undo {printable(log)}")

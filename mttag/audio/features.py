@@ -45,7 +45,7 @@ def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float
         pass
     import librosa
 
-    from .fileio import atomic_write
+    from ..util.fileio import atomic_write
 
     mel = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk,
                               norm=norm).astype(np.float32)

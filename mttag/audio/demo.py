@@ -78,7 +78,7 @@ def write_demo(folder: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mttag.demo [DIR]`` (default ``demo_music``)."""
+    """``python -m mttag.audio.demo [DIR]`` (default ``demo_music``)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv

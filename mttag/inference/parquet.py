@@ -95,7 +95,7 @@ def _finite(x: float | None) -> float | None:
 
 
 def row_from_result(result: "TagResult", embedding=None) -> dict[str, Any]:
-    """A :class:`mttag.tagging.TagResult` as a row (``embedding``: a pooled vector to store)."""
+    """A :class:`mttag.inference.tagging.TagResult` as a row (``embedding``: a pooled vector to store)."""
     from .output import path_text
 
     if result.error is not None:
@@ -171,7 +171,7 @@ def is_results_file(path: str | os.PathLike) -> bool:
 class ParquetResultWriter:
     """``mttag tag -o tags.parquet``: rows buffered into row groups on a binary ``stream``;
     :meth:`close` writes the footer. The file only becomes readable then, so
-    :class:`mttag.output.OutputFile` writes it under a temporary name and renames it into
+    :class:`mttag.inference.output.OutputFile` writes it under a temporary name and renames it into
     place when it is complete (Ctrl+C and SIGTERM close it, keeping the results so far)."""
 
     def __init__(self, stream: IO[bytes], vocabulary: list[str], model: str | None = None):

@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .display import printable
-from .util.fs import fsync_dir as _fsync_dir
-from .util.hashing import file_sha256  # noqa: F401 (re-exported)
-from .util.text import one_line
+from ..util.display import printable
+from ..util.fs import fsync_dir as _fsync_dir
+from ..util.hashing import file_sha256  # noqa: F401 (re-exported)
+from ..util.text import one_line
 
 FIELDS = ("genre", "mood", "comment", "mttag")
 DEFAULT_FIELDS = ("genre", "mood", "mttag")
@@ -67,7 +67,7 @@ MAX_GENRES = 3
 MAX_MOODS = 2
 
 # --------------------------------------------------------------------------------------
-# Which tags are genres, moods, instruments, voices and eras: mttag.vocab's table
+# Which tags are genres, moods, instruments, voices and eras: mttag.inference.vocab's table
 # (mttag/data/vocabulary.json) decides for every tag it knows; this older table only for the
 # model spellings it does not (custom models trained on these vocabularies). Data, not logic:
 # a tag missing in both is "other" and only goes into the comment and MTTAG fields.
@@ -111,8 +111,8 @@ class WriteError(Exception):
 
 def tag_kind(tag: str, kinds: Mapping[str, str] | None = None) -> str:
     """``genre``, ``mood``, ``instrument``, ``voice``, ``era`` or ``other`` (case-insensitive;
-    ``kinds`` overrides :func:`mttag.vocab.kind`, which overrides :data:`TAG_KINDS`)."""
-    from . import vocab
+    ``kinds`` overrides :func:`mttag.inference.vocab.kind`, which overrides :data:`TAG_KINDS`)."""
+    from ..inference import vocab
 
     key = " ".join(str(tag).lower().split())
     if kinds:
@@ -169,7 +169,7 @@ class WriteOptions:
     is there (genre/mood values are added if missing, the comment gets the tags appended)
     or ``replace`` (the field holds only mttag's values). The ``mttag`` field is always
     replaced. Which tags: those of a confidence of at least ``min_confidence`` (``None``:
-    :data:`mttag.calibration.DEFAULT_THRESHOLD`, unless a ``threshold`` is given, which then
+    :data:`mttag.inference.calibration.DEFAULT_THRESHOLD`, unless a ``threshold`` is given, which then
     decides alone), of a raw probability of at least ``threshold``, then the ``top`` most
     confident; of these at most ``max_genres`` genres go into the genre field and
     ``max_moods`` moods into the mood field (``None``: no limit). Tags without a confidence
@@ -221,7 +221,7 @@ class WriteOptions:
             return self.min_confidence
         if self.threshold is not None:
             return None
-        from .calibration import DEFAULT_THRESHOLD
+        from ..inference.calibration import DEFAULT_THRESHOLD
 
         return DEFAULT_THRESHOLD
 
@@ -267,7 +267,7 @@ class WriteOutcome:
 
 
 def _path_text(path: str) -> str:
-    from .output import path_text
+    from ..inference.output import path_text
 
     return path_text(str(path))
 
@@ -298,7 +298,7 @@ class Chosen(tuple):
 
 def _entry(t: Any) -> Chosen:
     """A tag as results hold it: a ``{"tag", "score", "confidence"?}`` record, a
-    :class:`mttag.tagging.TagScore`, or a ``(tag, score)`` / ``(tag, score, confidence)`` tuple."""
+    :class:`mttag.inference.tagging.TagScore`, or a ``(tag, score)`` / ``(tag, score, confidence)`` tuple."""
     if isinstance(t, Chosen):
         return t
     if isinstance(t, Mapping):
@@ -981,7 +981,7 @@ def decoded_digest(path: str | os.PathLike, ffmpeg_only: bool = False) -> str | 
             raise LookupError
         import soundfile as sf
 
-        from .audio import libsndfile_path
+        from ..audio.decode import libsndfile_path
 
         with sf.SoundFile(libsndfile_path(path)) as f:
             h.update(f"{f.samplerate}/{f.channels}/".encode())
@@ -1005,7 +1005,7 @@ def decoded_digest(path: str | os.PathLike, ffmpeg_only: bool = False) -> str | 
 
 
 def _header_page_audio(path: str) -> bool:
-    from .audio import ogg_header_page_carries_audio
+    from ..audio.decode import ogg_header_page_carries_audio
 
     try:
         return ogg_header_page_carries_audio(path)
@@ -1366,7 +1366,7 @@ _HEX = set("0123456789abcdef")
 
 def undo_key_path() -> Path:
     """The per-user secret that signs undo records (``~/.config/mttag/undo.key``)."""
-    from .registry import user_config_dir
+    from ..weights.registry import user_config_dir
 
     return user_config_dir() / UNDO_KEY_NAME
 
@@ -1586,7 +1586,7 @@ LOCK_WAIT = 30.0  # seconds a run waits for another mttag run to finish with a f
 def file_lock(real: str, wait: float = LOCK_WAIT) -> Iterator[None]:
     """Hold the per-file lock of mttag runs on ``real``: a hidden ``.NAME.mttag-lock`` beside
     it (the audio file itself is never touched), waited for up to ``wait`` seconds."""
-    from .fileio import ExclusiveLock, LockedError
+    from ..util.fileio import ExclusiveLock, LockedError
 
     folder, name = os.path.split(real)
     lock = ExclusiveLock(os.path.join(folder, f".{name}.mttag-lock"), "another mttag run writing this file",
@@ -1826,7 +1826,7 @@ def undo(log: str | os.PathLike, *, dry_run: bool = False) -> Iterator[WriteOutc
     log is input from anywhere, and a forged or edited record is refused with its reason.
     A byte-for-byte restore also needs the file to be the very one mttag wrote (its inode
     and SHA-256) and to open as the same audio container before and after."""
-    from .output import path_from_text
+    from ..inference.output import path_from_text
 
     key = _undo_key(create=False)
     for n, record in reversed(list(enumerate(read_undo_log(log), 1))):

@@ -14,6 +14,8 @@ import functools
 import json
 from pathlib import Path
 
+from ..constants import DATA_DIR
+
 CALS_TAGS = [
     "rock", "pop", "indie", "alternative", "electronic", "hip-hop", "metal", "jazz", "punk", "folk",
     "alternative rock", "indie rock", "dance", "hard rock", "00s", "soul", "hardcore", "80s", "country",
@@ -48,7 +50,7 @@ def resolve_tags(spec: str) -> list[str]:
     return tags
 
 
-VOCABULARY_PATH = Path(__file__).parent / "data" / "vocabulary.json"
+VOCABULARY_PATH = DATA_DIR / "vocabulary.json"
 KINDS = ("genre", "mood", "instrument", "voice", "era", "other")
 
 

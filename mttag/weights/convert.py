@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .models import ModelConfig, build_model, make_config, presets
+from ..models import ModelConfig, build_model, make_config, presets
 from .modelfile import ForeignFileError, check_model_dir, save_model
 
 _BLOCK_KEYS = {

@@ -15,13 +15,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import __version__
-from .constants import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME  # noqa: F401 (re-exported)
-from .display import printable
-from .errors import ModelLoadError
-from .fileio import atomic_write
-from .util.text import one_line
-from .models import ModelConfig, build_model, count_parameters, place
+from .. import __version__
+from ..constants import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME  # noqa: F401 (re-exported)
+from ..errors import ModelLoadError
+from ..models import ModelConfig, build_model, count_parameters, place
+from ..util.display import printable
+from ..util.fileio import atomic_write
+from ..util.text import one_line
 
 
 def _card_metadata(config: ModelConfig, metrics: dict[str, Any] | None) -> str:

@@ -34,7 +34,7 @@ seed=0, workers=os.cpu_count(), tags_vocab=None, ...) -> PreparedDataset`` takes
 of :class:`TrackSpec` (``path``, ``tags`` or ``None`` for unlabelled, ``group`` (artist or
 stand-in), ``split`` or ``None``, ``root``). Source readers produce them lazily:
 :func:`tracks_from_annotations` (CSV/TSV), :func:`tracks_from_cals` (the authors' CALS split
-files), :func:`tracks_from_metadata` (tags embedded in the files, see :mod:`mttag.metadata`),
+files), :func:`tracks_from_metadata` (tags embedded in the files, see :mod:`mttag.filetags.reader`),
 :func:`tracks_from_folder` (untagged audio for the unlabelled set).
 
 On-disk format (version 1)
@@ -70,10 +70,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, check_decoded, check_duration, even_starts, iter_audio_files, probe, read_segment
-from .display import printable
-from .fileio import ExclusiveLock, atomic_write
-from .metadata import clean_tags
+from ..audio.decode import AudioError, check_decoded, check_duration, even_starts, iter_audio_files, probe, read_segment
+from ..filetags.reader import clean_tags
+from ..util.display import printable
+from ..util.fileio import ExclusiveLock, atomic_write
 
 FORMAT = "mttag-prepared"
 FORMAT_VERSION = 1
@@ -420,7 +420,7 @@ def tracks_from_annotations(csv_path: str | os.PathLike, audio_root: str | os.Pa
     byte-order mark, UTF-8, else cp1252 with a :class:`UserWarning`). A file that is not
     valid text in its encoding raises ``ValueError`` naming the file and the line.
     """
-    from .metadata import normalize_artist
+    from ..filetags.reader import normalize_artist
 
     csv_path = Path(csv_path)
     root = str(audio_root) if audio_root is not None else str(csv_path.parent)
@@ -534,14 +534,14 @@ def _cals_rel(track_id: str, ext: str) -> str:
 def tracks_from_cals(splits_dir: str | os.PathLike, audio_root: str | os.PathLike,
                      ext: str | None = None) -> Iterator[TrackSpec]:
     """The authors' CALS split (docs/prepare.md): ``{train,valid,test}_ids.npy`` with
-    ``{train,valid,test}_binaries.npy`` (N×50, :data:`mttag.vocab.CALS_TAGS` order) and
+    ``{train,valid,test}_binaries.npy`` (N×50, :data:`mttag.inference.vocab.CALS_TAGS` order) and
     ``student_ids.npy`` (unlabelled, optional); audio at
     ``{id[2]}/{id[3]}/{id[4]}/{id}{ext}`` under ``audio_root``. ``ext=None`` looks at the
     first training ids for ``.wav``, ``.mp3``, ``.clip.mp3`` ... (default ``.wav``).
     Prepare with ``tags_vocab=CALS_TAGS``. CALS has no artist column and already keeps
     artists apart, so every track is its own group here.
     """
-    from .vocab import CALS_TAGS
+    from ..inference.vocab import CALS_TAGS
 
     splits_dir, root = Path(splits_dir), str(audio_root)
 
@@ -588,13 +588,13 @@ def tracks_from_metadata(folder: str | os.PathLike, fields: Sequence[str] = ("ge
                          artist_fields: Sequence[str] = ("artist", "albumartist"),
                          on_error: Callable | None = None) -> Iterator[TrackSpec]:
     """Audio files under ``folder`` labelled with the tags embedded in them (``fields``, e.g.
-    genre, mood, grouping; see :mod:`mttag.metadata`). Files without any value in those
+    genre, mood, grouping; see :mod:`mttag.filetags.reader`). Files without any value in those
     fields are unlabelled. The group is the artist tag, else the file's folder.
 
     A subfolder that cannot be listed is passed to ``on_error`` (a
-    :class:`mttag.audio.UnlistableFolder`), or without it raised once the readable files
+    :class:`mttag.audio.decode.UnlistableFolder`), or without it raised once the readable files
     have been yielded: it is never skipped in silence."""
-    from .metadata import DEFAULT_SEPARATORS, read_file_tags
+    from ..filetags.reader import DEFAULT_SEPARATORS, read_file_tags
 
     folder = str(folder)
     seps = DEFAULT_SEPARATORS if separators is None else separators
@@ -610,7 +610,7 @@ def tracks_from_folder(folder: str | os.PathLike, read_artist: bool = True,
     """Untagged audio under ``folder`` for the unlabelled set; the group (for the rule that
     excludes unlabelled tracks by valid/test artists) is the artist tag if any, else the folder.
     Unlistable subfolders: as in :func:`tracks_from_metadata`."""
-    from .metadata import read_file_tags
+    from ..filetags.reader import read_file_tags
 
     folder = str(folder)
     is_dir = os.path.isdir(folder)
@@ -1013,7 +1013,7 @@ def _check_state(out_dir: Path, state: dict, create: bool) -> None:
 
 def _lock(out_dir: Path) -> ExclusiveLock:
     """An exclusive lock on ``out_dir`` so that two runs never write one store; a second run
-    is refused with :class:`mttag.fileio.LockedError` naming the first (pid, command)."""
+    is refused with :class:`mttag.util.fileio.LockedError` naming the first (pid, command)."""
     return ExclusiveLock(out_dir / ".lock", f"another mttag prepare into {out_dir}")
 
 
@@ -1204,7 +1204,7 @@ def _label_rows(cat: _Catalog, given: np.ndarray, unique: np.ndarray, settings: 
     raw_names = list(cat.tag_names)
     raw_counts = np.bincount(tag_ids[counted], minlength=len(raw_names))
     if settings.tags_vocab is not None:
-        from .metadata import normalize_tag
+        from ..filetags.reader import normalize_tag
 
         vocab = list(settings.tags_vocab)
         lookup = {normalize_tag(t): i for i, t in enumerate(vocab)}

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import DEFAULT_WINDOWS
+from ..util.display import printable
+from ..util.fileio import ExclusiveLock, LockedError, atomic_write
+from ..util.fs import fsync_dir as _fsync_dir
 from .ann import ANN_FILE, ANN_META, open_ann
 from .ann import search as ann_search
-from .display import printable
-from .errors import DEFAULT_WINDOWS
-from .fileio import ExclusiveLock, LockedError, atomic_write
 from .output import display_tag, path_from_text, path_key
-from .util.fs import fsync_dir as _fsync_dir
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ class EmbeddingResult:
 
 
 class Embedder:
-    """Embeds files with one model: a :class:`mttag.tagging.Tagger` (batched, prefetched
+    """Embeds files with one model: a :class:`mttag.inference.tagging.Tagger` (batched, prefetched
     decoding, bounded memory) asked for embeddings, plus pooling. Works with every model
     that has ``forward_with_embedding`` (musicnn, Transformer, ResNet) — no per-model code."""
 
@@ -231,7 +231,7 @@ def embed(
     ``result.window_times``. ``model``, ``windows``, ``batch_size``, ``device``: as
     :func:`mttag.tag`. Cosine similarity of two tracks is ``a.vector @ b.vector``.
     """
-    from .runs.embed import embed_results
+    from ..runs.embed import embed_results
     from .tagging import prepare_run
 
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
@@ -514,7 +514,7 @@ class IndexWriter:
     def add_rows(self, paths: Sequence[str], durations: Sequence[float], vectors: np.ndarray,
                  probabilities: np.ndarray, windows: Sequence[int] | None = None, keys: bool = False) -> None:
         """Append many rows at once (vectors are normalised here). ``keys``: the paths are
-        already :func:`mttag.output.path_key`s."""
+        already :func:`mttag.inference.output.path_key`s."""
         vectors = normalise_rows(np.asarray(vectors, dtype=np.float32).reshape(len(paths), self.dim))
         probabilities = np.asarray(probabilities, dtype=np.float32).reshape(len(paths), len(self.tags))
         if not (np.isfinite(vectors).all() and np.isfinite(probabilities).all()):
@@ -587,7 +587,7 @@ class EmbeddingIndex:
     the track list is read once. Safe to open while a writer appends: it sees the tracks
     committed when it was opened.
 
-    ``ann``: "auto" (default) searches through the index's ANN file (:mod:`mttag.ann`) when
+    ``ann``: "auto" (default) searches through the index's ANN file (:mod:`mttag.inference.ann`) when
     the index is large and the file usable, "on" whenever it is usable, "off" never;
     :attr:`ann_note` says why one is not used, or covers only part of the index."""
 
@@ -677,7 +677,7 @@ class EmbeddingIndex:
         seconds. Exact search: one matrix-vector product per ``chunk`` rows of the
         memory-mapped vectors, so memory stays bounded whatever the index size. With an ANN
         file (:attr:`ann`, unless ``exact``) the rows it covers are searched through it,
-        the scores still computed exactly (:func:`mttag.ann.search`)."""
+        the scores still computed exactly (:func:`mttag.inference.ann.search`)."""
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise ValueError(f"query has {q.shape[0]} dimensions, the index {self.dim}")
@@ -751,7 +751,7 @@ def write_playlist(path: str | os.PathLike, entries: Sequence[tuple[str, float]]
 
     Refuses (``EmbeddingIndexError``) to replace a file that is not a playlist unless ``force``,
     and anything with an audio extension always."""
-    from .audio import AUDIO_EXTENSIONS
+    from ..audio.decode import AUDIO_EXTENSIONS
 
     path = Path(path)
     if path.suffix.lower() in AUDIO_EXTENSIONS:

@@ -20,10 +20,10 @@ Each entry names a model (``--model NAME``) and says where its weights live, one
 - ``{"bundled": "models/NAME"}``: a model directory next to the registry file (in a user
   registry it may also be an absolute path: a directory on a shared drive);
 - ``{"hub": "owner/name", "revision": "..."}``: a Hugging Face Hub repo (``HF_ENDPOINT`` for a
-  self-hosted Hub), downloaded on first use (:mod:`mttag.hub`);
+  self-hosted Hub), downloaded on first use (:mod:`mttag.weights.hub`);
 - ``{"url": "https://...", "sha1": "<git blob SHA-1>"}`` or ``"sha256"`` instead of
   ``"sha1"``, plus a ``"convert"`` recipe at the entry's top level: a checkpoint downloaded,
-  verified and converted on first use (:mod:`mttag.download`). A URL without a hash is refused.
+  verified and converted on first use (:mod:`mttag.weights.download`). A URL without a hash is refused.
 
 The registry never pretends: statuses are computed when asked (a bundled directory missing from
 the installed package is reported as ``not available``).
@@ -39,10 +39,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .constants import CONFIG_NAME, WEIGHTS_NAME
-from .errors import ModelLoadError
+from ..constants import CONFIG_NAME, DATA_DIR, WEIGHTS_NAME
+from ..errors import ModelLoadError
 
-REGISTRY_PATH = Path(__file__).parent / "data" / "registry.json"
+REGISTRY_PATH = DATA_DIR / "registry.json"
 ENV_REGISTRY = "MTTAG_REGISTRY"
 ENV_MODEL = "MTTAG_MODEL"
 USER_REGISTRY_NAME = "registry.json"

@@ -5,12 +5,12 @@ A name is tried as, in order:
 1. an existing local model directory;
 2. a registered model name (``mttag models``): bundled in the package, a local directory named
    by a user registry, a Hub repo (optionally ``NAME@revision``) or a URL pinned by its hash
-   (downloaded, verified and converted once; see :mod:`mttag.download`);
+   (downloaded, verified and converted once; see :mod:`mttag.weights.download`);
 3. a Hub repo id ``owner/name`` or ``owner/name@revision`` (branch, tag or commit sha),
-   downloaded once into huggingface_hub's cache (see :mod:`mttag.hub`).
+   downloaded once into huggingface_hub's cache (see :mod:`mttag.weights.hub`).
 
 No name (``None``) means the default model: ``MTTAG_MODEL`` if set, else the ``default`` of a user
-registry, else the shipped default, which ships inside the wheel (see :mod:`mttag.registry`).
+registry, else the shipped default, which ships inside the wheel (see :mod:`mttag.weights.registry`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 if TYPE_CHECKING:
     from torch import nn

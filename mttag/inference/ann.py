@@ -1,6 +1,6 @@
 """Approximate nearest-neighbour (ANN) search for large embedding indexes (``pip install mttag[ann]``).
 
-Exact search (:meth:`mttag.embedding.EmbeddingIndex.search`) reads every vector: 169 ms a
+Exact search (:meth:`mttag.inference.embedding.EmbeddingIndex.search`) reads every vector: 169 ms a
 query at a million musicnn tracks, ~1.7 s at ten million. An ANN file is an HNSW graph
 (`usearch <https://github.com/unum-cloud/usearch>`_) over the index's vectors, kept beside
 them in the index folder::
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .display import printable
-from .fileio import ExclusiveLock, LockedError, atomic_write
+from ..util.display import printable
+from ..util.fileio import ExclusiveLock, LockedError, atomic_write
 
 if TYPE_CHECKING:
     from .embedding import EmbeddingIndex

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..audio.decode import AudioError, is_silent, iter_windows, window_starts
+from ..device import resolve_precision, select_device  # noqa: F401 (resolve_precision: re-exported)
+from ..errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.inference.tagging.DEFAULT_WINDOWS)
+from ..models import place
 from . import calibration as calibration_module
 from . import vocab
-from .audio import AudioError, is_silent, iter_windows, window_starts
-from .device import resolve_precision, select_device  # noqa: F401 (resolve_precision: re-exported)
-from .models import place
 
-from .errors import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.tagging.DEFAULT_WINDOWS)
 # A track whose windows hold at most this much audio (a 5-minute song with
 # --windows all) is decoded whole in a worker thread, ahead of the model (~28 MB
 # per track at 22,050 Hz); longer ones are streamed a window at a time, so memory
@@ -88,11 +88,11 @@ def _one_torch_thread(enabled: bool):
 
 @dataclass(frozen=True)
 class TagScore:
-    """One tag of a result. ``tag``: its one spelling (:func:`mttag.vocab.display`), the same in
+    """One tag of a result. ``tag``: its one spelling (:func:`mttag.inference.vocab.display`), the same in
     every output; ``kind``: genre, mood, instrument, voice, era or other; ``name``: the model's
     own output it comes from (``msd:female vocalists``; of merged near-duplicates, the most
     confident); ``probability``: that output's raw probability; ``confidence``: calibrated
-    (:mod:`mttag.calibration`; None for a model without a calibration table)."""
+    (:mod:`mttag.inference.calibration`; None for a model without a calibration table)."""
 
     tag: str
     kind: str
@@ -153,13 +153,13 @@ class TagResult:
     window_times: list[tuple[float, float]] | None = field(default=None, repr=False)
     window_probabilities: np.ndarray | None = field(default=None, repr=False)  # n_windows × n_tags
     # with Tagger(embeddings=True): the plain mean of the window embeddings (an index stores
-    # mttag.embedding.pool(window_embeddings): the unit mean of unit windows), and each window's
+    # mttag.inference.embedding.pool(window_embeddings): the unit mean of unit windows), and each window's
     embedding: np.ndarray | None = field(default=None, repr=False)
     window_embeddings: np.ndarray | None = field(default=None, repr=False)  # n_windows × dim
     # with keep_windows: each window's (start, end, tags chosen like ``tags``)
     timeline: list[tuple[float, float, list[tuple[str, float]]]] | None = field(default=None, repr=False)
     tag_names: list[str] | None = field(default=None, repr=False)  # the model's vocabulary, for probabilities
-    # what identifies the audio tagged (mttag.filetags.audio_fingerprint): `mttag write` refuses
+    # what identifies the audio tagged (mttag.filetags.writer.audio_fingerprint): `mttag write` refuses
     # a file whose recording changed since; None where it could not be read
     fingerprint: str | None = field(default=None, repr=False)
     # the chosen tags in full, parallel to ``tags`` (whose names are their ``tag``, scores their
@@ -212,7 +212,7 @@ def model_label(model: nn.Module) -> str:
 def _fingerprint(path: str) -> str | None:
     """The audio fingerprint of a file being tagged (one more read of it; the decoder
     reports a file that cannot be read)."""
-    from .filetags import audio_fingerprint
+    from ..filetags.writer import audio_fingerprint
 
     try:
         return audio_fingerprint(path)
@@ -279,7 +279,7 @@ class Tagger:
         # each result's audio fingerprint (one more read of the file): for results that
         # `mttag write` may use, not for embeddings, a table or a Parquet dataset
         self.fingerprints = fingerprints
-        # calibrated confidence for models that have a table (mttag.calibration); None otherwise
+        # calibrated confidence for models that have a table (mttag.inference.calibration); None otherwise
         self.calibration = calibration_module.table_for(model)
         if embeddings and not hasattr(model, "forward_with_embedding"):
             raise ValueError(f"{type(model).__name__} has no forward_with_embedding(): it gives no embeddings")
@@ -318,7 +318,7 @@ class Tagger:
         by their one spelling and ordered by calibrated confidence (by raw probability for a
         model without a calibration table); ``threshold`` keeps those of at least that raw
         probability, ``min_confidence`` those of at least that confidence (see
-        :data:`mttag.calibration.DEFAULT_THRESHOLD`)."""
+        :data:`mttag.inference.calibration.DEFAULT_THRESHOLD`)."""
         if min_confidence is not None and self.calibration is None:
             raise ValueError(f"{self.model_name} has no calibration table, so no confidence: "
                              "choose tags by raw probability (threshold) instead")
@@ -486,7 +486,7 @@ def prepare_run(paths, model, device: str):
     """What ``mttag.tag()`` and ``mttag.embed()`` start from: the model (loaded unless given),
     the device, the name results carry (``None``: the model's own), the audio files under
     ``paths`` (``~`` expanded) and the folders that could not be listed."""
-    from .runs.common import find_audio, open_model
+    from ..runs.common import find_audio, open_model
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -517,10 +517,10 @@ def tag(
     (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on a CPU
     with native bf16 and, except for musicnn, on CUDA; float32 elsewhere), ``fp32`` or
     ``bf16``. ``min_confidence``: keep tags of at least this calibrated confidence
-    (:data:`mttag.calibration.DEFAULT_THRESHOLD` is the documented choice); each result's
+    (:data:`mttag.inference.calibration.DEFAULT_THRESHOLD` is the documented choice); each result's
     ``scores`` has every chosen tag's kind, raw probability and confidence.
     """
-    from .runs.tag import tag_results
+    from ..runs.tag import tag_results
 
     net, dev, name, files, unlistable = prepare_run(paths, model, device)
     tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision,

@@ -14,7 +14,7 @@ model directory, typically the authors' PyTorch Lightning checkpoint. On first u
 4. renamed into place in one step. The checkpoint itself is deleted: the cache keeps safetensors
    only, and a crash at any point leaves nothing that looks like a finished model.
 
-The cache is huggingface_hub's (see :func:`mttag.hub.hub_cache_dir`), in its own layout so that
+The cache is huggingface_hub's (see :func:`mttag.weights.hub.hub_cache_dir`), in its own layout so that
 ``hf cache ls`` / ``hf cache rm`` see these models too::
 
     <HF_HUB_CACHE>/models--mttag-url--<name>/snapshots/<pinned hash>/{config.json, model.safetensors, ...}
@@ -42,12 +42,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .constants import CONFIG_NAME, WEIGHTS_NAME
-from .errors import ModelLoadError
+from .. import __version__
+from ..constants import CONFIG_NAME, WEIGHTS_NAME
+from ..errors import ModelLoadError
+from ..util.hashing import file_hash, git_blob_sha1  # noqa: F401 (git_blob_sha1: part of this module's API)
+from ..util.text import one_line
 from .hub import hub_cache_dir, is_offline
-from .util.hashing import file_hash, git_blob_sha1  # noqa: F401 (git_blob_sha1: part of this module's API)
-from .util.text import one_line
 
 SOURCE_NAME = "source.json"
 LICENSE_NAME = "LICENSE"
@@ -306,8 +306,8 @@ def fetch(url: str, dest: Path, label: str, *, progress: bool | None = None, max
 
 def _convert(entry: dict[str, Any], checkpoint: Path, out_dir: Path) -> Path:
     """Run the entry's conversion recipe on a verified checkpoint."""
+    from ..inference.vocab import resolve_tags
     from .convert import ConversionError, convert_checkpoint
-    from .vocab import resolve_tags
 
     convert = entry.get("convert") or {}
     fmt = convert.get("format")
@@ -464,7 +464,7 @@ def check_location(location: dict[str, Any], where: str) -> None:
 
 def check_convert(convert: Any, where: str) -> None:
     """Validate a ``convert`` recipe (raises ``ValueError``)."""
-    from .vocab import VOCABULARIES
+    from ..inference.vocab import VOCABULARIES
 
     if not isinstance(convert, dict):
         raise ValueError(f"{where}: a URL entry needs a 'convert' object, e.g. "

@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .audio import AUDIO_EXTENSIONS
+from ..audio.decode import AUDIO_EXTENSIONS
+from ..util.display import json_printable, printable, reaches_terminal
+from ..util.fileio import ExclusiveLock, LockedError
 from . import vocab
-from .display import json_printable, printable, reaches_terminal
-from .fileio import ExclusiveLock, LockedError
 
 if TYPE_CHECKING:  # the writers need no torch: `mttag --help` must not import it
     from .tagging import TagResult
@@ -94,7 +94,7 @@ def path_from_text(text: str) -> str:
 
 
 def display_tag(name: str) -> str:
-    """A tag as every output spells it (:func:`mttag.vocab.display`): the MSD vocabulary
+    """A tag as every output spells it (:func:`mttag.inference.vocab.display`): the MSD vocabulary
     mixes ``House``, ``Hip-Hop`` and ``rock``, a combined model says ``msd:rock``; tables,
     spreadsheets, JSON and Parquet all write ``house``, ``hip-hop``, ``rock``."""
     return vocab.display(name)
@@ -120,7 +120,7 @@ def read_records(path: Path, fmt: str) -> list[dict[str, Any]]:
     """Records already in an output file, tolerating a last line cut off mid-write. A
     record that fails :func:`record_problem` comes back as ``{"path", "invalid": why}``."""
     if fmt == "parquet":  # written whole (renamed into place complete): every row counts
-        from .parquet_output import read_rows, record_from_row
+        from .parquet import read_rows, record_from_row
 
         return [_checked(record_from_row(row)) for row in read_rows(path)]
     # errors="replace": a run killed mid-write can cut a non-ASCII path in half
@@ -513,7 +513,7 @@ def sniff(path: Path) -> tuple[str, str | None] | None:
     with open(path, "rb") as f:
         head = f.read(65536)
     if head.startswith(b"PAR1"):
-        from .parquet_output import is_results_file
+        from .parquet import is_results_file
 
         return ("parquet", None) if is_results_file(path) else None
     if _looks_binary(head):
@@ -682,7 +682,7 @@ class OutputFile:
             self._tmp = None
 
     def _commit_parquet(self) -> None:
-        from .parquet_output import is_results_file
+        from .parquet import is_results_file
 
         # a writer that failed before its footer leaves an unreadable file: the old one stays
         if is_results_file(self._tmp):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .display import printable
-from .fileio import atomic_write
+from .. import __version__
+from ..util.display import printable
+from ..util.fileio import atomic_write
 
 # 1200 × 600 pixels: wide enough for a 10-minute track's windows, tall enough for 12 tag names
 FIGSIZE = (12.0, 6.0)
@@ -78,7 +78,7 @@ def _pyplot():
 
 
 def plot_taggram(result, path: str | os.PathLike, tags: int = DEFAULT_TAGS) -> Path:
-    """Write ``result``'s taggram (a :class:`~mttag.tagging.TagResult` from a Tagger with
+    """Write ``result``'s taggram (a :class:`~mttag.inference.tagging.TagResult` from a Tagger with
     ``keep_windows=True``) as a PNG: time on x, its ``tags`` most probable tags on y
     (most probable at the top), probability as colour on a scale fitted to the shown
     probabilities (see :func:`colour_range`; the colour bar says so); track and model in

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .audio import even_starts
+from ..audio.decode import even_starts
+from ..device import resolve_precision, select_device
+from ..models import ModelConfig, build_model, crop_seconds_for, make_config, place
+from ..util.display import printable
+from ..util.fileio import ExclusiveLock, LockedError, atomic_write
+from ..weights.modelfile import ForeignFileError, foreign_model_files, save_model
 from .dataset import PreparedDataset
-from .device import resolve_precision, select_device
-from .fileio import ExclusiveLock, LockedError, atomic_write
 from .metrics import tagging_metrics
-from .models import ModelConfig, build_model, crop_seconds_for, make_config, place
-from .display import printable
-from .modelfile import ForeignFileError, foreign_model_files, save_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "metrics.jsonl"
@@ -245,7 +245,7 @@ _held_locks: set[str] = set()
 @contextlib.contextmanager
 def run_lock(out_dir: str | Path, what: str | None = None) -> Iterator[None]:
     """Hold ``OUT_DIR/.lock`` (creating ``OUT_DIR``) so that no second run writes into the
-    same directory: another process is refused with :class:`mttag.fileio.LockedError`,
+    same directory: another process is refused with :class:`mttag.util.fileio.LockedError`,
     whose message names it (pid and command line). Re-entrant within one process, so
     the command line can lock a directory before :func:`train` locks it again."""
     out_dir = Path(out_dir)
@@ -579,7 +579,7 @@ def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
 
 
 def _load_teacher(source: str | None, device: torch.device) -> nn.Module | None:
-    from .pretrained import load_model
+    from ..weights.pretrained import load_model
 
     if not source:
         return None
