@@ -26,7 +26,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mttag.audio.decode import load_audio  # noqa: E402
-from mttag.training.dataset import PreparedDataset, TrackSpec, prepare_dataset  # noqa: E402
+from mttag.training.prepare import prepare_dataset  # noqa: E402
+from mttag.training.sources import TrackSpec  # noqa: E402
+from mttag.training.store import PreparedDataset  # noqa: E402
 
 TAGS = ["rock", "pop", "jazz", "electronic", "ambient", "metal", "folk", "house"]
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mttag.training.augment import paper_chain
-from mttag.training.dataset import TrackSpec, prepare_dataset
+from mttag.training.prepare import prepare_dataset
+from mttag.training.sources import TrackSpec
 from mttag.device import select_device
 from mttag.models import build_model, make_config
 from mttag.training.loop import CropDataset, EpochSampler, teacher_probabilities

@@ -17,7 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from mttag.cli import app
-from mttag.training.dataset import PreparedDataset, TrackSpec, prepare_dataset, tracks_from_folder
+from mttag.training.prepare import prepare_dataset
+from mttag.training.sources import TrackSpec, tracks_from_folder
+from mttag.training.store import PreparedDataset
 from mttag.util.fileio import ExclusiveLock, LockedError
 from mttag.training.loop import TrainConfig, TrainingError, train
 
@@ -248,7 +250,7 @@ def test_second_run_into_the_same_dir_is_refused(dataset, tmp_path):
 
 
 def test_second_prepare_into_the_same_dir_is_refused_before_reading_sources(tmp_path, monkeypatch):
-    import mttag.training.dataset as dsmod
+    import mttag.training.sources as dsmod
 
     csv_path = annotations(tmp_path, 2)
     out = tmp_path / "ds"
@@ -351,7 +353,7 @@ def test_sigterm_stops_train_like_ctrl_c(dataset, tmp_path, monkeypatch, sigterm
 
 
 def test_sigterm_stops_prepare_like_ctrl_c(tmp_path, monkeypatch, sigterm_guard):
-    import mttag.training.dataset as dsmod
+    import mttag.training.prepare as dsmod
 
     csv_path = annotations(tmp_path, 8)
     real = dsmod._decode_track

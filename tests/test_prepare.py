@@ -16,21 +16,14 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mttag.training import dataset as dsmod
+from mttag.training import prepare as dsmod
 from mttag.audio.decode import load_audio, resample
 from mttag.util.fileio import ExclusiveLock, LockedError
 from mttag.cli import app
-from mttag.training.dataset import (
-    SPLITS,
-    PreparedDataset,
-    PrepareInterrupted,
-    TrackSpec,
-    prepare_dataset,
-    stratified_group_split,
-    tracks_from_annotations,
-    tracks_from_cals,
-    tracks_from_metadata,
-)
+from mttag.training.prepare import PrepareInterrupted, prepare_dataset
+from mttag.training.sources import TrackSpec, tracks_from_annotations, tracks_from_cals, tracks_from_metadata
+from mttag.training.splits import SPLITS, stratified_group_split
+from mttag.training.store import PreparedDataset
 from mttag.filetags.reader import clean_tags, read_file_tags, split_values
 from mttag.inference.vocab import CALS_TAGS
 
@@ -429,7 +422,8 @@ def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "ds"
     script = textwrap.dedent(f"""
         import os, signal
-        from mttag.training.dataset import prepare_dataset, tracks_from_annotations
+        from mttag.training.prepare import prepare_dataset
+        from mttag.training.sources import tracks_from_annotations
         def hook(p):
             if p.stage == "decode" and p.done == 5:
                 os.kill(os.getpid(), signal.SIGKILL)

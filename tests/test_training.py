@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from mttag import load_model
 from mttag.cli import app
-from mttag.training.dataset import PreparedDataset, TrackSpec, prepare_dataset
+from mttag.training.prepare import prepare_dataset
+from mttag.training.sources import TrackSpec
+from mttag.training.store import PreparedDataset
 from mttag.training.loop import TrainConfig, TrainingError, evaluate, teacher_probabilities, train
 
 SR = 22050

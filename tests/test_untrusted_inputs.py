@@ -415,7 +415,7 @@ def test_a_query_of_another_size_is_one_line(tmp_path, monkeypatch):
 
 
 def test_annotation_csv_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
-    from mttag.training.dataset import tracks_from_annotations
+    from mttag.training.sources import tracks_from_annotations
 
     ann = tmp_path / "ann.csv"
     ann.write_text('path,tags\na.wav,rock\n"b.wav' + "x" * 140_000 + "\nc.wav,jazz\n", encoding="utf-8")
@@ -426,7 +426,7 @@ def test_annotation_csv_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
 
 @posix_only
 def test_annotations_or_kinds_that_are_a_fifo_are_refused(tmp_path):
-    from mttag.training.dataset import tracks_from_annotations
+    from mttag.training.sources import tracks_from_annotations
     from mttag.filetags.writer import load_kinds
 
     fifo = tmp_path / "ann.csv"

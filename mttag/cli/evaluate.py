@@ -31,7 +31,7 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", min=0),
 ) -> None:
     """Macro and per-tag ROC-AUC and PR-AUC (JSON: top-level roc_auc, pr_auc, per_tag)."""
-    from ..training.dataset import PreparedDataset
+    from ..training.store import PreparedDataset
     from ..training.loop import TrainingError
     from ..training.loop import evaluate as run_eval
     from ..weights.modelfile import ModelLoadError

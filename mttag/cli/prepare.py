@@ -24,7 +24,8 @@ from rich.table import Table
 from ..util.fileio import LockedError
 
 if TYPE_CHECKING:
-    from ..training.dataset import PrepareProgress, TrackSpec
+    from ..training.prepare import PrepareProgress
+    from ..training.sources import TrackSpec
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -51,7 +52,7 @@ def _parse_ratios(value: str) -> tuple[float, float, float]:
 def _sources(annotations, audio_root, path_column, tags_column, separator, artist_column, split_column,
              keep_case, split, splits_dir, fields, libraries, unlabeled, encoding,
              on_error) -> tuple[Iterator[TrackSpec], list[str] | None]:
-    from ..training.dataset import (
+    from ..training.sources import (
         annotation_encoding,
         tracks_from_annotations,
         tracks_from_cals,
@@ -155,7 +156,7 @@ def prepare(
     a folder could not be listed (named in a warning); 2 usage error; 130 interrupted (Ctrl+C
     or SIGTERM; run the same command again to resume).
     """
-    from ..training.dataset import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
+    from ..training.prepare import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
 
     ratio_values = _parse_ratios(ratios)
     unlisted: list = []  # folders under the sources that could not be listed
@@ -227,7 +228,7 @@ def prepare(
 
 def _print_summary(s: dict, out_dir: Path, elapsed: float) -> None:
     """The summary on stdout; warnings about it on stderr."""
-    from ..training.dataset import SPLITS
+    from ..training.splits import SPLITS
 
     out = Console(highlight=False)
     run = s.get("last_run", {})

@@ -79,7 +79,9 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet, force=Fa
     """Shared by ``train`` and ``distill``: open data, run, print progress and a summary."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-    from ..training.dataset import PreparedDataset, PrepareInterrupted
+    from ..training.prepare import PrepareInterrupted
+
+    from ..training.store import PreparedDataset
     from ..training.loop import TrainingError, train
     from ..weights.modelfile import ModelLoadError
 
@@ -149,7 +151,7 @@ def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled
     OUT_DIR is locked for the whole run (one writer per directory; under torchrun, rank 0
     holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable. A file in a run
     directory that mttag did not write is refused before anything is created, unless ``force``."""
-    from ..training.dataset import PreparedDataset
+    from ..training.store import PreparedDataset
     from ..training.loop import TrainingError, check_run_dir, run_lock
     from ..util.fileio import LockedError
 
@@ -205,7 +207,9 @@ def check_preset(arch: str, preset: str) -> None:
 def _open_unlabeled(paths, out_dir: Path, workers: int, quiet: bool):
     """A prepared store of extra unlabelled audio: a prepared dataset as is, or folders of
     audio decoded once into ``OUT_DIR/unlabeled`` (resumable, reused on --resume)."""
-    from ..training.dataset import PreparedDataset, prepare_dataset, tracks_from_folder
+    from ..training.prepare import prepare_dataset
+    from ..training.sources import tracks_from_folder
+    from ..training.store import PreparedDataset
 
     if len(paths) == 1 and (Path(paths[0]) / "dataset.json").is_file():
         return PreparedDataset(paths[0])
@@ -342,7 +346,7 @@ def _check_split(dataset: Path, split: str) -> None:
     if split.lower() != "cals":
         fail(f"--split {split}: only 'cals' is known")
     from ..inference.vocab import CALS_TAGS
-    from ..training.dataset import PreparedDataset
+    from ..training.store import PreparedDataset
 
     try:
         tags = PreparedDataset(dataset).tags

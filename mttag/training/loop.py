@@ -34,7 +34,7 @@ from ..models import ModelConfig, build_model, crop_seconds_for, make_config, pl
 from ..util.display import printable
 from ..util.fileio import ExclusiveLock, LockedError, atomic_write
 from ..weights.modelfile import ForeignFileError, foreign_model_files, save_model
-from .dataset import PreparedDataset
+from .store import PreparedDataset
 from .metrics import tagging_metrics
 
 CHECKPOINT_NAME = "checkpoint.pt"
