@@ -32,7 +32,8 @@ from mttag.training.prepare import prepare_dataset
 from mttag.training.sources import TrackSpec
 from mttag.device import select_device
 from mttag.models import build_model, make_config
-from mttag.training.loop import CropDataset, EpochSampler, teacher_probabilities
+from mttag.training.loader import CropDataset, EpochSampler
+from mttag.training.loop import teacher_probabilities
 
 
 def sync(device):

@@ -1,4 +1,4 @@
-"""The error of a model that cannot be found, downloaded or loaded (torch-free)."""
+"""mttag's own exceptions that callers catch across packages (torch-free)."""
 
 from __future__ import annotations
 
@@ -8,3 +8,7 @@ from .constants import CARD_NAME, CONFIG_NAME, DEFAULT_WINDOWS, WEIGHTS_NAME  # 
 
 class ModelLoadError(Exception):
     """A model that cannot be found, downloaded or loaded; the message says why in one line."""
+
+
+class TrainingError(Exception):
+    """A training run that cannot go on; the message says why in one line."""

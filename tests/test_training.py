@@ -16,7 +16,9 @@ from mttag.cli import app
 from mttag.training.prepare import prepare_dataset
 from mttag.training.sources import TrackSpec
 from mttag.training.store import PreparedDataset
-from mttag.training.loop import TrainConfig, TrainingError, evaluate, teacher_probabilities, train
+from mttag.errors import TrainingError
+from mttag.training.evaluation import evaluate
+from mttag.training.loop import TrainConfig, teacher_probabilities, train
 
 SR = 22050
 TAGS = ["low", "high", "noisy"]
@@ -629,7 +631,7 @@ def test_help_lists_every_preset_and_opens_with_an_example():
 def test_a_file_where_the_model_goes_is_refused_even_with_force(tmp_path):
     """OUT/model as a file is in the way of the export whatever else is foreign there: refused
     before training (with --force it used to train a whole epoch, then fail to save)."""
-    from mttag.training.loop import TrainingError, check_run_dir
+    from mttag.training.rundir import check_run_dir
 
     out = tmp_path / "run"
     out.mkdir()

@@ -32,8 +32,8 @@ def evaluate(
 ) -> None:
     """Macro and per-tag ROC-AUC and PR-AUC (JSON: top-level roc_auc, pr_auc, per_tag)."""
     from ..training.store import PreparedDataset
-    from ..training.loop import TrainingError
-    from ..training.loop import evaluate as run_eval
+    from ..errors import TrainingError
+    from ..training.evaluation import evaluate as run_eval
     from ..weights.modelfile import ModelLoadError
     from ..weights.pretrained import load_model
 

@@ -82,7 +82,8 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet, force=Fa
     from ..training.prepare import PrepareInterrupted
 
     from ..training.store import PreparedDataset
-    from ..training.loop import TrainingError, train
+    from ..errors import TrainingError
+    from ..training.loop import train
     from ..weights.modelfile import ModelLoadError
 
     try:
@@ -152,7 +153,8 @@ def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled
     holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable. A file in a run
     directory that mttag did not write is refused before anything is created, unless ``force``."""
     from ..training.store import PreparedDataset
-    from ..training.loop import TrainingError, check_run_dir, run_lock
+    from ..errors import TrainingError
+    from ..training.rundir import check_run_dir, run_lock
     from ..util.fileio import LockedError
 
     if dataset is not None:  # before OUT_DIR is created

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,26 +24,35 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ..audio.decode import even_starts
 from ..device import resolve_precision, select_device
+from ..errors import TrainingError
 from ..models import ModelConfig, build_model, crop_seconds_for, make_config, place
 from ..util.display import printable
-from ..util.fileio import ExclusiveLock, LockedError, atomic_write
-from ..weights.modelfile import ForeignFileError, foreign_model_files, save_model
-from .store import PreparedDataset
+from ..util.fileio import LockedError, atomic_write
+from ..weights.modelfile import ForeignFileError, save_model
+from .distributed import gather, init_distributed
+from .evaluation import bce, predict_tracks
+from .loader import CropDataset, EpochSampler
 from .metrics import tagging_metrics
-
-CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "metrics.jsonl"
-MODEL_DIR_NAME = "model"
-FINISHED_NAME = "finished.json"
-LOCK_NAME = ".lock"
-
-
-class TrainingError(Exception):
-    """A run that cannot go on; the message says why in one line."""
+from .rundir import (
+    CHECKPOINT_NAME,
+    FINISHED_NAME,
+    LOG_NAME,
+    MODEL_DIR_NAME,
+    architecture_of,
+    check_run_dir,
+    dataset_identity,
+    load_checkpoint,
+    rng_state,
+    run_lock,
+    run_settings,
+    set_rng_state,
+    trim_log,
+)
+from .store import PreparedDataset
 
 
 @dataclass
@@ -82,80 +89,6 @@ class TrainConfig:
     student_config: dict[str, Any] | None = None  # a full ModelConfig dict (--student CONFIG.json)
 
 
-# ---------------------------------------------------------------- data
-class CropDataset(Dataset):
-    """Random crops of tracks of a prepared dataset, with their label rows."""
-
-    def __init__(self, data: PreparedDataset, indices: np.ndarray, crop: int, labels: np.ndarray | None = None):
-        self.data, self.indices, self.crop = data, np.asarray(indices), crop
-        self.labels = data.labels if labels is None else labels
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int):
-        i = int(self.indices[k])
-        # torch seeds each worker (and each epoch) differently, so crops differ across both
-        rng = np.random.default_rng(torch.randint(0, 2**62, (1,)).item())
-        return torch.from_numpy(self.data.random_crop(i, self.crop, rng)), torch.from_numpy(self.labels[i])
-
-
-class ChunkDataset(Dataset):
-    """``n`` evenly spaced crops of each track, for validation and evaluation."""
-
-    def __init__(self, data: PreparedDataset, indices: np.ndarray, crop: int, n: int):
-        self.data, self.indices, self.crop, self.n = data, np.asarray(indices), crop, n
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int):
-        i = int(self.indices[k])
-        return torch.from_numpy(self.data.evenly_spaced_crops(i, self.crop, self.n)), k
-
-
-class EpochSampler(Sampler):
-    """``num_samples`` indices per epoch for this rank, drawn from permutations seeded by
-    ``(seed, epoch)``: each epoch's batches depend only on the epoch number, which makes
-    ``--resume`` exact, and ranks take disjoint interleaved shards of the same permutation."""
-
-    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.num_samples, self.seed, self.rank, self.world = n, num_samples, seed, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        need = self.num_samples * self.world
-        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-need // self.n))])
-        return iter(order[self.rank :: self.world][: self.num_samples].tolist())
-
-
-# ---------------------------------------------------------------- distributed
-def _dist_setup() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if world > 1:
-        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
-def _gather(obj, world: int):
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 # ---------------------------------------------------------------- teacher
 @torch.no_grad()
 def teacher_probabilities(teacher: nn.Module, wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -181,253 +114,6 @@ def teacher_probabilities(teacher: nn.Module, wave: torch.Tensor, sample_rate: i
     chunks = torch.stack([wave[:, s : s + win] for s in starts], 1)  # B×k×win
     probs = torch.sigmoid(teacher(chunks.flatten(0, 1)).float())
     return probs.view(wave.shape[0], k, -1).mean(1)
-
-
-# ---------------------------------------------------------------- evaluation
-@torch.no_grad()
-def predict_tracks(model: nn.Module, data: PreparedDataset, indices: np.ndarray, crop: int, chunks: int,
-                   device: torch.device, batch_size: int = 8, workers: int = 0, rank: int = 0, world: int = 1,
-                   amp: bool = False, probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-    """Track-level probabilities (mean over ``chunks`` evenly spaced crops) for ``indices``;
-    with several ranks each predicts a shard and all get the whole result.
-    ``probabilities`` maps a batch of crops to probabilities (default: sigmoid of ``model``)."""
-    if probabilities is None:
-        probabilities = lambda x: torch.sigmoid(model(x).float())  # noqa: E731
-    was_training = model.training
-    model.eval()
-    shard = np.arange(len(indices))[rank::world]
-    ds = ChunkDataset(data, np.asarray(indices)[shard], crop, chunks)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-    local: dict[int, np.ndarray] = {}
-    for x, k in loader:
-        b = x.shape[0]
-        x = x.to(device, non_blocking=True).flatten(0, 1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            p = probabilities(x).float().view(b, chunks, -1).mean(1).cpu().numpy()
-        for kk, pp in zip(k.tolist(), p):
-            local[int(shard[kk])] = pp
-    model.train(was_training)
-    merged: dict[int, np.ndarray] = {}
-    for part in _gather(local, world):
-        merged.update(part)
-    return np.stack([merged[i] for i in range(len(indices))])
-
-
-def bce(probs: np.ndarray, targets: np.ndarray) -> float:
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
-
-
-# ---------------------------------------------------------------- checkpoints
-def _rng_state(augment=None) -> dict[str, Any]:
-    """The random state a resumed run needs to go on exactly: torch's (crop positions,
-    dropout, the DataLoader workers' seeds), CUDA's, and the augmentation chain's own
-    generator. Nothing in a run draws from numpy's or Python's global generators (the
-    samplers use generators seeded by (seed, epoch)), so those are neither seeded nor
-    saved; checkpoints that still hold them resume all the same."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "augment": augment.generator.get_state() if augment is not None else None}
-
-
-def _set_rng_state(state: dict[str, Any], augment=None) -> None:
-    if augment is not None and state.get("augment") is not None:
-        augment.generator.set_state(state["augment"])
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------- the run directory
-_held_locks: set[str] = set()
-
-
-@contextlib.contextmanager
-def run_lock(out_dir: str | Path, what: str | None = None) -> Iterator[None]:
-    """Hold ``OUT_DIR/.lock`` (creating ``OUT_DIR``) so that no second run writes into the
-    same directory: another process is refused with :class:`mttag.util.fileio.LockedError`,
-    whose message names it (pid and command line). Re-entrant within one process, so
-    the command line can lock a directory before :func:`train` locks it again."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = os.path.realpath(out_dir)
-    if key in _held_locks:
-        yield
-        return
-    with ExclusiveLock(out_dir / LOCK_NAME, what or f"another training run in {out_dir}"):
-        _held_locks.add(key)
-        try:
-            yield
-        finally:
-            _held_locks.discard(key)
-
-
-def _architecture(config: ModelConfig) -> dict[str, Any]:
-    """What a checkpoint's weights depend on, as plain data (loads with ``weights_only``): the
-    output units are the vocabulary's tags in its order, so the names and order are kept."""
-    return {"arch": config.arch, "preset": config.preset, "params": json.loads(json.dumps(config.params)),
-            "num_tags": len(config.tags), "tags": list(config.tags)}
-
-
-def dataset_identity(data: PreparedDataset | None) -> dict[str, Any] | None:
-    """What identifies a prepared dataset for ``--resume``: a digest of its track list (each
-    track's path as given in its source, split and label row, in path order, so that preparing
-    the same sources again gives the same digest) and its vocabulary, with its size and the
-    path it was opened from (for messages). Read from the documented on-disk files."""
-    if data is None:
-        return None
-    root = Path(data.path)
-    index = np.load(root / "index.npy")
-    blob = (root / "paths.bin").read_bytes()
-    labels = np.load(root / "labels.npy")
-    keys = []
-    for row, lab in zip(index, labels):
-        start, size = int(row["path_start"]), int(row["path_len"])
-        keys.append(blob[start : start + size] + b"\0" + bytes([int(row["split"]) & 0xFF]) + lab.tobytes())
-    digest = hashlib.sha256(json.dumps(list(data.tags), ensure_ascii=False).encode("utf-8"))
-    for key in sorted(keys):
-        digest.update(len(key).to_bytes(4, "little") + key)
-    return {"digest": digest.hexdigest(), "tracks": len(keys), "path": str(data.path)}
-
-
-def _json_object(path: Path) -> Any:
-    try:
-        if path.stat().st_size > 10_000_000:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _head(path: Path, n: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
-
-
-def _is_run_log(path: Path) -> bool:
-    """metrics.jsonl as :func:`_save_epoch` writes it: one JSON object with an epoch per line
-    (the last line may be torn by a kill)."""
-    try:
-        if path.stat().st_size > 100_000_000:
-            return False
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
-        return False
-    for k, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if k == len(lines) - 1:
-                continue
-            return False
-        if not (isinstance(record, dict) and "epoch" in record and "valid_loss" in record):
-            return False
-    return True
-
-
-# The files of a run directory other than its checkpoint and model, and how to know mttag's own.
-_RUN_FILES: dict[str, Callable[[Path], bool]] = {
-    # fields every mttag version has written (later ones add more)
-    "train_config.json": lambda p: isinstance(d := _json_object(p), dict)
-    and {"arch", "preset", "batch_size", "lr", "max_epochs"} <= set(d),
-    LOG_NAME: _is_run_log,
-    FINISHED_NAME: lambda p: isinstance(d := _json_object(p), dict) and "epochs" in d
-    and set(d) <= {"epochs", "best_valid_loss"},
-    # the lock file holds its holder's "pid N: command" line, or nothing once released
-    LOCK_NAME: lambda p: _head(p, 4) in (b"", b"pid "),
-}
-
-
-def foreign_run_files(out_dir: str | Path) -> list[Path]:
-    """The files a run in ``out_dir`` would replace or append to that mttag did not write
-    (train_config.json, metrics.jsonl, finished.json, .lock, and the model directory's
-    files); ``[out_dir]`` itself when it is not a directory."""
-    out_dir = Path(out_dir)
-    if not os.path.lexists(out_dir):
-        return []
-    if not out_dir.is_dir():
-        return [out_dir]
-    foreign = []
-    for name, ours in _RUN_FILES.items():
-        path = out_dir / name
-        if os.path.lexists(path):
-            try:
-                mine = path.is_file() and ours(path)
-            except OSError:
-                mine = False
-            if not mine:
-                foreign.append(path)
-    return foreign + foreign_model_files(out_dir / MODEL_DIR_NAME)
-
-
-def check_run_dir(out_dir: str | Path, force: bool = False) -> None:
-    """Raise :class:`TrainingError` (one line, naming the file) when a run in ``out_dir`` would
-    replace or append to a file mttag did not write, unless ``force``; a directory an earlier
-    run made (its own train_config.json, log, model card, ...) passes, so ``--resume`` works."""
-    out_dir = Path(out_dir)
-    foreign = foreign_run_files(out_dir)
-    if foreign and foreign[0] == out_dir:
-        raise TrainingError(f"{printable(out_dir)}: exists and is not a directory")
-    if out_dir / MODEL_DIR_NAME in foreign:  # listed only when it is not a folder: --force cannot help
-        raise TrainingError(f"{printable(out_dir / MODEL_DIR_NAME)}: exists and is not a directory; "
-                            "the run exports its model there")
-    if foreign and not force:
-        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-        raise TrainingError(f"{printable(foreign[0])}{more}: exists and was not written by mttag; refusing to "
-                            "replace it (add --force to replace it, or choose another OUT_DIR)")
-
-
-def _run_settings(out_dir: Path) -> str:
-    """``--arch A --preset P`` (or ``--student FILE``) of the run in ``out_dir``, from its
-    train_config.json; empty when unknown."""
-    try:
-        old = json.loads((out_dir / "train_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(old, dict):
-        return ""
-    if old.get("student_config"):
-        return "a custom --student config"
-    return f"--arch {old.get('arch', '?')} --preset {old.get('preset', '?')}"
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint as saved by :func:`train`, loaded with ``weights_only=True`` only;
-    anything else is a one-line :class:`TrainingError` naming the file."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt zip, truncated file, pickled code, ...
-        import pickle
-
-        if isinstance(exc, pickle.UnpicklingError) and "weights" in str(exc).lower():
-            why = "it holds pickled Python objects, which mttag never loads"
-        else:
-            why = f"{type(exc).__name__}"
-        raise TrainingError(f"--resume: {path} is corrupt or not an mttag checkpoint ({why}); "
-                            "start a new run in another OUT_DIR") from None
-    needed = ("model", "optimizer", "epoch", "best_loss", "bad_epochs", "rng")
-    if not isinstance(state, dict) or any(k not in state for k in needed):
-        raise TrainingError(f"--resume: {path} is not an mttag checkpoint (keys missing); "
-                            "start a new run in another OUT_DIR")
-    return state
-
-
-def _trim_log(log: Path, epochs: int) -> None:
-    """Drop lines of epochs after the checkpoint's (a kill between the log line and the
-    checkpoint), so the epoch that --resume runs again is not logged twice."""
-    if not log.is_file():
-        return
-    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = []
-    for line in lines:
-        try:
-            epoch = int(json.loads(line)["epoch"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line
-        if epoch <= epochs:
-            keep.append(line if line.endswith("\n") else line + "\n")
-    if keep != lines:
-        atomic_write(log, lambda p: p.write_text("".join(keep), encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- the run
@@ -565,7 +251,7 @@ def _setup(dataset, out_dir: Path, config: TrainConfig, unlabeled: PreparedDatas
 
 def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, bf16 autocast); under torchrun each rank takes its local rank's GPU."""
-    rank, world, local_rank = _dist_setup()
+    rank, world, local_rank = init_distributed()
     device = select_device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
@@ -742,9 +428,9 @@ def _resume(run: _Run) -> _Progress:
     out_dir, ckpt_path = run.out_dir, run.out_dir / CHECKPOINT_NAME
     if not ckpt_path.is_file():
         raise TrainingError(f"--resume: no {CHECKPOINT_NAME} in {out_dir}")
-    state = _load_checkpoint(ckpt_path)
-    made_with = _run_settings(out_dir)
-    architecture = _architecture(run.model_config)
+    state = load_checkpoint(ckpt_path)
+    made_with = run_settings(out_dir)
+    architecture = architecture_of(run.model_config)
     saved = state.get("architecture")
     if isinstance(saved, dict):
         if (saved.get("arch"), saved.get("params")) != (architecture["arch"], architecture["params"]):
@@ -773,9 +459,9 @@ def _resume(run: _Run) -> _Progress:
                             f"--preset/--student or dataset ({type(exc).__name__})") from None
     rngs = state["rng"]
     # a rank the checkpoint holds no state for (resumed on more ranks) takes rank 0's
-    _set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.augment)
+    set_rng_state(rngs[run.rank] if run.rank < len(rngs) else rngs[0], run.augment)
     if run.writer:
-        _trim_log(out_dir / LOG_NAME, int(state["epoch"]))
+        trim_log(out_dir / LOG_NAME, int(state["epoch"]))
     return _Progress(state["epoch"], state["best_loss"], state["bad_epochs"])
 
 
@@ -807,7 +493,7 @@ def _check_same_dataset(ckpt_path: Path, saved: Any, now: dict[str, Any] | None)
 
 def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
     """Export the model when it is the best yet, log the epoch, and write the checkpoint last:
-    a run killed before it repeats the epoch on --resume (and :func:`_trim_log` drops its line)."""
+    a run killed before it repeats the epoch on --resume (and :func:`trim_log` drops its line)."""
     if run.writer:
         if result.best:
             metrics = {"valid_loss": result.valid_loss, "epoch": result.epoch}
@@ -819,12 +505,12 @@ def _save_epoch(run: _Run, result: EpochResult, progress: _Progress) -> None:
                 raise TrainingError(str(exc)) from None
         with open(run.out_dir / LOG_NAME, "a", encoding="utf-8") as f:
             f.write(json.dumps(dataclasses.asdict(result)) + "\n")
-    rngs = _gather(_rng_state(run.augment), run.world)  # every rank's, so each resumes its own streams
+    rngs = gather(rng_state(run.augment), run.world)  # every rank's, so each resumes its own streams
     if run.writer:
         checkpoint = {
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": progress.epochs,
             "best_loss": progress.best_loss, "bad_epochs": progress.bad_epochs, "rng": rngs,
-            "architecture": _architecture(run.model_config), "dataset": run.dataset_id,
+            "architecture": architecture_of(run.model_config), "dataset": run.dataset_id,
         }
         atomic_write(run.out_dir / CHECKPOINT_NAME, lambda p: torch.save(checkpoint, p))
 
@@ -922,27 +608,3 @@ def _validate(run: _Run) -> tuple[float, dict[str, Any]]:
     return bce(probs, plan.teacher_targets), {"roc_auc": None, "pr_auc": None}
 
 
-def evaluate(model: nn.Module, dataset: str | Path | PreparedDataset, split: str = "test", chunks: int = 8,
-             device: str | torch.device = "auto", batch_size: int = 8, workers: int = 0) -> dict[str, Any]:
-    """Macro and per-tag ROC-AUC / PR-AUC of ``model`` on a split, with the validation chunking.
-
-    Tags are matched by name, so a model can be scored on any dataset sharing
-    some of its vocabulary (for example a converted MSD model on your own tags).
-    """
-    data = PreparedDataset(dataset) if isinstance(dataset, (str, Path)) else dataset
-    dev = select_device(device) if isinstance(device, str) else device
-    model = place(model, dev).eval()
-    indices = data.split(split)
-    if len(indices) == 0:
-        raise TrainingError(f"the dataset has no '{split}' tracks")
-    model_tags = list(model.config.tags)
-    common = [t for t in data.tags if t in model_tags]
-    if not common:
-        raise TrainingError("the model and the dataset share no tag names")
-    probs = predict_tracks(model, data, indices, model.config.crop_samples, chunks, dev, batch_size, workers)
-    probs = probs[:, [model_tags.index(t) for t in common]]
-    labels = data.labels[indices][:, [list(data.tags).index(t) for t in common]]
-    result = tagging_metrics(labels > 0.5, probs, common)
-    result.update({"split": split, "chunks": chunks, "loss": bce(probs, labels),
-                   "tags_not_in_model": [t for t in data.tags if t not in model_tags]})
-    return result
