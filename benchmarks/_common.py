@@ -32,8 +32,8 @@ def mttag(*args) -> list[str]:
 def n_params(model: Path) -> int | None:
     """The parameter count of a trained model folder, None if it cannot be loaded."""
     try:
-        from mttag.weights.modelfile import load_local_model  # type: ignore
         from mttag.models import count_parameters  # type: ignore
+        from mttag.weights.modelfile import load_local_model  # type: ignore
         return count_parameters(load_local_model(model))
     except Exception:
         return None

@@ -116,8 +116,7 @@ def main() -> int:
         return 0
 
     import mttag
-    from mttag.inference import calibration
-    from mttag.inference import vocab
+    from mttag.inference import calibration, vocab
 
     rows = read_manifest(REFERENCE)
     names, probs, ok = tag_tracks([r["path"] for r in rows])

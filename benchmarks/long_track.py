@@ -76,8 +76,8 @@ def main(argv=None) -> int:
             import torch
 
             from mttag import save_model
-            from mttag.models import build_model, make_config
             from mttag.inference.vocab import CALS_TAGS
+            from mttag.models import build_model, make_config
 
             torch.manual_seed(0)
             save_model(build_model(make_config("transformer", CALS_TAGS, args.preset)), model_dir)

@@ -42,9 +42,9 @@ def _authors_checkpoint(path: Path, preset: str, overrides: dict, with_teacher: 
     """A random checkpoint in the authors' layout (flat state dict, ``network.`` keys)."""
     import torch
 
-    from mttag.weights.convert import to_authors_layout
-    from mttag.models import build_model, make_config
     from mttag.inference.vocab import CALS_TAGS
+    from mttag.models import build_model, make_config
+    from mttag.weights.convert import to_authors_layout
 
     def spec(prefix):
         return {prefix + "spec.spectrogram.window": torch.hann_window(1024),
@@ -60,8 +60,8 @@ def _authors_checkpoint(path: Path, preset: str, overrides: dict, with_teacher: 
 
 def converted_models(work: Path) -> dict[str, Path]:
     """``won2021-teacher`` / ``won2021-student`` directories converted from random authors'-layout files."""
-    from mttag.weights.convert import convert_checkpoint
     from mttag.inference.vocab import CALS_TAGS
+    from mttag.weights.convert import convert_checkpoint
 
     out = {}
     for name, filename, preset, overrides, with_teacher in (
@@ -122,10 +122,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from mttag.weights.modelfile import load_local_model
-    from mttag.models import count_parameters
-    from mttag.weights.pretrained import load_model
     from mttag.inference.tagging import CPU_BATCH_SIZE, DEFAULT_WINDOWS
+    from mttag.models import count_parameters
+    from mttag.weights.modelfile import load_local_model
+    from mttag.weights.pretrained import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

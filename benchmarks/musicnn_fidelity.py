@@ -324,8 +324,8 @@ def time_port(key: str, paths: list[Path], repeats: int) -> dict[str, float]:
     import torch
 
     from mttag.audio.decode import load_audio
-    from mttag.weights.modelfile import load_local_model
     from mttag.inference.tagging import Tagger
+    from mttag.weights.modelfile import load_local_model
 
     model = load_local_model(ROOT / "mttag" / "data" / "models" / key)
     tagger = Tagger(model, device="cpu", windows=None)
@@ -415,8 +415,8 @@ def main() -> None:
     import torch
 
     from mttag.audio.decode import load_audio
-    from mttag.weights.modelfile import load_local_model
     from mttag.inference.tagging import Tagger
+    from mttag.weights.modelfile import load_local_model
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, tensorflow {tf.__version__}, "
           f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({platform.machine()})")

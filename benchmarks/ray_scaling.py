@@ -67,8 +67,8 @@ def main() -> None:
                     help="assumed parallel efficiency of a real cluster's cores (this machine's is printed, measured)")
     args = ap.parse_args()
 
-    import ray
     import pyarrow.dataset as pads
+    import ray
 
     from mttag.engines import ray_engine
     from mttag.weights.pretrained import load_model

@@ -128,9 +128,10 @@ def main() -> int:
     if a.cost is not None:
         return cost(a.cost or [r["path"] for r in read_manifest(a.manifest)], a.repeats, a.runs.split(","))
 
+    from calibrate import tag_tracks
+
     import mttag
     from mttag.inference import calibration
-    from calibrate import tag_tracks
 
     threshold = calibration.DEFAULT_THRESHOLD if a.threshold is None else a.threshold
     rows = read_manifest(a.manifest)

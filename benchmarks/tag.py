@@ -156,9 +156,9 @@ def main(argv=None) -> None:
     import torch
 
     from mttag.device import select_device
-    from mttag.models import build_model, count_parameters, make_config
     from mttag.inference.tagging import DEFAULT_WINDOWS, default_batch_size
     from mttag.inference.vocab import CALS_TAGS
+    from mttag.models import build_model, count_parameters, make_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mttag.training.augment import paper_chain
-from mttag.training.prepare import prepare_dataset
-from mttag.training.sources import TrackSpec
 from mttag.device import select_device
 from mttag.models import build_model, make_config
+from mttag.training.augment import paper_chain
 from mttag.training.loader import CropDataset, EpochSampler
 from mttag.training.loop import teacher_probabilities
+from mttag.training.prepare import prepare_dataset
+from mttag.training.sources import TrackSpec
 
 
 def sync(device):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mttag.inference import ann
 from mttag.cli import app
+from mttag.inference import ann
 from mttag.inference.embedding import EmbeddingIndex, IndexWriter
 
 pytest.importorskip("usearch")

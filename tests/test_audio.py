@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import HAS_FFMPEG, finishes, needs_ffmpeg, synth, write_audio
+
 from mttag.audio import decode as audio
 from mttag.audio.decode import (
     MIN_DURATION,
     AudioError,
+    check_decoded,
+    even_starts,
     fit_length,
     is_silent,
     iter_audio_files,
@@ -22,8 +24,6 @@ from mttag.audio.decode import (
     load_audio,
     probe,
     read_segment,
-    check_decoded,
-    even_starts,
     window_starts,
 )
 

@@ -17,12 +17,12 @@ import torch
 from typer.testing import CliRunner
 
 from mttag.cli import app
+from mttag.errors import TrainingError
+from mttag.training.loop import TrainConfig, train
 from mttag.training.prepare import prepare_dataset
 from mttag.training.sources import TrackSpec, tracks_from_folder
 from mttag.training.store import PreparedDataset
 from mttag.util.fileio import ExclusiveLock, LockedError
-from mttag.errors import TrainingError
-from mttag.training.loop import TrainConfig, train
 
 runner = CliRunner()
 SR = 22050

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import mttag
-from mttag.weights import registry
-from mttag.weights.modelfile import load_local_model, save_model
 from mttag.models import build_model, make_config
 from mttag.models.musicnn import MusicnnMulti, split_sources
+from mttag.weights import registry
+from mttag.weights.modelfile import load_local_model, save_model
 
 SMALL = dict(frontend_filters=0.25, midend_filters=8, backend_units=16)
 

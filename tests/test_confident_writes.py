@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import synth, write_audio
-from mttag.filetags import writer as filetags
 from mttag.cli import app
+from mttag.filetags import writer as filetags
 from mttag.inference.output import ResultWriter, read_records, record_problem
 
 runner = CliRunner()

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from mttag import load_model
+from mttag.audio.features import LogMelSpectrogram
 from mttag.cli import app
 from mttag.weights.convert import ConversionError, convert_checkpoint
-from mttag.audio.features import LogMelSpectrogram
 
 C, D, L, H, N_TAGS = 8, 32, 2, 4, 5
 
@@ -163,8 +163,8 @@ def test_cli_convert_keeps_files_it_did_not_write(tmp_path):
 def test_save_model_refuses_foreign_weights(tmp_path):
     from safetensors.torch import save_file
 
-    from mttag.weights.modelfile import ForeignFileError, save_model
     from mttag.models import build_model, make_config
+    from mttag.weights.modelfile import ForeignFileError, save_model
 
     folder = tmp_path / "w"
     folder.mkdir()

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub  # noqa: E402
 
+from mttag.models import build_model, make_config  # noqa: E402
 from mttag.weights import hub as mhub  # noqa: E402
 from mttag.weights import registry  # noqa: E402
 from mttag.weights.modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, load_local_model, save_model  # noqa: E402
-from mttag.models import build_model, make_config  # noqa: E402
 from mttag.weights.pretrained import load_model, resolve_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mttag.weights.modelfile as modelfile
-from mttag.constants import DATA_DIR
 from mttag import ModelLoadError, load_model, save_model
+from mttag.constants import DATA_DIR
 from mttag.models import (
     ModelConfig,
     TransformerParams,

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import mttag
-from mttag.weights.modelfile import load_local_model
 from mttag.models import build_model, count_parameters, make_config
 from mttag.models.musicnn import PATCH_FRAMES, Musicnn, compress
+from mttag.weights.modelfile import load_local_model
 
 DATA = Path(__file__).parent / "data" / "musicnn_reference.npz"
 BUNDLED = Path(mttag.__file__).parent / "data" / "models"

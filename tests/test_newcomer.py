@@ -8,13 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import synth, write_audio
 from mttag.cli import app
+from mttag.inference.tagging import Tagger
 from mttag.runs.common import RunError
 from mttag.runs.tag import TagRequest, run_tag
-from mttag.inference.tagging import Tagger
 
 runner = CliRunner()
 

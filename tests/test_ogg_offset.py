@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import HAS_FFMPEG
 from typer.testing import CliRunner
 
-from conftest import HAS_FFMPEG
 from mttag.audio.decode import load_audio, ogg_header_page_carries_audio, probe
 from mttag.cli import app
 

@@ -14,8 +14,8 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from mttag.inference import parquet as parquet_output  # noqa: E402
 from mttag.cli import app  # noqa: E402
+from mttag.inference import parquet as parquet_output  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()

@@ -16,16 +16,16 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mttag.training import prepare as dsmod
 from mttag.audio.decode import load_audio, resample
-from mttag.util.fileio import ExclusiveLock, LockedError
 from mttag.cli import app
+from mttag.filetags.reader import clean_tags, read_file_tags, split_values
+from mttag.inference.vocab import CALS_TAGS
+from mttag.training import prepare as dsmod
 from mttag.training.prepare import PrepareInterrupted, prepare_dataset
 from mttag.training.sources import TrackSpec, tracks_from_annotations, tracks_from_cals, tracks_from_metadata
 from mttag.training.splits import SPLITS, stratified_group_split
 from mttag.training.store import PreparedDataset
-from mttag.filetags.reader import clean_tags, read_file_tags, split_values
-from mttag.inference.vocab import CALS_TAGS
+from mttag.util.fileio import ExclusiveLock, LockedError
 
 Q = 1 / 32768  # int16 step
 TAGS = ["rock", "pop", "jazz", "house", "ambient"]

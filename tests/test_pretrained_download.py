@@ -25,15 +25,13 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from mttag.weights import download
-
-from mttag.weights import registry
 from mttag.cli import app
+from mttag.inference.vocab import CALS_TAGS
+from mttag.models import build_model, make_config
+from mttag.weights import download, registry
 from mttag.weights.convert import to_authors_layout
 from mttag.weights.modelfile import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ModelLoadError, load_local_model
-from mttag.models import build_model, make_config
 from mttag.weights.pretrained import load_model, resolve_model
-from mttag.inference.vocab import CALS_TAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "ca6a68741cdc962358a88955114fb879956a5f70"

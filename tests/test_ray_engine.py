@@ -16,7 +16,6 @@ import pytest
 ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 import pyarrow.dataset as pads  # noqa: E402
-
 from conftest import synth, write_audio  # noqa: E402
 
 from mttag.engines import ray_engine  # noqa: E402

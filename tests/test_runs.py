@@ -16,14 +16,26 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import synth, write_audio
 from typer.testing import CliRunner
 
 import mttag
-from conftest import synth, write_audio
 from mttag.cli import app
 from mttag.runs import (
-    EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, EmbedRequest, RunError, RunEvents, SimilarRequest, TagRequest,
-    WriteRequest, find_similar, run_embed, run_tag, run_undo, run_write,
+    EXIT_INTERRUPTED,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    EmbedRequest,
+    RunError,
+    RunEvents,
+    SimilarRequest,
+    TagRequest,
+    WriteRequest,
+    find_similar,
+    run_embed,
+    run_tag,
+    run_undo,
+    run_write,
 )
 from mttag.runs.common import interruptible
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_TAGS, save_tiny_model, synth, write_audio
 from typer.testing import CliRunner
 
 import mttag
-from conftest import TEST_TAGS, save_tiny_model, synth, write_audio
 from mttag.cli import app
 from mttag.inference.embedding import (
     TRACKS,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HAS_FFMPEG, TEST_TAGS, synth, write_audio
 from typer.testing import CliRunner
 
 import mttag
-from conftest import HAS_FFMPEG, TEST_TAGS, synth, write_audio
 from mttag.cli import app
 from mttag.inference.tagging import Tagger
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import os
 import subprocess
 import sys
-import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_TAGS, synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import TEST_TAGS, synth, write_audio
 from mttag.cli import app
 from mttag.inference.output import ResultWriter, display_tag, read_done
 

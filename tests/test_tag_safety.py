@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import synth, write_audio
 from mttag.audio.decode import load_audio
 from mttag.cli import app
 from mttag.util.fileio import ExclusiveLock

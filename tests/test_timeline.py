@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_CROP_SECONDS, synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import TINY_CROP_SECONDS, synth, write_audio
 from mttag.cli import app
 
 runner = CliRunner()

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from mttag import load_model
 from mttag.cli import app
-from mttag.training.prepare import prepare_dataset
-from mttag.training.sources import TrackSpec
-from mttag.training.store import PreparedDataset
 from mttag.errors import TrainingError
 from mttag.training.evaluation import evaluate
 from mttag.training.loop import TrainConfig, teacher_probabilities, train
+from mttag.training.prepare import prepare_dataset
+from mttag.training.sources import TrackSpec
+from mttag.training.store import PreparedDataset
 
 SR = 22050
 TAGS = ["low", "high", "noisy"]

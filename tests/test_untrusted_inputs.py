@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import finishes, synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import finishes, synth, write_audio
 from mttag.audio import decode as audio
-from mttag.inference import embedding
 from mttag.audio.decode import iter_audio_files
 from mttag.cli import app
+from mttag.inference import embedding
 from mttag.inference.embedding import MANIFEST, SCORES, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
 from mttag.inference.output import ResultWriter
 
@@ -426,8 +426,8 @@ def test_annotation_csv_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
 
 @posix_only
 def test_annotations_or_kinds_that_are_a_fifo_are_refused(tmp_path):
-    from mttag.training.sources import tracks_from_annotations
     from mttag.filetags.writer import load_kinds
+    from mttag.training.sources import tracks_from_annotations
 
     fifo = tmp_path / "ann.csv"
     os.mkfifo(fifo)
@@ -449,8 +449,8 @@ def test_kinds_with_a_field_over_the_csv_limit_is_one_line(tmp_path):
 
 
 def test_a_hub_config_nested_too_deep_is_one_line(tmp_path):
-    from mttag.weights import hub
     from mttag.errors import ModelLoadError
+    from mttag.weights import hub
 
     config = tmp_path / "config.json"
     config.write_text("[" * 100_000 + "]" * 100_000)

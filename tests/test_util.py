@@ -3,13 +3,9 @@
 import pytest
 
 from mttag import constants, errors
-
-from mttag.weights import download
-
 from mttag.filetags import writer as filetags
-
-from mttag.weights import hub
 from mttag.util import fs, hashing, text
+from mttag.weights import download, hub
 
 
 def test_hashes_of_a_known_file(tmp_path):

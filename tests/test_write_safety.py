@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import synth, write_audio
-from mttag.filetags import writer as filetags
 from mttag.cli import app
+from mttag.filetags import writer as filetags
 
 runner = CliRunner()
 TAGS = [{"tag": "rock", "score": 0.81}, {"tag": "happy", "score": 0.5}, {"tag": "guitar", "score": 0.4}]
@@ -174,9 +174,9 @@ def test_results_and_undo_logs_whose_name_cannot_be_checked_are_one_line(tmp_pat
 
 def test_write_reads_a_parquet_results_file(tmp_path):
     pytest.importorskip("pyarrow")
-    from mttag.inference import parquet as parquet_output
-
     import pyarrow.parquet as pq
+
+    from mttag.inference import parquet as parquet_output
 
     song = flac(tmp_path, "a.flac")
     rows = [{"path": str(song), "model": "m", "duration": 1.0, "windows": 1, "error": None, "scores": None,

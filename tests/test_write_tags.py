@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import HAS_FFMPEG, synth, write_audio
 from typer.testing import CliRunner
 
-from conftest import HAS_FFMPEG, synth, write_audio
-from mttag.filetags import writer as filetags
 from mttag.cli import app
+from mttag.filetags import writer as filetags
 
 runner = CliRunner()
 COVER = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16  # 4 KiB of "picture"
