@@ -51,3 +51,25 @@ def test_fsync_dir_never_raises(tmp_path):
 def test_constants_keep_their_old_home():
     for name in ("CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME", "DEFAULT_WINDOWS"):
         assert getattr(errors, name) is getattr(constants, name)
+
+
+def test_atomic_write_syncs_the_new_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A checkpoint renamed into place before its bytes reach the disk can be empty after a
+    power cut, with the previous one gone: the order matters, not only that fsync is called."""
+    import os
+
+    from mttag.util import fileio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b))) or real_replace(a, b))
+    target = tmp_path / "checkpoint.pt"
+    fileio.atomic_write(target, lambda p: p.write_bytes(b"weights"))
+    assert target.read_bytes() == b"weights"
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    tmp = events[1][1]
+    assert events[0][1] == tmp and events[2][1] == str(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name != "checkpoint.pt"]

@@ -8,9 +8,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .fs import fsync_dir
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The new content is flushed to disk before the rename and the folder after it: without
+    that, a power cut shortly after a rename can leave an empty file where the previous
+    good one (a checkpoint, an index) used to be."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -21,10 +27,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # a file system that cannot sync (some network mounts) still gets the rename
+    finally:
+        os.close(fd)
 
 
 class LockedError(Exception):
