@@ -7,7 +7,7 @@ cluster by style. Here: a common mean + one of 2,000 cluster centres (sizes draw
 Dirichlet, so some styles are big) + per-track noise, normalised; 50 random tag
 probabilities and durations. Written in chunks with the real IndexWriter, the ANN file built
 with the real :func:`mttag.inference.ann.build`, then searched in a fresh process with the real
-:class:`mttag.inference.embedding.EmbeddingIndex` (ann="on" and "off"):
+:class:`mttag.inference.index.EmbeddingIndex` (ann="on" and "off"):
 
 * queries: new draws from the same mixture (an audio file not in the index), 200 of them;
 * truth: the exact top 10 of each query (one batched pass over the vectors, in its own
@@ -63,7 +63,7 @@ def draw(n: int, rng: np.random.Generator, model) -> np.ndarray:
 
 
 def write(path: Path, n: int) -> dict:
-    from mttag.inference.embedding import IndexWriter
+    from mttag.inference.index import IndexWriter
 
     model = mixture()
     tags = [f"tag{i}" for i in range(N_TAGS)]
@@ -127,7 +127,7 @@ def cases(idx) -> dict:
 def exact_truth(path: Path, queries: int) -> dict:
     """The exact top 10 of every query and filter, saved for the measuring process (which then
     never reads every vector, so its memory is that of ANN queries alone)."""
-    from mttag.inference.embedding import EmbeddingIndex
+    from mttag.inference.index import EmbeddingIndex
 
     idx = EmbeddingIndex(path, ann="off")
     _, Q = query_set(queries)
@@ -146,7 +146,7 @@ def exact_truth(path: Path, queries: int) -> dict:
 
 def measure(path: Path, queries: int, exact_queries: int, ef: list[int], min_fetch: int | None) -> dict:
     from mttag.inference import ann
-    from mttag.inference.embedding import EmbeddingIndex
+    from mttag.inference.index import EmbeddingIndex
 
     if min_fetch:
         ann.MIN_FETCH = min_fetch

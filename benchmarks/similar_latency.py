@@ -2,8 +2,8 @@
 """Query latency, memory and size of an embedding index (``mttag similar``) at 100 k and 1 M tracks.
 
 Synthetic indexes (random unit vectors, 50 random tag probabilities, realistic path lengths)
-are written with the real :class:`mttag.inference.embedding.IndexWriter`, then searched in a fresh
-process with the real :class:`mttag.inference.embedding.EmbeddingIndex`, which reports:
+are written with the real :class:`mttag.inference.index.IndexWriter`, then searched in a fresh
+process with the real :class:`mttag.inference.index.EmbeddingIndex`, which reports:
 
 * open: reading the manifest and ``tracks.jsonl`` (paths, durations); vectors are memory-mapped;
 * query: ``search(top=20)``, exact cosine over every row (median of 20 random queries after one
@@ -35,7 +35,7 @@ N_TAGS = 50
 
 
 def build(path: Path, n: int, dim: int, seed: int = 0) -> float:
-    from mttag.inference.embedding import IndexWriter
+    from mttag.inference.index import IndexWriter
 
     rng = np.random.default_rng(seed)
     tags = [f"tag{i}" for i in range(N_TAGS)]
@@ -53,7 +53,7 @@ def build(path: Path, n: int, dim: int, seed: int = 0) -> float:
 
 def measure(path: Path, queries: int = 20) -> dict:
     """Runs in a fresh process (see main): open and search, with timings and memory."""
-    from mttag.inference.embedding import EmbeddingIndex
+    from mttag.inference.index import EmbeddingIndex
 
     t0 = time.perf_counter()
     idx = EmbeddingIndex(path)

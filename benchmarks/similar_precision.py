@@ -116,7 +116,7 @@ def synthesize(out: Path, per_cell: int = 6, seconds: float = 12.0, sr: int = 22
 
 def model_embeddings(name: str, paths: list[Path], windows: int | None) -> dict[str, np.ndarray]:
     """{pooling: n x dim} for one model; every file must embed."""
-    from mttag.inference.embedding import Embedder, pool
+    from mttag.inference.embedder import Embedder, pool
     from mttag.weights.pretrained import load_model
 
     embedder = Embedder(load_model(name), "cpu", windows=windows, model_name=name)

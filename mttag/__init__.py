@@ -19,14 +19,14 @@ _LAZY = {
     "Tagger": "mttag.inference.tagging",
     "TagResult": "mttag.inference.tagging",
     "ModelLoadError": "mttag.errors",
-    "embed": "mttag.inference.embedding",
+    "embed": "mttag.inference.embedder",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager view of the same names
     from .errors import ModelLoadError
-    from .inference.embedding import embed
+    from .inference.embedder import embed
     from .inference.tagging import Tagger, TagResult, tag
     from .weights.modelfile import save_model
     from .weights.pretrained import load_model

@@ -196,7 +196,7 @@ class Runner:
     def identity(self) -> dict[str, Any]:
         """What an index records about the model (as ``mttag embed`` records it)."""
         if self._identity is None:
-            from .inference.embedding import _probe_dim, model_revision
+            from .inference.embedder import _probe_dim, model_revision
 
             tagger = self.load()
             config = tagger.config
@@ -209,7 +209,7 @@ class Runner:
 
     def run(self, paths: Sequence[str], top: int | None, threshold: float | None) -> Iterator[Outcome]:
         """One :class:`Outcome` per path, in order, as each file is done."""
-        from .inference.embedding import pool
+        from .inference.embedder import pool
         from .inference.tagging import score_tags, select_scores
 
         tagger = self.load()
@@ -255,8 +255,8 @@ def path_key(path: str) -> str:
 
 def indexed_paths(index: str | os.PathLike) -> set[str]:
     """The files an index holds (empty when there is none yet). Raises
-    ``mttag.inference.embedding.EmbeddingIndexError`` for a damaged one."""
-    from .inference.embedding import EmbeddingIndex, read_manifest
+    ``mttag.inference.index.EmbeddingIndexError`` for a damaged one."""
+    from .inference.index import EmbeddingIndex, read_manifest
 
     recover_index(index)
     if read_manifest(index) is None:
@@ -311,7 +311,7 @@ def drop_rows(index: str | os.PathLike, keep) -> int:
 
     import numpy as np
 
-    from .inference.embedding import LOCK, TRACKS, EmbeddingIndex, EmbeddingIndexError, IndexWriter, read_manifest
+    from .inference.index import LOCK, TRACKS, EmbeddingIndex, EmbeddingIndexError, IndexWriter, read_manifest
     from .util.fileio import ExclusiveLock, LockedError
 
     index = Path(index)
@@ -354,7 +354,7 @@ def drop_rows(index: str | os.PathLike, keep) -> int:
 
 def index_model(index: str | os.PathLike) -> str | None:
     """The name of the model an index was made with (None: no index yet)."""
-    from .inference.embedding import read_manifest
+    from .inference.index import read_manifest
 
     manifest = read_manifest(index)
     return None if manifest is None else str(manifest["model"].get("name"))
@@ -365,7 +365,7 @@ class IndexAppender:
     the lock is held only while this process writes (two ``beet`` commands can take turns)."""
 
     def __init__(self, index: str | os.PathLike, runner: Runner):
-        from .inference.embedding import IndexWriter
+        from .inference.index import IndexWriter
 
         self.writer = IndexWriter(index, runner.identity, runner.tags, runner.windows, resume=True)
 
@@ -396,7 +396,7 @@ def similar(index: str | os.PathLike, seed: str, live: Iterable[str], count: int
     first; the seed and rows of files no longer in ``live`` (removed from the library, or
     moved: their new path is embedded again) are left out. Raises ``KeyError`` when the
     seed is not in the index."""
-    from .inference.embedding import EmbeddingIndex
+    from .inference.index import EmbeddingIndex
 
     idx = EmbeddingIndex(index)
     row = idx.row_of(seed)
@@ -417,8 +417,8 @@ def file_of(key: str) -> str:
 
 def write_playlist(path: str | os.PathLike, entries: Sequence[tuple[str, float]]) -> list[str]:
     """An .m3u8 playlist of ``entries`` (file, seconds), as ``mttag similar --playlist`` writes
-    it; returns warnings. Raises ``mttag.inference.embedding.EmbeddingIndexError`` with one line."""
-    from .inference.embedding import write_playlist as write
+    it; returns warnings. Raises ``mttag.inference.index.EmbeddingIndexError`` with one line."""
+    from .inference.index import write_playlist as write
 
     return write(path, entries)
 

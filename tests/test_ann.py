@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mttag.cli import app
 from mttag.inference import ann
-from mttag.inference.embedding import EmbeddingIndex, IndexWriter
+from mttag.inference.index import EmbeddingIndex, IndexWriter
 
 pytest.importorskip("usearch")
 
@@ -236,11 +236,11 @@ def test_cli_builds_and_uses_it(tmp_path, monkeypatch):
     assert "ANN file: built over 2000 tracks" in result.output
     assert json.loads((path / ann.ANN_META).read_text())["count"] == 2000
 
-    import mttag.inference.embedding
+    import mttag.inference.index
 
     seen = []
     real = ann.search
-    monkeypatch.setattr(mttag.inference.embedding, "ann_search", lambda *a, **k: seen.append(1) or real(*a, **k))
+    monkeypatch.setattr(mttag.inference.index, "ann_search", lambda *a, **k: seen.append(1) or real(*a, **k))
     args = ["similar", "/music/00042.flac", "-i", str(path), "-k", "5", "-f", "json"]
     on = runner.invoke(app, [*args, "--ann", "on"])
     assert on.exit_code == 0, on.output
@@ -292,7 +292,7 @@ def test_embed_builds_it_at_the_end_and_resume_keeps_it_up_to_date(tmp_path, tin
 def test_a_damaged_row_the_graph_proposes_is_not_ranked(copy):
     """A row whose vector was scaled on disk (not unit length) scores above 1 against its own
     direction: exact search leaves such rows out, and so must a search through the graph."""
-    from mttag.inference.embedding import VECTORS
+    from mttag.inference.index import VECTORS
 
     idx = EmbeddingIndex(copy, ann="on")
     query = np.array(idx.vectors[7], dtype=np.float32)

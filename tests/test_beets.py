@@ -295,7 +295,7 @@ class TestSimilar(_Base):
         assert support.path_key(str(moved)) in indexed and old not in indexed and len(indexed) == 2
 
     def test_force_embeds_changed_audio_again(self, sounds):
-        from mttag.inference.embedding import EmbeddingIndex
+        from mttag.inference.index import EmbeddingIndex
 
         self.start()
         (tone, noise) = self.add(sounds, "tone", "noise")

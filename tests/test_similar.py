@@ -1,4 +1,4 @@
-"""``mttag embed`` / ``mttag similar`` and the embedding index (mttag.inference.embedding)."""
+"""``mttag embed`` / ``mttag similar`` and the embedding index (mttag.inference.embedder, mttag.inference.index)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,8 @@ from typer.testing import CliRunner
 
 import mttag
 from mttag.cli import app
-from mttag.inference.embedding import (
-    TRACKS,
-    VECTORS,
-    Embedder,
-    EmbeddingIndex,
-    EmbeddingIndexError,
-    IndexWriter,
-    model_revision,
-    playlist_path,
-    pool,
-)
+from mttag.inference.embedder import Embedder, model_revision, pool
+from mttag.inference.index import TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter, playlist_path
 from mttag.util.fileio import ExclusiveLock
 
 runner = CliRunner()

@@ -38,7 +38,7 @@ def test_lazy_api_still_works():
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["tag", "--help"], ["similar", "--help"]])
 def test_help_does_not_import_numpy_or_the_decoders(args):
     """numpy and libsndfile cost ~0.1 s of every start: the command modules import them
-    (and mttag.inference.embedding, mttag.inference.output, mttag.audio.decode) inside the commands that use them."""
+    (and mttag.inference.index, mttag.inference.output, mttag.audio.decode) inside the commands that use them."""
     probe = PROBE.replace('print("torch" in sys.modules)', 'print(sorted(m for m in ("numpy", "soundfile", "soxr") if m in sys.modules))')
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from mttag.audio import decode as audio
 from mttag.audio.decode import iter_audio_files
 from mttag.cli import app
-from mttag.inference import embedding
-from mttag.inference.embedding import MANIFEST, SCORES, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
+from mttag.inference import index as embedding
+from mttag.inference.index import MANIFEST, SCORES, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
 from mttag.inference.output import ResultWriter
 
 runner = CliRunner()

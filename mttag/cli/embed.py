@@ -39,7 +39,7 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
     """Build or update the index's ANN file (mttag.inference.ann) after embedding; the exit code it adds.
     ``only``: nothing was embedded (no PATHS), so a failure is the run's error."""
     from ..inference import ann as ann_mod
-    from ..inference.embedding import EmbeddingIndex, EmbeddingIndexError
+    from ..inference.index import EmbeddingIndex, EmbeddingIndexError
 
     if ann is Ann.off:
         return EXIT_OK

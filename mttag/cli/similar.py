@@ -17,7 +17,7 @@ from ._common import EXIT_OK, EXIT_SOME_FAILED, ConsoleEvents, app, console, run
 from .embed import Ann  # the index's ANN file, as embed builds it: one set of choices
 
 if TYPE_CHECKING:
-    from ..inference.embedding import Hit
+    from ..inference.index import Hit
 
 # numpy, the index code and the decoders are imported by the commands that use them, so
 # that `mttag --help` (which imports every command module) stays quick.

@@ -180,7 +180,7 @@ class ModelActor:
         import numpy as np
         import pyarrow as pa
 
-        from ..inference.embedding import pool
+        from ..inference.embedder import pool
         from ..inference.parquet import row_from_result, schema
         from ..inference.tagging import _Track
 

@@ -1,6 +1,6 @@
 """Approximate nearest-neighbour (ANN) search for large embedding indexes (``pip install mttag[ann]``).
 
-Exact search (:meth:`mttag.inference.embedding.EmbeddingIndex.search`) reads every vector: 169 ms a
+Exact search (:meth:`mttag.inference.index.EmbeddingIndex.search`) reads every vector: 169 ms a
 query at a million musicnn tracks, ~1.7 s at ten million. An ANN file is an HNSW graph
 (`usearch <https://github.com/unum-cloud/usearch>`_) over the index's vectors, kept beside
 them in the index folder::
@@ -40,7 +40,7 @@ from ..util.display import printable
 from ..util.fileio import ExclusiveLock, LockedError, atomic_write
 
 if TYPE_CHECKING:
-    from .embedding import EmbeddingIndex
+    from .index import EmbeddingIndex
 
 ANN_FILE = "ann.usearch"
 ANN_META = "ann.json"
@@ -105,7 +105,7 @@ MAX_META_BYTES = 1 << 20  # ann.json is a few hundred bytes; more is not ours
 def read_meta(path: Path) -> dict[str, Any] | None:
     """``ann.json`` as a dict (``{}`` when it is damaged: not a regular file, too large, not
     JSON, nested too deeply), None when there is none. Opened as the index's own files are."""
-    from .embedding import EmbeddingIndexError, _open_regular
+    from .index import EmbeddingIndexError, _open_regular
 
     if not os.path.lexists(_meta_path(path)):
         return None
@@ -267,7 +267,7 @@ def build(path: str | os.PathLike, *, rebuild: bool = False, threads: int | None
     ``threads``: default every core. ``lock``: take the index's lock (pass False when the
     caller holds it). ``progress(done,
     total)`` is called after each chunk of rows. Raises :class:`AnnError`."""
-    from .embedding import LOCK, MANIFEST, EmbeddingIndex, EmbeddingIndexError
+    from .index import LOCK, MANIFEST, EmbeddingIndex, EmbeddingIndexError
 
     path = Path(path)
     if not available():

@@ -17,7 +17,7 @@ a model's outputs, so one threshold (:data:`DEFAULT_THRESHOLD`) serves every tag
 The raw probability stays available next to it.
 
 The tables (``mttag/data/calibration.json``) are keyed by model name and revision (the first 12
-hex digits of :func:`mttag.inference.embedding.model_revision`: a hash of the config, less its
+hex digits of :func:`mttag.inference.embedder.model_revision`: a hash of the config, less its
 provenance, and of every weight); a model without a table, or whose weights differ from the
 revision a table was measured on, has no confidence (``None``).
 Made by ``benchmarks/calibrate.py``; docs/tagging.md has the method and the measurements.
@@ -85,9 +85,9 @@ def _load(path: str) -> dict[str, Any]:
 
 def revision_of(model) -> str:
     """The revision a calibration table is keyed by: the first 12 hex digits of the loaded
-    model's :func:`mttag.inference.embedding.model_revision` (the same weights loaded any way give the
+    model's :func:`mttag.inference.embedder.model_revision` (the same weights loaded any way give the
     same revision; a retrained model under the same name does not)."""
-    from .embedding import model_revision, short_revision
+    from .embedder import model_revision, short_revision
 
     return short_revision(model_revision(model))
 

@@ -153,7 +153,7 @@ class TagResult:
     window_times: list[tuple[float, float]] | None = field(default=None, repr=False)
     window_probabilities: np.ndarray | None = field(default=None, repr=False)  # n_windows × n_tags
     # with Tagger(embeddings=True): the plain mean of the window embeddings (an index stores
-    # mttag.inference.embedding.pool(window_embeddings): the unit mean of unit windows), and each window's
+    # mttag.inference.embedder.pool(window_embeddings): the unit mean of unit windows), and each window's
     embedding: np.ndarray | None = field(default=None, repr=False)
     window_embeddings: np.ndarray | None = field(default=None, repr=False)  # n_windows × dim
     # with keep_windows: each window's (start, end, tags chosen like ``tags``)

@@ -59,7 +59,7 @@ def model_reference(name: str | os.PathLike | None, net) -> str:
 
 def embed_results(embedder, files: Iterable[str | os.PathLike], unlistable) -> Iterator[Any]:
     """One EmbeddingResult per folder that could not be listed (an error), then one per file."""
-    from ..inference.embedding import EmbeddingResult
+    from ..inference.embedder import EmbeddingResult
 
     for problem in unlistable:
         yield EmbeddingResult(problem.path, error=f"cannot list this folder ({problem.reason})",
@@ -70,7 +70,7 @@ def embed_results(embedder, files: Iterable[str | os.PathLike], unlistable) -> I
 def _index_defaults(req: EmbedRequest) -> tuple[Any, int | None]:
     """The model and windows to embed with: what is given, and with ``resume`` the index's for
     what is not (so that an index made with another default keeps pooling its tracks alike)."""
-    from ..inference.embedding import EmbeddingIndexError, read_manifest
+    from ..inference.index import EmbeddingIndexError, read_manifest
 
     model = req.model
     n_windows = parse_windows(req.windows) if req.windows is not None else DEFAULT_WINDOWS
@@ -89,7 +89,8 @@ def _index_defaults(req: EmbedRequest) -> tuple[Any, int | None]:
 def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSummary:
     """Embed ``request.paths`` into the index ``request.output``; raises RunError for a refusal
     (nothing written then) or a failed write (the tracks written before are kept)."""
-    from ..inference.embedding import Embedder, EmbeddingIndexError, IndexWriter
+    from ..inference.embedder import Embedder
+    from ..inference.index import EmbeddingIndexError, IndexWriter
 
     req, events = request, events or RunEvents()
     if req.windows is not None:

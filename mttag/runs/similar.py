@@ -32,10 +32,10 @@ class SimilarRequest:
 
 @dataclass
 class Similar:
-    """What a query found: ``hits`` best first (mttag.inference.embedding.Hit), and about the query."""
+    """What a query found: ``hits`` best first (mttag.inference.index.Hit), and about the query."""
 
     hits: list[Any]
-    index: Any  # the mttag.inference.embedding.EmbeddingIndex searched
+    index: Any  # the mttag.inference.index.EmbeddingIndex searched
     query_duration: float
     filtered: bool  # tag or duration filters applied
     query_in_index: bool = False
@@ -45,7 +45,7 @@ class Similar:
 def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Similar:
     """The index's tracks most like ``request.query``; RunError for a refusal, or (exit code 1)
     for a query file that cannot be embedded."""
-    from ..inference.embedding import EmbeddingIndex, EmbeddingIndexError
+    from ..inference.index import EmbeddingIndex, EmbeddingIndexError
     from ..inference.output import display_tag
 
     req = request
@@ -89,7 +89,7 @@ def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Si
 def embed_query(query: Path, index, model: str | None, device: str, windows: int | str | None):
     """The query file's vector and duration, made with the index's model (refusing any other)."""
     from ..errors import ModelLoadError
-    from ..inference.embedding import Embedder, short_revision
+    from ..inference.embedder import Embedder, short_revision
 
     dev = resolve_device(device)
     name = model or index.model.get("name")
@@ -115,7 +115,7 @@ def write_similar_playlist(found: Similar, query: Path, playlist: Path, force: b
                            events: RunEvents | None = None) -> int:
     """An .m3u8 playlist: the query (when it is a file), then the tracks found, in order; the
     number of entries. What the playlist cannot hold as it should comes as warnings."""
-    from ..inference.embedding import EmbeddingIndexError, write_playlist
+    from ..inference.index import EmbeddingIndexError, write_playlist
 
     events = events or RunEvents()
     entries = [(os.path.abspath(query), found.query_duration)] if os.path.lexists(query) else []
