@@ -240,11 +240,6 @@ class _Track:
     window_embs: list[np.ndarray] = field(default_factory=list)
 
 
-def decode_error(exc: BaseException) -> str:
-    """A track's error from an unexpected decoding failure: the exception's type and first line."""
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-
-
 class _Batches:
     """Windows of several tracks gathered into batches of the tagger's ``batch_size``; each
     batch's outputs are added to its tracks' sums (float64, in window order).
@@ -458,7 +453,7 @@ class Tagger:
         except AudioError as exc:
             track.error = exc.reason
         except (MemoryError, OSError, ValueError, RuntimeError) as exc:
-            track.error = decode_error(exc)
+            track.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         track.complete = True
         if track.error is not None:
             # windows already queued for a failed track are computed but ignored
