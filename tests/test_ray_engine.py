@@ -136,6 +136,56 @@ def test_cli_manifest_embeddings_and_refusals(cluster, library, tiny_model_dir, 
     assert res.exit_code == 2 and "--engine ray" in res.output
 
 
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_writes(library, tiny_model_dir, tmp_path):
+    """Each run removes the parts it did not report: two runs into one folder would remove
+    each other's. The second is refused, as on one machine (same line, exit code 2)."""
+    from typer.testing import CliRunner
+
+    from mttag.cli import app
+    from mttag.util.fileio import ExclusiveLock
+
+    root, good, bad = library
+    out = tmp_path / "busy"
+    out.mkdir()
+    with ExclusiveLock(out / ray_engine.LOCK_NAME, "the first run", remove=True):  # as the first run's driver holds it
+        res = CliRunner().invoke(app, ["tag", str(root / "music"), "--engine", "ray", "-o", str(out),
+                                       "-m", str(tiny_model_dir), "-q"])
+    assert res.exit_code == 2, res.output
+    assert f"another mttag tag writing {out} is already running (pid {os.getpid()}" in " ".join(res.output.split())
+    assert list(out.iterdir()) == []  # nothing written, the lock file gone with its holder
+
+
+def test_resume_lists_the_folder_once_and_opens_each_part_once(tmp_path):
+    from collections import Counter
+
+    from pyarrow import fs as pafs
+
+    from mttag.inference import parquet
+
+    local, tags = pafs.LocalFileSystem(), ["rock", "jazz"]
+    for i in range(3):
+        parquet.write_part(local, str(tmp_path), [{"path": f"/m/{i}.wav", "model": "m", "duration": 1.0, "windows": 1,
+                                                   "tags": [], "scores": [0.1, 0.2], "embedding": None, "error": None}],
+                           tags, "m")
+
+    class Counting:  # the output's filesystem, counting what the run asks of it
+        calls: Counter = Counter()
+
+        def __getattr__(self, name):
+            method = getattr(local, name)
+
+            def counted(*args, **kwargs):
+                self.calls[name] += 1
+                return method(*args, **kwargs)
+
+            return counted
+
+    fs = Counting()
+    parts, done = ray_engine._existing(fs, str(tmp_path), True, tags, "out")
+    assert len(parts) == 3 and done == {"/m/0.wav", "/m/1.wav", "/m/2.wav"}
+    assert (fs.calls["get_file_info"], fs.calls["open_input_file"]) == (1, 3)
+
+
 @pytest.mark.parametrize("cpus, gpus, actors, expected", [
     (2, 0, None, (1, 0.0, 1.0, 1, 1.0)),
     (2, 0, 2, (1, 0.0, 1.0, 1, 1.0)),  # two actors on two cores would leave decoding none

@@ -210,6 +210,23 @@ def test_summary_says_when_auto_ran_in_bf16(music, tiny_model_dir, tmp_path, mon
     assert result.exit_code == 0 and "on cpu (bf16) with" in result.output
 
 
+def test_the_ann_decision_takes_the_run_s_count_without_opening_the_index(music, tiny_model_dir, tmp_path, monkeypatch):
+    """--ann auto decides by the tracks the index holds: the run's summary has that count,
+    so the index (its paths, its vectors) is not opened again just to count them."""
+    from mttag.inference import ann
+    from mttag.inference import index as embedding
+
+    opened = []
+    real = embedding.EmbeddingIndex
+    monkeypatch.setattr(embedding, "EmbeddingIndex", lambda *a, **k: opened.append(a) or real(*a, **k))
+    monkeypatch.setattr(ann, "AUTO_MIN_TRACKS", 2)
+    monkeypatch.setattr(ann, "available", lambda: False)
+    result = run("embed", *good_files(music)[:2], "-o", tmp_path / "a.mttag", "-m", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    assert "holds 2 tracks: mttag similar would be faster with an ANN file" in " ".join(result.output.split())
+    assert opened == []
+
+
 def test_another_model_is_refused(index, music, tmp_path):
     other = save_tiny_model(tmp_path / "other", seed=1)
     before = (index / VECTORS).read_bytes()

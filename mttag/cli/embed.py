@@ -35,19 +35,16 @@ class Ann(str, Enum):
     off = "off"
 
 
-def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
+def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -> int:
     """Build or update the index's ANN file (mttag.inference.ann) after embedding; the exit code it adds.
-    ``only``: nothing was embedded (no PATHS), so a failure is the run's error."""
+    ``stored``: the tracks the index holds after the run; None: nothing was embedded (no PATHS,
+    ``--ann on``), so a failure is the run's error."""
     from ..inference import ann as ann_mod
-    from ..inference.index import EmbeddingIndex, EmbeddingIndexError
 
     if ann is Ann.off:
         return EXIT_OK
-    if ann is Ann.auto:
-        try:  # only a large index, or one that has an ANN file to keep up to date
-            n = len(EmbeddingIndex(output, ann="off"))
-        except EmbeddingIndexError:
-            return EXIT_OK
+    if ann is Ann.auto:  # only a large index, or one that has an ANN file to keep up to date
+        n = stored or 0
         has_file = ann_mod.read_meta(Path(output)) is not None
         if n < ann_mod.AUTO_MIN_TRACKS and not has_file:
             return EXIT_OK
@@ -69,7 +66,7 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, only: bool = False) -> int:
                       "(mttag similar searches it exactly)", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     except ann_mod.AnnError as exc:
-        if only:
+        if stored is None:
             fail(f"--output {exc}")
         warn(f"ANN file not built: {exc}")
         return EXIT_SOME_FAILED if ann is Ann.on else EXIT_OK
@@ -124,7 +121,7 @@ def embed(
         if not available():
             fail(f"--ann on: {MISSING}")
     if not paths:  # --ann on alone: build the existing index's ANN file
-        raise typer.Exit(_build_ann(output, ann, quiet, only=True))
+        raise typer.Exit(_build_ann(output, ann, quiet))
     events = _EmbedEvents(quiet, output)
     request = EmbedRequest(paths, output, model=model, resume=resume, force=force, device=device,
                            batch_size=batch_size, windows=windows, download_progress=False if quiet else None)
@@ -136,7 +133,7 @@ def embed(
         console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(msg), highlight=False, soft_wrap=True)
     if summary.interrupted:
         raise typer.Exit(summary.exit_code)
-    code = _build_ann(output, ann, quiet)
+    code = _build_ann(output, ann, quiet, summary.stored)
     raise typer.Exit(code if code != EXIT_OK else summary.exit_code)
 
 

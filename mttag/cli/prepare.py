@@ -6,7 +6,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -156,8 +156,6 @@ def prepare(
     a folder could not be listed (named in a warning); 2 usage error; 130 interrupted (Ctrl+C
     or SIGTERM; run the same command again to resume).
     """
-    from ..training.prepare import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
-
     ratio_values = _parse_ratios(ratios)
     unlisted: list = []  # folders under the sources that could not be listed
 
@@ -176,34 +174,28 @@ def prepare(
             fixed_vocab = resolve_tags(vocab)
         except ValueError as exc:
             fail(str(exc))
-
-    progress = Progress(
-        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet or not console.is_terminal, transient=True,
-    )
-    tasks: dict[str, int] = {}
     started = time.perf_counter()
+    ds = _prepare(source, out_dir, quiet, started, top_tags=top_tags, min_count=min_count, ratios=ratio_values,
+                  seed=seed, workers=workers, tags_vocab=fixed_vocab, max_seconds=max_seconds,
+                  retry_failed=retry_failed, shard_bytes=int(shard_gb * (1 << 30)))
+    _print_summary(ds.summary, out_dir, time.perf_counter() - started)
+    if unlisted:
+        names = ", ".join(p.path for p in unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        warn(f"{len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} could not be listed and "
+             f"{'are' if len(unlisted) > 1 else 'is'} not in the dataset: {names}; fix the permissions and run "
+             "the same command again to add their audio")
+    raise typer.Exit(EXIT_SOME_FAILED if ds.summary["failed"] or unlisted else EXIT_OK)
 
-    def on_progress(p: PrepareProgress) -> None:
-        if p.stage not in tasks:
-            label = {"scan": "reading sources", "decode": "decoding", "finalize": "writing index"}[p.stage]
-            tasks[p.stage] = progress.add_task(label, total=p.total, info="")
-        info = ""
-        if p.stage == "scan":
-            info = f"{p.done} tracks"
-        elif p.stage == "decode":
-            elapsed = max(time.perf_counter() - started, 1e-6)
-            info = f"{p.seconds / 3600:.2f} h audio, {p.failed} failed, {p.done / elapsed:.1f} tracks/s"
-        progress.update(tasks[p.stage], completed=p.done, total=p.total, info=info)
 
+def _prepare(source, out_dir: Path, quiet: bool, started: float, **settings):
+    """:func:`mttag.training.prepare.prepare_dataset` under a progress bar; an interruption,
+    a refusal or a failure ends the command with its line and exit code."""
+    from ..training.prepare import PrepareInterrupted, prepare_dataset  # numpy and friends: only when preparing
+
+    progress, on_progress = _progress(quiet, started)
     try:
         with sigterm_as_interrupt(), progress:
-            ds = prepare_dataset(
-                source, out_dir, top_tags=top_tags, min_count=min_count, ratios=ratio_values, seed=seed,
-                workers=workers, tags_vocab=fixed_vocab, max_seconds=max_seconds, retry_failed=retry_failed,
-                shard_bytes=int(shard_gb * (1 << 30)), on_progress=on_progress,
-            )
+            return prepare_dataset(source, out_dir, on_progress=on_progress, **settings)
     except (PrepareInterrupted, KeyboardInterrupt) as exc:
         # KeyboardInterrupt: Ctrl+C or SIGTERM while reading the sources or writing the index;
         # the journal is intact either way and the next run resumes
@@ -217,13 +209,30 @@ def prepare(
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or out_dir}: {exc.strerror or exc}", EXIT_SOME_FAILED)
-    _print_summary(ds.summary, out_dir, time.perf_counter() - started)
-    if unlisted:
-        names = ", ".join(p.path for p in unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
-        warn(f"{len(unlisted)} folder{'s' if len(unlisted) > 1 else ''} could not be listed and "
-             f"{'are' if len(unlisted) > 1 else 'is'} not in the dataset: {names}; fix the permissions and run "
-             "the same command again to add their audio")
-    raise typer.Exit(EXIT_SOME_FAILED if ds.summary["failed"] or unlisted else EXIT_OK)
+
+
+def _progress(quiet: bool, started: float) -> tuple[Progress, Callable[[PrepareProgress], None]]:
+    """The progress bar (a task per stage as it begins) and the callback that moves it."""
+    progress = Progress(
+        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=quiet or not console.is_terminal, transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def on_progress(p: PrepareProgress) -> None:
+        if p.stage not in tasks:
+            label = {"scan": "reading sources", "decode": "decoding", "finalize": "writing index"}[p.stage]
+            tasks[p.stage] = progress.add_task(label, total=p.total, info="")
+        info = ""
+        if p.stage == "scan":
+            info = f"{p.done} tracks"
+        elif p.stage == "decode":
+            elapsed = max(time.perf_counter() - started, 1e-6)
+            info = f"{p.seconds / 3600:.2f} h audio, {p.failed} failed, {p.done / elapsed:.1f} tracks/s"
+        progress.update(tasks[p.stage], completed=p.done, total=p.total, info=info)
+
+    return progress, on_progress
 
 
 def _print_summary(s: dict, out_dir: Path, elapsed: float) -> None:

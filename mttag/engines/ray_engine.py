@@ -16,7 +16,8 @@ share of the object store)::
 * **model**: stateful actors, each holding the model once (``map_batches`` with a
   callable class), batched across tracks; one GPU each when the cluster has GPUs, else
   ``threads`` CPU cores each. The per-track arithmetic is :class:`mttag.inference.tagging.Tagger`'s
-  own (its ``_predict`` and ``_result``), so both engines give the same numbers.
+  own (its batching and sums, ``_Batches``, and its ``_result``), so both engines give the same
+  numbers.
 * **write**: rows grouped into parts of ``rows_per_part`` tracks, each written whole
   (:func:`mttag.inference.parquet.write_part`: a temporary name and a rename on a local
   disk) under a name derived from the tracks it holds.
@@ -26,11 +27,14 @@ defaults: a task up to 3 times for a lost worker or node, an actor restarted and
 calls retried without limit; a decoding error is not a failure but a row); a retry of a write holds the same tracks and so
 rewrites the same part name; the driver keeps the names of the parts the run reported
 and, at the end, removes any part of this run that no task reported (written by an
-attempt that died before saying so, whose tracks a retry wrote again).
+attempt that died before saying so, whose tracks a retry wrote again). A run holds a lock
+on a local or shared output folder, so a second run into it cannot remove the first one's
+parts as its own unreported ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -38,7 +42,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import DEFAULT_WINDOWS
 from . import sources
@@ -51,7 +55,10 @@ ROWS_PER_PART = 1000
 TRACKS_PER_MODEL_CALL = 8
 # Environment variables that say where storage is and who may read it
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "CLOUDSDK_")
-_TIMING = ("_read_s", "_decode_s", "_model_s")
+_TIMING = ("_read_s", "_decode_s", "_model_s")  # per track, carried from stage to stage
+STAGES = ("read", "decode", "model", "write")  # summed per part; with "list", the run's stage_seconds
+# In a local (or shared) output folder while a run writes it; hidden, so readers skip it
+LOCK_NAME = ".mttag.lock"
 
 
 class RayUnavailable(Exception):
@@ -182,7 +189,7 @@ class ModelActor:
 
         from ..inference.embedder import pool
         from ..inference.parquet import row_from_result, schema
-        from ..inference.tagging import _Track
+        from ..inference.tagging import _Batches, _Track
 
         if self.fault_marker and not os.path.exists(self.fault_marker):
             # tests: this process dies mid-run, once, as a preempted node would
@@ -190,34 +197,17 @@ class ModelActor:
             os._exit(1)
         tagger = self.tagger
         config = tagger.config
-        samples = config.crop_samples
         rows = batch.to_pylist()
         tracks: list[_Track] = []
-        windows: list[tuple[_Track, np.ndarray]] = []
+        batches = _Batches(tagger)  # the single-machine engine's batching and sums: the same numbers
         for i, r in enumerate(rows):
             t = _Track(i, r["path"], duration=r["duration"], error=r["error"], complete=True,
                        peak_silent=bool(r["silent"]), decode_seconds=r["_decode_s"] or 0.0)
             if t.error is None and r["n"]:
-                audio = np.frombuffer(r["audio"], dtype=np.float32).reshape(r["n"], samples)
-                windows.extend((t, w) for w in audio)
-                t.submitted = r["n"]
+                for w in np.frombuffer(r["audio"], dtype=np.float32).reshape(r["n"], config.crop_samples):
+                    batches.add(t, w)
             tracks.append(t)
-        step = tagger.batch_size
-        for lo in range(0, len(windows), step):
-            chunk = windows[lo : lo + step]
-            start = time.perf_counter()
-            if self.embeddings:
-                probs, embs = tagger._predict_with_embeddings([w for _, w in chunk])
-            else:
-                probs, embs = tagger._predict([w for _, w in chunk]), [None] * len(chunk)
-            share = (time.perf_counter() - start) / len(chunk)
-            # summed per track in window order in float64, as Tagger.tag_files does
-            for (t, _), p, e in zip(chunk, probs, embs):
-                t.model_seconds += share
-                t.prob_sum = p.astype(np.float64) if t.prob_sum is None else t.prob_sum + p
-                t.done += 1
-                if e is not None:
-                    t.window_embs.append(e)
+        batches.flush()
         out = []
         for t, r in zip(tracks, rows):
             result = tagger._result(t, config.tags, (self.top, self.threshold, None))
@@ -253,14 +243,19 @@ def _write_batch(batch, *, fs, folder: str, tags: list[str], model: str, fault_m
         # writes the same tracks under the same name
         open(fault_marker, "w").close()
         os._exit(1)
+    seconds = {stage: float(sum(v or 0.0 for v in batch.column(f"_{stage}_s").to_pylist()))
+               for stage in ("read", "decode", "model")}
+    seconds["write"] = time.perf_counter() - start
+    return pa.Table.from_pylist([_report(name, rows, seconds)])
+
+
+def _report(part: str, rows: list[dict[str, Any]], seconds: dict[str, float]) -> dict[str, Any]:
+    """What the driver learns of a part written: its name, its tracks' counts and errors, and
+    the seconds each stage spent on them."""
     errors = [(r["path"], r["error"]) for r in rows if r["error"] is not None]
-    sums = {c: float(sum(v or 0.0 for v in batch.column(c).to_pylist())) for c in _TIMING}
-    return pa.Table.from_pylist([{
-        "part": name, "rows": len(rows), "failed": len(errors),
-        "error_paths": [p for p, _ in errors], "error_reasons": [e for _, e in errors],
-        "read_s": sums["_read_s"], "decode_s": sums["_decode_s"], "model_s": sums["_model_s"],
-        "write_s": time.perf_counter() - start,
-    }])
+    return {"part": part, "rows": len(rows), "failed": len(errors),
+            "error_paths": [p for p, _ in errors], "error_reasons": [e for _, e in errors],
+            **{f"{stage}_s": seconds.get(stage, 0.0) for stage in STAGES}}
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -283,36 +278,80 @@ def connect(address: str | None = None, quiet: bool = True, num_cpus: int | None
                           f"cannot join the Ray cluster ({str(exc).splitlines()[0][:200]})") from None
 
 
-def _cluster_plan(ray, device: str, actors: int | None, threads: int | None) -> tuple[int, float, float, int, float]:
-    """``(actors, GPUs per actor, CPUs per actor, torch threads per actor, CPUs per decode
-    task)``: one actor per GPU when the cluster has GPUs (and the device allows them); on
-    CPUs, actors of ``threads`` cores each, leaving at least one core (by default about
-    half of them) for decoding."""
+class _Plan(NamedTuple):
+    actors: int
+    gpus: float  # per actor
+    cpus: float  # per actor
+    threads: int  # torch threads per actor
+    decode_cpus: float  # per decode task
+
+
+def _cluster_plan(ray, device: str, actors: int | None, threads: int | None) -> _Plan:
+    """One actor per GPU when the cluster has GPUs (and the device allows them); on CPUs,
+    actors of ``threads`` cores each, leaving at least one core (by default about half of
+    them) for decoding."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
     if gpus and device in ("auto", "cuda") or device.startswith("cuda"):
         if not gpus:
             raise EngineError(f"--device {device}: the Ray cluster has no GPU")
-        return actors or gpus, 1.0, 1.0, threads or 1, 1.0
+        return _Plan(actors or gpus, 1.0, 1.0, threads or 1, 1.0)
     if cpus == 1:  # one core: the actor and decoding share it, or neither could start
-        return 1, 0.0, 0.5, 1, 0.5
+        return _Plan(1, 0.0, 0.5, 1, 0.5)
     # with every core an actor's, no decode task could be scheduled and the run would stall
     threads = min(threads or 1, cpus - 1)
     default = max(1, (cpus // 2) // threads)
     n = actors or default
     if n * threads >= cpus:
         n = max(1, (cpus - 1) // threads)
-    return n, 0.0, float(min(threads, cpus)), threads, 1.0
+    return _Plan(n, 0.0, float(min(threads, cpus)), threads, 1.0)
+
+
+@dataclass
+class _Output:
+    """The dataset a run writes: its filesystem and folder, the parts there before the run
+    and the tracks they hold."""
+
+    fs: Any
+    folder: str
+    before: set[str]
+    done: set[str]
+
+
+@contextlib.contextmanager
+def _output(text: str, resume: bool, tags: list[str], command: str) -> Iterator[_Output]:
+    """The output folder, created, locked for the run where it is on a local or shared
+    disk, and checked (:func:`_existing`)."""
+    from ..inference.parquet import is_local
+    from ..util.display import printable
+    from ..util.fileio import ExclusiveLock, LockedError
+
+    shown = printable(text)
+    with contextlib.ExitStack() as held:
+        try:
+            fs, folder = sources.filesystem(text)
+            fs.create_dir(folder, recursive=True)
+            if is_local(fs):
+                # the run removes the parts no task of its own reported: a second run into the
+                # folder would remove the first one's. An object store has no lock (docs/scale.md).
+                held.enter_context(ExclusiveLock(os.path.join(folder, LOCK_NAME),
+                                                 f"another mttag {command} writing {shown}", remove=True))
+            before, done = _existing(fs, folder, resume, tags, shown)
+        except LockedError as exc:
+            raise EngineError(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"--output {shown}: cannot use it ({str(exc).splitlines()[0][:200]})") from None
+        yield _Output(fs, folder, before, done)
 
 
 def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tuple[set[str], set[str]]:
-    """``(parts there, tracks they hold)``; refuses a folder that is not a results dataset,
-    one holding results without ``resume``, and one made with another vocabulary."""
-    from ..inference.parquet import list_parts, other_files, read_part_column, read_part_metadata
+    """``(parts there, tracks they hold)``, from one listing of ``folder`` and one read of
+    each part; refuses a folder that is not a results dataset, one holding results without
+    ``resume``, and one made with another vocabulary."""
+    from ..inference.parquet import list_folder, read_part_paths
 
-    parts = list_parts(fs, folder)
-    others = other_files(fs, folder)
+    parts, others = list_folder(fs, folder)
     if others:
         raise EngineError(f"--output {output}: holds {others[0]}, which is not an mttag results part; "
                           f"refusing to write into it (choose an empty or new folder)")
@@ -321,14 +360,103 @@ def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tu
                           f"to go on from them, or choose another folder")
     done: set[str] = set()
     for name in parts:
-        meta = read_part_metadata(fs, f"{folder}/{name}")
+        meta, paths = read_part_paths(fs, f"{folder}/{name}")
         if meta is None:
             raise EngineError(f"--output {output}: {name} is not an mttag results part")
         if meta.get("tags") != list(tags):
             raise EngineError(f"--output {output}: its results are another model's tags "
                               f"({meta.get('model')}); resume with the same model")
-        done.update(read_part_column(fs, f"{folder}/{name}", "path"))
+        done.update(paths)
     return set(parts), done
+
+
+def _open_model(model, model_name: str | None, windows, embeddings: bool, quiet: bool):
+    """``(model, its name in the results, windows per track)``."""
+    from torch import nn
+
+    from ..inference.tagging import default_windows, model_label
+    from ..weights.pretrained import load_model
+
+    given = isinstance(model, nn.Module)
+    net = model if given else load_model(model, device="cpu", progress=False if quiet else None)
+    if windows == "auto":  # the model's own default, as the single-machine engine takes it
+        windows = default_windows(net)
+    name = model_name or (os.fspath(model) if model is not None and not given else model_label(net))
+    if embeddings and not hasattr(net, "forward_with_embedding"):
+        raise EngineError(f"{type(net).__name__} models give no embeddings (no forward_with_embedding)")
+    return net, name, windows
+
+
+def _to_do(inputs, done: set[str], summary: RunSummary) -> tuple[list[str], list[tuple[str, str]]]:
+    """The tracks to tag and the sources that could not be listed, less those ``done``."""
+    start = time.perf_counter()
+    listing = sources.list_tracks(inputs)
+    summary.stage_seconds["list"] = time.perf_counter() - start
+    summary.listed = len(listing.tracks) + len(listing.problems)
+    todo = [t for t in listing.tracks if t not in done]
+    problems = [(p, reason) for p, reason in listing.problems if p not in done]
+    summary.skipped = summary.listed - len(todo) - len(problems)
+    return todo, problems
+
+
+def _start(ray, address: str | None, quiet: bool, device: str, actors: int | None, threads: int | None) -> _Plan:
+    connect(address, quiet=quiet)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = not quiet
+    # Ray Data's per-operator INFO lines every few seconds would bury mttag's own output
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return _cluster_plan(ray, device, actors, threads)
+
+
+def _problems_part(out: _Output, problems: list[tuple[str, str]], tags: list[str], name: str) -> dict[str, Any]:
+    """Sources that could not be listed as a part of rows with their errors, like tracks that
+    fail; its report."""
+    from ..inference.parquet import write_part
+
+    rows = [{"path": p, "model": name, "duration": None, "windows": 0, "tags": [], "scores": None,
+             "embedding": None, "error": reason} for p, reason in problems]
+    return _report(write_part(out.fs, out.folder, rows, tags, name), rows, {})
+
+
+def _track_filesystems(todo: list[str]) -> dict[str, Any]:
+    """A filesystem per bucket the tracks are in, resolved here with the driver's environment
+    (credentials, endpoint) and shipped to the workers, whose environment may lack them."""
+    found: dict[str, Any] = {}
+    for t in todo:
+        if sources.is_uri(t) and sources.bucket_root(t) not in found:
+            found[sources.bucket_root(t)] = sources.filesystem(sources.bucket_root(t) + "/")[0]
+    return found
+
+
+def _storage_options() -> dict[str, Any]:
+    """Ray options for the tasks that touch storage: they see the driver's credentials and
+    endpoints, which the worker processes of a cluster started earlier (or elsewhere) lack."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def _tally(summary: RunSummary, reports: Iterable[dict[str, Any]], on_part) -> None:
+    for r in reports:
+        summary.parts.append(r["part"])
+        summary.tagged += r["rows"] - r["failed"]
+        summary.failed += r["failed"]
+        summary.errors.extend(zip(r["error_paths"], r["error_reasons"]))
+        for stage in STAGES:
+            summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + r[f"{stage}_s"]
+        if on_part is not None:
+            on_part(summary)
+
+
+def _remove_orphans(out: _Output, summary: RunSummary) -> None:
+    """A part on disk that no task reported was written by an attempt that died before
+    reporting it; a retry wrote its tracks again (under the same name, unless Ray grouped the
+    retry's rows differently): an unreported one would be a duplicate."""
+    from ..inference.parquet import list_parts
+
+    for part in sorted(set(list_parts(out.fs, out.folder)) - out.before - set(summary.parts)):
+        out.fs.delete_file(f"{out.folder}/{part}")
+        summary.removed_orphans.append(part)
 
 
 def run(
@@ -358,126 +486,47 @@ def run(
     into the Parquet dataset ``output`` (a folder or an object-store URI); see the module's
     docstring for the pipeline and docs/scale.md for the schema. ``model``: a loaded model,
     or anything :func:`mttag.load_model` takes. ``on_part`` is called after each part."""
-    from ..inference.parquet import list_parts
-    from ..inference.tagging import model_label
-    from ..util.display import printable
-    from ..weights.pretrained import load_model
-
     ray = _ray()
-    from torch import nn
-
     began = time.perf_counter()
-    out_text = os.fspath(output)
-    summary = RunSummary(output=out_text)
-    net = model if isinstance(model, nn.Module) else load_model(model, device="cpu", progress=False if quiet else None)
-    if windows == "auto":  # the model's own default, as the single-machine engine takes it
-        from ..inference.tagging import default_windows
-
-        windows = default_windows(net)
-    name = model_name or (os.fspath(model) if model is not None and not isinstance(model, nn.Module) else model_label(net))
+    summary = RunSummary(output=os.fspath(output), precision=precision)
+    net, name, windows = _open_model(model, model_name, windows, embeddings, quiet)
     summary.model_name = name
     tags = list(net.config.tags)
-    if embeddings and not hasattr(net, "forward_with_embedding"):
-        raise EngineError(f"{type(net).__name__} models give no embeddings (no forward_with_embedding)")
-
-    try:
-        fs, folder = sources.filesystem(out_text)
-        fs.create_dir(folder, recursive=True)
-        before, done = _existing(fs, folder, resume, tags, printable(out_text))
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"--output {printable(out_text)}: cannot use it ({str(exc).splitlines()[0][:200]})") from None
-
-    start = time.perf_counter()
-    listing = sources.list_tracks(inputs)
-    summary.stage_seconds["list"] = time.perf_counter() - start
-    summary.listed = len(listing.tracks) + len(listing.problems)
-    todo = [t for t in listing.tracks if t not in done]
-    problems = [(p, reason) for p, reason in listing.problems if p not in done]
-    summary.skipped = summary.listed - len(todo) - len(problems)
-
-    if todo:  # a resumed run with nothing left to do starts no cluster
-        connect(address, quiet=quiet)
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = not quiet
-        # Ray Data's per-operator INFO lines every few seconds would bury mttag's own output
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        n_actors, gpus, cpus, n_threads, decode_cpus = _cluster_plan(ray, device, actors, threads)
-        summary.actors = n_actors
-        summary.device = "cuda" if gpus else "cpu"
-    filesystems = {}
-    for t in todo:
-        if sources.is_uri(t) and sources.bucket_root(t) not in filesystems:
-            # resolved here, with the driver's environment (credentials, endpoint), and
-            # shipped to the workers, whose environment may lack them
-            filesystems[sources.bucket_root(t)] = sources.filesystem(sources.bucket_root(t) + "/")[0]
-    # the tasks that touch storage see the driver's credentials and endpoints: the worker
-    # processes of a cluster started earlier (or elsewhere) were not started with them
-    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
-    storage = {"runtime_env": {"env_vars": env}} if env else {}
     faults = _faults or {}
-    reported: set[str] = set()
-
-    def finish(table) -> None:
-        for r in table.to_pylist():
-            reported.add(r["part"])
-            summary.parts.append(r["part"])
-            summary.tagged += r["rows"] - r["failed"]
-            summary.failed += r["failed"]
-            summary.errors.extend(zip(r["error_paths"], r["error_reasons"]))
-            for stage in ("read", "decode", "model", "write"):
-                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + r[f"{stage}_s"]
-            if on_part is not None:
-                on_part(summary)
-
-    if problems:  # unlistable sources: rows with their errors, like a track that fails
-        import pyarrow as pa
-
-        from ..inference.parquet import write_part
-
-        rows = [{"path": p, "model": name, "duration": None, "windows": 0, "tags": [], "scores": None,
-                 "embedding": None, "error": reason} for p, reason in problems]
-        part = write_part(fs, folder, rows, tags, name)
-        finish(pa.Table.from_pylist([{"part": part, "rows": len(rows), "failed": len(rows),
-                                      "error_paths": [r["path"] for r in rows], "error_reasons": [r["error"] for r in rows],
-                                      "read_s": 0.0, "decode_s": 0.0, "model_s": 0.0, "write_s": 0.0}]))
-
-    if todo:
-        blocks = max(1, min(MAX_BLOCKS, math.ceil(len(todo) / MIN_TRACKS_PER_BLOCK)))
-        ds = ray.data.from_items([{"path": t} for t in todo], override_num_blocks=blocks)
-        config = net.config
-        ds = ds.map_batches(
-            _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=decode_cpus, **storage,
-            fn_kwargs={"sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
-                       "windows": windows, "filesystems": filesystems})
-        # the actors place their copy themselves; a caller's model on a GPU stays where it is
-        on_cpu = all(t.device.type == "cpu" for t in net.parameters())
-        model_ref = [ray.put(net if on_cpu else copy.deepcopy(net).cpu())]
-        ds = ds.map_batches(
-            ModelActor, batch_format="pyarrow", batch_size=tracks_per_call,
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=cpus, num_gpus=gpus,
-            fn_constructor_kwargs={"model_ref": model_ref, "device": device if not gpus else "auto",
-                                   "precision": precision, "batch_size": batch_size, "windows": windows,
-                                   "model_name": name, "top": top, "threshold": threshold,
-                                   "embeddings": embeddings, "threads": n_threads,
-                                   "fault_marker": faults.get("model")})
-        # Writing is I/O and takes no core of its own: with any, it would wait for a free one
-        # while decode tasks hold every core the actors leave, and parts (so --resume's
-        # progress) would come only once decoding is done.
-        ds = ds.map_batches(
-            _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0, **storage,
-            fn_kwargs={"fs": fs, "folder": folder, "tags": tags, "model": name,
-                       "fault_marker": faults.get("write")})
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            finish(table)
-        # a part on disk that no task reported was written by an attempt that died before
-        # reporting it; a retry wrote its tracks again (under the same name, unless Ray
-        # grouped the retry's rows differently): an unreported one would be a duplicate
-        for part in sorted(set(list_parts(fs, folder)) - before - reported):
-            fs.delete_file(f"{folder}/{part}")
-            summary.removed_orphans.append(part)
-    summary.precision = precision
+    with _output(summary.output, resume, tags, "embed" if embeddings else "tag") as out:
+        todo, problems = _to_do(inputs, out.done, summary)
+        if todo:  # a resumed run with nothing left to do starts no cluster
+            plan = _start(ray, address, quiet, device, actors, threads)
+            summary.actors, summary.device = plan.actors, "cuda" if plan.gpus else "cpu"
+        if problems:
+            _tally(summary, [_problems_part(out, problems, tags, name)], on_part)
+        if todo:
+            storage = _storage_options()
+            blocks = max(1, min(MAX_BLOCKS, math.ceil(len(todo) / MIN_TRACKS_PER_BLOCK)))
+            ds = ray.data.from_items([{"path": t} for t in todo], override_num_blocks=blocks)
+            ds = ds.map_batches(
+                _decode_batch, batch_format="pyarrow", batch_size=None, num_cpus=plan.decode_cpus, **storage,
+                fn_kwargs={"sample_rate": net.config.sample_rate, "crop_seconds": net.config.crop_seconds,
+                           "windows": windows, "filesystems": _track_filesystems(todo)})
+            # the actors place their copy themselves; a caller's model on a GPU stays where it is
+            on_cpu = all(t.device.type == "cpu" for t in net.parameters())
+            ds = ds.map_batches(
+                ModelActor, batch_format="pyarrow", batch_size=tracks_per_call,
+                compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus, num_gpus=plan.gpus,
+                fn_constructor_kwargs={"model_ref": [ray.put(net if on_cpu else copy.deepcopy(net).cpu())],
+                                       "device": device if not plan.gpus else "auto", "precision": precision,
+                                       "batch_size": batch_size, "windows": windows, "model_name": name,
+                                       "top": top, "threshold": threshold, "embeddings": embeddings,
+                                       "threads": plan.threads, "fault_marker": faults.get("model")})
+            # Writing is I/O and takes no core of its own: with any, it would wait for a free one
+            # while decode tasks hold every core the actors leave, and parts (so --resume's
+            # progress) would come only once decoding is done.
+            ds = ds.map_batches(
+                _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0, **storage,
+                fn_kwargs={"fs": out.fs, "folder": out.folder, "tags": tags, "model": name,
+                           "fault_marker": faults.get("write")})
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                _tally(summary, table.to_pylist(), on_part)
+            _remove_orphans(out, summary)
     summary.seconds = time.perf_counter() - began
     return summary

@@ -252,87 +252,106 @@ def _tag_entry(tag: str, score: str, kind: str | None = None, confidence: str | 
 
 
 def _rows_to_records(rows: list[dict[str, str]], layout: str | None, header: list[str]) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
+    if layout == "wide":
+        return _wide_records(rows, header[len(WIDE_FIELDS):])
+    read = {"track": _track_records, "long": _long_records, "timeline": _timeline_records}.get(layout)
+    return read(rows) if read is not None else []
 
-    def base(row) -> dict[str, Any]:
-        out = {"path": row["path"]}
-        if row.get("model"):
-            out["model"] = row["model"]
-        if row.get("error"):
-            out["error"] = row["error"]
-        elif row.get("duration"):
-            out["duration"] = _number(row["duration"], "duration")
-        if row.get("fingerprint") and not row.get("error"):
-            out["fingerprint"] = row["fingerprint"]
-        return out
 
-    def bad(row, exc: ValueError) -> dict[str, Any]:
-        return {"path": row["path"], "invalid": str(exc)}
+def _base(row: dict[str, str]) -> dict[str, Any]:
+    """The fields of a csv/tsv row that every layout has, as a record (no tags yet)."""
+    out: dict[str, Any] = {"path": row["path"]}
+    if row.get("model"):
+        out["model"] = row["model"]
+    if row.get("error"):
+        out["error"] = row["error"]
+    elif row.get("duration"):
+        out["duration"] = _number(row["duration"], "duration")
+    if row.get("fingerprint") and not row.get("error"):
+        out["fingerprint"] = row["fingerprint"]
+    return out
 
-    if layout == "track":
-        for row in rows:
-            try:
-                record = base(row)
-                if "error" not in record:
-                    tags = [t for t in row["tags"].split(";") if t]
-                    scores = [s for s in row["scores"].split(";") if s]
-                    if len(tags) != len(scores) or "duration" not in record:
-                        continue
-                    # kinds and confidences: one entry per tag, a confidence empty when unknown
-                    kinds = row["kinds"].split(";") if row.get("kinds") else None
-                    confs = row["confidences"].split(";") if "confidences" in row and tags else None
-                    if kinds is not None and len(kinds) != len(tags) or confs is not None and len(confs) != len(tags):
-                        raise ValueError("the kinds or confidences do not match the tags")
-                    record["tags"] = [_tag_entry(t, s, kinds[i] if kinds else (None if confs is None else ""),
-                                                 None if confs is None else confs[i])
-                                      for i, (t, s) in enumerate(zip(tags, scores))]
-            except ValueError as exc:
-                record = bad(row, exc)
-            records.append(record)
-    elif layout == "long":
-        for row in rows:
-            try:
-                entry = (_tag_entry(row["tag"], row["score"], row.get("kind"), row.get("confidence"))
-                         if row["tag"] else None)
-                if records and records[-1]["path"] == row["path"]:
-                    if entry is not None and "tags" in records[-1]:
-                        records[-1]["tags"].append(entry)
-                    continue
-                record = base(row)
-                if "error" not in record:
-                    record["tags"] = [entry] if entry is not None else []
-            except ValueError as exc:
-                if records and records[-1]["path"] == row["path"]:
-                    records[-1] = bad(row, exc)
-                    continue
-                record = bad(row, exc)
-            records.append(record)
-        # A track's rows are written together, but a kill can fall between two of them:
-        # the last track may be incomplete, so it is tagged again.
-        if records and "error" not in records[-1]:
-            records.pop()
-    elif layout == "timeline":
-        # only which tracks are done matters for --resume: a timeline file is not read back as tags
-        for row in rows:
-            if records and records[-1]["path"] == row["path"]:
-                continue
-            record = base(row)
+
+def _bad(row: dict[str, str], exc: ValueError) -> dict[str, Any]:
+    return {"path": row["path"], "invalid": str(exc)}
+
+
+def _track_records(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    records = []
+    for row in rows:
+        try:
+            record = _base(row)
             if "error" not in record:
-                record["tags"] = []
-            records.append(record)
-        if records and "error" not in records[-1]:
-            records.pop()  # the last track's windows may be cut short: tagged again
-    elif layout == "wide":
-        names = header[len(WIDE_FIELDS):]
-        for row in rows:
-            try:
-                record = base(row)
-                if "error" not in record:
-                    scores = [(n, _number(row[n], "score")) for n in names if row[n] != ""]
-                    record["tags"] = [{"tag": n, "score": v} for n, v in sorted(scores, key=lambda x: -x[1])]
-            except ValueError as exc:
-                record = bad(row, exc)
-            records.append(record)
+                tags = [t for t in row["tags"].split(";") if t]
+                scores = [s for s in row["scores"].split(";") if s]
+                if len(tags) != len(scores) or "duration" not in record:
+                    continue
+                # kinds and confidences: one entry per tag, a confidence empty when unknown
+                kinds = row["kinds"].split(";") if row.get("kinds") else None
+                confs = row["confidences"].split(";") if "confidences" in row and tags else None
+                if kinds is not None and len(kinds) != len(tags) or confs is not None and len(confs) != len(tags):
+                    raise ValueError("the kinds or confidences do not match the tags")
+                record["tags"] = [_tag_entry(t, s, kinds[i] if kinds else (None if confs is None else ""),
+                                             None if confs is None else confs[i])
+                                  for i, (t, s) in enumerate(zip(tags, scores))]
+        except ValueError as exc:
+            record = _bad(row, exc)
+        records.append(record)
+    return records
+
+
+def _long_records(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            entry = (_tag_entry(row["tag"], row["score"], row.get("kind"), row.get("confidence"))
+                     if row["tag"] else None)
+            if records and records[-1]["path"] == row["path"]:
+                if entry is not None and "tags" in records[-1]:
+                    records[-1]["tags"].append(entry)
+                continue
+            record = _base(row)
+            if "error" not in record:
+                record["tags"] = [entry] if entry is not None else []
+        except ValueError as exc:
+            if records and records[-1]["path"] == row["path"]:
+                records[-1] = _bad(row, exc)
+                continue
+            record = _bad(row, exc)
+        records.append(record)
+    # A track's rows are written together, but a kill can fall between two of them:
+    # the last track may be incomplete, so it is tagged again.
+    if records and "error" not in records[-1]:
+        records.pop()
+    return records
+
+
+def _timeline_records(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    # only which tracks are done matters for --resume: a timeline file is not read back as tags
+    records: list[dict[str, Any]] = []
+    for row in rows:
+        if records and records[-1]["path"] == row["path"]:
+            continue
+        record = _base(row)
+        if "error" not in record:
+            record["tags"] = []
+        records.append(record)
+    if records and "error" not in records[-1]:
+        records.pop()  # the last track's windows may be cut short: tagged again
+    return records
+
+
+def _wide_records(rows: list[dict[str, str]], names: list[str]) -> list[dict[str, Any]]:
+    records = []
+    for row in rows:
+        try:
+            record = _base(row)
+            if "error" not in record:
+                scores = [(n, _number(row[n], "score")) for n in names if row[n] != ""]
+                record["tags"] = [{"tag": n, "score": v} for n, v in sorted(scores, key=lambda x: -x[1])]
+        except ValueError as exc:
+            record = _bad(row, exc)
+        records.append(record)
     return records
 
 

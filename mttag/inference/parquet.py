@@ -228,6 +228,11 @@ def is_part(name: str) -> bool:
     return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
 
 
+def is_local(fs) -> bool:
+    """``fs`` is pyarrow's local filesystem (a local or mounted disk), not an object store."""
+    return type(fs).__name__ == "LocalFileSystem"
+
+
 def write_part(fs, folder: str, rows: list[dict[str, Any]], tags: list[str], model: str | None) -> str:
     """Write ``rows`` as one complete part in ``folder`` on the pyarrow filesystem ``fs``;
     return its name. On a local disk it is written under a hidden temporary name and
@@ -237,7 +242,7 @@ def write_part(fs, folder: str, rows: list[dict[str, Any]], tags: list[str], mod
     name = part_name(r["path"] for r in rows)
     final = f"{folder.rstrip('/')}/{name}"
     data = table(rows, tags, model)
-    local = type(fs).__name__ == "LocalFileSystem"
+    local = is_local(fs)
     target = f"{folder.rstrip('/')}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if local else final
     try:
         with fs.open_output_stream(target) as out:
@@ -254,35 +259,32 @@ def write_part(fs, folder: str, rows: list[dict[str, Any]], tags: list[str], mod
     return name
 
 
-def list_parts(fs, folder: str) -> list[str]:
-    """Names of the complete parts in ``folder`` (temporary files of unfinished writes are hidden)."""
+def list_folder(fs, folder: str) -> tuple[list[str], list[str]]:
+    """``(complete parts, other files)`` of a dataset folder, from one listing; neither holds
+    the hidden files (temporary files of unfinished writes, a run's lock)."""
     from pyarrow.fs import FileSelector, FileType
 
     try:
         infos = fs.get_file_info(FileSelector(folder, allow_not_found=True, recursive=False))
     except FileNotFoundError:
-        return []
-    return sorted(i.base_name for i in infos if i.type == FileType.File and is_part(i.base_name))
+        return [], []
+    parts = sorted(i.base_name for i in infos if i.type == FileType.File and is_part(i.base_name))
+    others = sorted(i.base_name for i in infos if not is_part(i.base_name) and not i.base_name.startswith("."))
+    return parts, others
 
 
-def other_files(fs, folder: str) -> list[str]:
-    """What else a dataset folder holds (anything not a part or a hidden temporary file)."""
-    from pyarrow.fs import FileSelector
-
-    try:
-        infos = fs.get_file_info(FileSelector(folder, allow_not_found=True, recursive=False))
-    except FileNotFoundError:
-        return []
-    return sorted(i.base_name for i in infos if not is_part(i.base_name) and not i.base_name.startswith("."))
+def list_parts(fs, folder: str) -> list[str]:
+    """Names of the complete parts in ``folder``."""
+    return list_folder(fs, folder)[0]
 
 
-def read_part_metadata(fs, path: str) -> dict[str, Any] | None:
+def read_part_paths(fs, path: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """A part's ``mttag`` metadata and its ``path`` column, from one opening of the file;
+    ``(None, [])`` for a Parquet file mttag did not write."""
     pa = _pa()
     with fs.open_input_file(path) as f:
-        return describe(pa.parquet.read_schema(f))
-
-
-def read_part_column(fs, path: str, column: str) -> list[Any]:
-    pa = _pa()
-    with fs.open_input_file(path) as f:
-        return pa.parquet.read_table(f, columns=[column]).column(column).to_pylist()
+        part = pa.parquet.ParquetFile(f)
+        meta = describe(part.schema_arrow)
+        if meta is None:
+            return None, []
+        return meta, part.read(columns=["path"]).column("path").to_pylist()

@@ -9,6 +9,7 @@ track is complete.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections import deque
@@ -239,6 +240,83 @@ class _Track:
     window_embs: list[np.ndarray] = field(default_factory=list)
 
 
+class _Batches:
+    """Windows of several tracks gathered into batches of the tagger's ``batch_size``; each
+    batch's outputs are added to its tracks' sums (float64, in window order).
+
+    With a ``pool``, several batches are in flight at once, each on one core: on a CPU this
+    keeps every core busy while decoding takes turns, where one batch spread over all cores
+    waits at each layer for the slowest thread. Batches are collected in submission order, so
+    the sums (and results) are the same as one batch at a time."""
+
+    def __init__(self, tagger: "Tagger", pool: ThreadPoolExecutor | None = None):
+        self.tagger = tagger
+        self.pool = pool
+        self.pending: list[tuple[_Track, np.ndarray]] = []
+        self.inflight: deque[tuple[list[tuple[_Track, np.ndarray]], Future]] = deque()
+
+    def add(self, track: _Track, window: np.ndarray) -> None:
+        self.pending.append((track, window))
+        track.submitted += 1
+        if len(self.pending) >= self.tagger.batch_size:
+            self._run()
+
+    def drop(self, track: _Track) -> None:
+        """Forget ``track``'s windows not yet batched (it failed)."""
+        self.pending[:] = [(t, w) for t, w in self.pending if t is not track]
+
+    def flush(self) -> None:
+        """Run what is pending and wait for every batch in flight: every track is summed."""
+        self._run()
+        while self.inflight:
+            items, fut = self.inflight.popleft()
+            self._collect(items, fut.result())
+
+    def _run(self) -> None:
+        if not self.pending:
+            return
+        items, self.pending = self.pending, []
+        batch = [w for _, w in items]
+        if self.pool is None:
+            self._collect(items, self.tagger._predict_timed(batch))
+            return
+        self.inflight.append((items, self.pool.submit(self.tagger._predict_timed, batch)))
+        while len(self.inflight) > self.tagger.model_threads:
+            done, fut = self.inflight.popleft()
+            self._collect(done, fut.result())
+
+    def _collect(self, items: list[tuple[_Track, np.ndarray]], result) -> None:
+        probs, embs, seconds = result
+        share = seconds / len(items)
+        for (track, _), p, e in zip(items, probs, embs):
+            if track.error is not None:
+                continue  # failed after its windows were queued: they are ignored
+            track.model_seconds += share
+            track.prob_sum = p.astype(np.float64) if track.prob_sum is None else track.prob_sum + p
+            track.done += 1
+            if self.tagger.keep_windows:
+                track.window_probs.append(p)
+            if e is not None:
+                track.window_embs.append(e)
+
+
+class _InOrder:
+    """The tracks whose results are due, in input order: a track is due once it is decoded
+    to the end and all its windows are through the model."""
+
+    def __init__(self, tracks: list[_Track]):
+        self.tracks = tracks
+        self.next = 0
+
+    def pop(self) -> Iterator[_Track]:
+        while self.next < len(self.tracks):
+            t = self.tracks[self.next]
+            if not (t.complete and t.done == t.submitted):
+                return
+            self.next += 1
+            yield t
+
+
 class Tagger:
     """Runs a model over many files. Construct once, then call :meth:`tag_files`.
 
@@ -323,129 +401,73 @@ class Tagger:
             raise ValueError(f"{self.model_name} has no calibration table, so no confidence: "
                              "choose tags by raw probability (threshold) instead")
         select = (top, threshold, min_confidence)
-        paths = [str(p) for p in paths]
-        tracks = [_Track(i, p) for i, p in enumerate(paths)]
-        names = self.config.tags
-        pending: list[tuple[_Track, np.ndarray]] = []
-        next_out = 0
-
-        inflight: deque[tuple[list[tuple[_Track, np.ndarray]], Future]] = deque()
+        tracks = [_Track(i, str(p)) for i, p in enumerate(paths)]
+        ready = _InOrder(tracks)
         model_pool = ThreadPoolExecutor(self.model_threads, thread_name_prefix="mttag-model") \
             if self.model_threads > 1 else None
+        batches = _Batches(self, model_pool)
+        decode_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mttag-decode")
+        with _one_torch_thread(model_pool is not None and self.device.type == "cpu"):
+            try:
+                for track, decoding in self._prefetch(tracks, decode_pool):
+                    self._feed(track, decoding, batches)
+                    yield from (self._result(t, self.config.tags, select) for t in ready.pop())
+                batches.flush()
+                yield from (self._result(t, self.config.tags, select) for t in ready.pop())
+            finally:
+                if model_pool is not None:
+                    model_pool.shutdown(wait=True, cancel_futures=True)
+                # On an interruption (Ctrl+C, or the caller closing this generator) don't
+                # decode the tracks still queued: only wait for the ones being decoded.
+                decode_pool.shutdown(wait=True, cancel_futures=True)
 
-        def predict(batch: list[np.ndarray]):
-            start = time.perf_counter()
-            if self.embeddings:
-                probs, embs = self._predict_with_embeddings(batch)
-            else:
-                probs, embs = self._predict(batch), [None] * len(batch)
-            return probs, embs, time.perf_counter() - start
+    def _prefetch(self, tracks: list[_Track], pool: ThreadPoolExecutor) -> Iterator[tuple[_Track, Future]]:
+        """Each track with its decoding (:meth:`_load`) in a worker thread, ``2 × workers``
+        tracks ahead of the one handed out, so the model never waits for a decoder."""
+        lookahead = max(2, 2 * self.workers)
+        queue = iter(tracks)
+        futures = deque((t, pool.submit(self._load, t.path)) for t in itertools.islice(queue, lookahead))
+        while futures:
+            track, fut = futures.popleft()
+            for t in itertools.islice(queue, 1):
+                futures.append((t, pool.submit(self._load, t.path)))
+            yield track, fut
 
-        def collect(items: list[tuple[_Track, np.ndarray]], result) -> None:
-            probs, embs, seconds = result
-            share = seconds / len(items)
-            for (track, _), p, e in zip(items, probs, embs):
-                if track.error is not None:
-                    continue  # failed after its windows were queued: they are ignored
-                track.model_seconds += share
-                track.prob_sum = p.astype(np.float64) if track.prob_sum is None else track.prob_sum + p
-                track.done += 1
-                if self.keep_windows:
-                    track.window_probs.append(p)
-                if e is not None:
-                    track.window_embs.append(e)
-
-        def run_batch() -> None:
-            if not pending:
-                return
-            items = list(pending)
-            pending.clear()
-            batch = [w for _, w in items]
-            if model_pool is None:
-                collect(items, predict(batch))
-                return
-            # Several batches in flight, each on one core: on a CPU this keeps every core
-            # busy while decoding takes turns, where one batch spread over all cores waits at
-            # each layer for the slowest thread. Collected in submission order, so the sums
-            # (and results) are the same as one batch at a time.
-            inflight.append((items, model_pool.submit(predict, batch)))
-            while len(inflight) > self.model_threads:
-                done_items, fut = inflight.popleft()
-                collect(done_items, fut.result())
-
-        def drain() -> None:
-            while inflight:
-                done_items, fut = inflight.popleft()
-                collect(done_items, fut.result())
-
-        def finished() -> Iterator[TagResult]:
-            nonlocal next_out
-            while next_out < len(tracks):
-                t = tracks[next_out]
-                if not (t.complete and t.done == t.submitted):
-                    return
-                next_out += 1
-                yield self._result(t, names, select)
-
-        def add(track: _Track, window: np.ndarray) -> None:
-            if track.peak_silent and not is_silent(window):
-                track.peak_silent = False
-            pending.append((track, window))
-            track.submitted += 1
-            if len(pending) >= self.batch_size:
-                run_batch()
-
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mttag-decode")
-        threads = contextlib.ExitStack()
-        threads.enter_context(_one_torch_thread(model_pool is not None and self.device.type == "cpu"))
+    def _feed(self, track: _Track, decoding: Future, batches: "_Batches") -> None:
+        """``track``'s windows into ``batches`` as they are decoded; a track that fails
+        becomes its error, and its windows still queued are dropped."""
         try:
-            lookahead = max(2, 2 * self.workers)
-            futures: deque[tuple[_Track, Future]] = deque()
-            queue = iter(tracks)
+            info, windows, track.decode_seconds, track.fingerprint = decoding.result()
+            track.duration = info.duration
+            track.starts = window_starts(info.duration, self.config.crop_seconds, self.windows)
+            windows = iter(windows)
+            while True:  # a generator for streamed tracks: decoding (and its errors) happens here
+                start = time.perf_counter()
+                window = next(windows, None)
+                track.decode_seconds += time.perf_counter() - start
+                if window is None:
+                    break
+                if track.peak_silent and not is_silent(window):
+                    track.peak_silent = False
+                batches.add(track, window)
+        except AudioError as exc:
+            track.error = exc.reason
+        except (MemoryError, OSError, ValueError, RuntimeError) as exc:
+            track.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        track.complete = True
+        if track.error is not None:
+            # windows already queued for a failed track are computed but ignored
+            track.done = track.submitted = 0
+            batches.drop(track)
 
-            def refill() -> None:
-                while len(futures) < lookahead:
-                    t = next(queue, None)
-                    if t is None:
-                        return
-                    futures.append((t, pool.submit(self._load, t.path)))
-
-            refill()
-            while futures:
-                track, fut = futures.popleft()
-                refill()
-                try:
-                    info, windows, track.decode_seconds, track.fingerprint = fut.result()
-                    track.duration = info.duration
-                    track.starts = window_starts(info.duration, self.config.crop_seconds, self.windows)
-                    windows = iter(windows)
-                    while True:  # a generator for streamed tracks: decoding (and its errors) happens here
-                        start = time.perf_counter()
-                        window = next(windows, None)
-                        track.decode_seconds += time.perf_counter() - start
-                        if window is None:
-                            break
-                        add(track, window)
-                except AudioError as exc:
-                    track.error = exc.reason
-                except (MemoryError, OSError, ValueError, RuntimeError) as exc:
-                    track.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-                track.complete = True
-                if track.error is not None:
-                    # windows already queued for a failed track are computed but ignored
-                    track.done = track.submitted = 0
-                    pending[:] = [(t, w) for t, w in pending if t is not track]
-                yield from finished()
-            run_batch()
-            drain()
-            yield from finished()
-        finally:
-            if model_pool is not None:
-                model_pool.shutdown(wait=True, cancel_futures=True)
-            # On an interruption (Ctrl+C, or the caller closing this generator) don't
-            # decode the tracks still queued: only wait for the ones being decoded.
-            pool.shutdown(wait=True, cancel_futures=True)
-            threads.close()
+    def _predict_timed(self, batch: list[np.ndarray]) -> tuple[np.ndarray, Any, float]:
+        """``(probabilities, embeddings or Nones, seconds)`` of one batch."""
+        start = time.perf_counter()
+        if self.embeddings:
+            probs, embs = self._predict_with_embeddings(batch)
+        else:
+            probs, embs = self._predict(batch), [None] * len(batch)
+        return probs, embs, time.perf_counter() - start
 
     def _chosen(self, probabilities: np.ndarray, names: list[str], select) -> list[TagScore]:
         return select_scores(score_tags(probabilities, names, self.calibration), *select)
