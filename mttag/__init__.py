@@ -15,19 +15,19 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "mttag.weights.pretrained",
     "save_model": "mttag.weights.modelfile",
-    "tag": "mttag.inference.tagging",
+    "tag": "mttag.api",
     "Tagger": "mttag.inference.tagging",
     "TagResult": "mttag.inference.tagging",
     "ModelLoadError": "mttag.errors",
-    "embed": "mttag.inference.embedder",
+    "embed": "mttag.api",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager view of the same names
+    from .api import embed, tag
     from .errors import ModelLoadError
-    from .inference.embedder import embed
-    from .inference.tagging import Tagger, TagResult, tag
+    from .inference.tagging import Tagger, TagResult
     from .weights.modelfile import save_model
     from .weights.pretrained import load_model
 

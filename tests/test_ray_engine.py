@@ -203,7 +203,7 @@ def test_the_cluster_plan_always_leaves_cores_for_decoding(cpus, gpus, actors, e
 
 
 def test_uris_survive_the_command_line(tmp_path):
-    from mttag.engines.cli import as_source
+    from mttag.cli._ray import as_source
 
     # typer hands PATHS over as Path objects, which fold the double slash of a URI
     assert as_source(Path("s3://bucket/music")) == "s3://bucket/music"

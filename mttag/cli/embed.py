@@ -107,7 +107,7 @@ def embed(
         fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
              "see 'mttag embed --help'")
     if engine == "ray":
-        from ..engines.cli import run_embed as run_on_ray
+        from ._ray import run_embed as run_on_ray
 
         # the Ray engine writes a Parquet dataset, not an index folder: no ANN file to build
         run_on_ray(paths, output=output, model=model, windows=parse_windows(windows) if windows is not None else DEFAULT_WINDOWS,

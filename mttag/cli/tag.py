@@ -75,7 +75,7 @@ def tag(
     from ..runs.tag import TagRequest, run_tag
 
     if engine is Engine.ray:
-        from ..engines.cli import run_tag as run_on_ray
+        from ._ray import run_tag as run_on_ray
         run_on_ray(paths, output=output, model=model, top=None if all_tags else top, threshold=threshold,
                    windows=parse_windows("all" if timeline or plot is not None else windows) if windows else "auto",
                    batch_size=batch_size, device=device, precision=precision.value, resume=resume, address=address,

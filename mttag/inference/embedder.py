@@ -170,26 +170,3 @@ class Embedder:
             out.window_vectors = normalise_rows(r.window_embeddings)
             out.window_times = r.window_times
         return out
-
-
-def embed(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    model: "str | os.PathLike | nn.Module | None" = None,
-    windows: int | None = DEFAULT_WINDOWS,
-    batch_size: int | None = None,
-    device: str = "auto",
-    per_window: bool = False,
-) -> Iterator[EmbeddingResult]:
-    """Embed audio files and folders (searched recursively): one :class:`EmbeddingResult` per file.
-
-    ``result.vector`` is the track's unit-length embedding (see :func:`pool`); with
-    ``per_window=True`` also ``result.window_vectors`` (one unit row per window) and
-    ``result.window_times``. ``model``, ``windows``, ``batch_size``, ``device``: as
-    :func:`mttag.tag`. Cosine similarity of two tracks is ``a.vector @ b.vector``.
-    """
-    from ..runs.embed import embed_results
-    from .tagging import prepare_run
-
-    net, dev, name, files, unlistable = prepare_run(paths, model, device)
-    embedder = Embedder(net, dev, windows=windows, batch_size=batch_size, model_name=name, per_window=per_window)
-    yield from embed_results(embedder, files, unlistable)

@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -502,49 +501,3 @@ class Tagger:
             # the mean over windows, like the probabilities: a track's overall character
             result.embedding = result.window_embeddings.mean(axis=0)
         return result
-
-
-def prepare_run(paths, model, device: str):
-    """What ``mttag.tag()`` and ``mttag.embed()`` start from: the model (loaded unless given),
-    the device, the name results carry (``None``: the model's own), the audio files under
-    ``paths`` (``~`` expanded) and the folders that could not be listed."""
-    from ..runs.common import find_audio, open_model
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    dev = select_device(device)
-    net = open_model(model, dev)
-    name = None if model is None or isinstance(model, nn.Module) else os.fspath(model)
-    files, unlistable = find_audio(Path(p).expanduser() for p in paths)
-    return net, dev, name, files, unlistable
-
-
-def tag(
-    paths: str | os.PathLike | Iterable[str | os.PathLike],
-    model: str | os.PathLike | nn.Module | None = None,
-    top: int | None = 5,
-    threshold: float | None = None,
-    windows: int | str | None = AUTO_WINDOWS,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    min_confidence: float | None = None,
-) -> Iterator[TagResult]:
-    """Tag audio files and folders (searched recursively); yields one result per file.
-
-    ``model`` is a loaded model, a model directory, a registered name or a Hub
-    id (``None``: the default model). ``windows``: windows per track averaged
-    (``None``: every window; ``"auto"``: the model's default, see :func:`default_windows`: 20,
-    12 for the bundled two-network ``musicnn``). ``batch_size``: windows per forward pass
-    (``None``: 2 on CPU, 16 on an accelerator). ``precision``: ``auto`` (bf16 on a CPU
-    with native bf16 and, except for musicnn, on CUDA; float32 elsewhere), ``fp32`` or
-    ``bf16``. ``min_confidence``: keep tags of at least this calibrated confidence
-    (:data:`mttag.inference.calibration.DEFAULT_THRESHOLD` is the documented choice); each result's
-    ``scores`` has every chosen tag's kind, raw probability and confidence.
-    """
-    from ..runs.tag import tag_results
-
-    net, dev, name, files, unlistable = prepare_run(paths, model, device)
-    tagger = Tagger(net, dev, batch_size=batch_size, windows=windows, model_name=name, precision=precision,
-                    fingerprints=True)
-    yield from tag_results(tagger, files, unlistable, top, threshold, min_confidence)

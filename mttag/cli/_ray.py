@@ -9,9 +9,9 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
-from ..cli._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, console, fail, sigterm_as_interrupt, warn
 from ..errors import ModelLoadError
 from ..util.display import printable
+from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, console, fail, sigterm_as_interrupt, warn
 
 # typer hands PATHS over as Path objects, which fold "s3://bucket" into "s3:/bucket"
 _FOLDED_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/(?!/)")
@@ -23,8 +23,8 @@ def as_source(path: Path | str) -> str:
 
 
 def run_cli(paths, output, *, command: str, quiet: bool, refused: dict[str, Any], **kwargs) -> NoReturn:
+    from ..engines.ray_engine import EngineError, RayUnavailable, run
     from ..inference.parquet import ParquetUnavailable
-    from .ray_engine import EngineError, RayUnavailable, run
 
     for option, value in refused.items():
         if value:
