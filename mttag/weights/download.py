@@ -95,10 +95,8 @@ def _verify_cached(entry: dict[str, Any], directory: Path) -> None:
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         want = recorded.get(filename)
         got = want and file_hash(directory / filename, "sha256")
-        if problem is None and not want:
-            problem = f"{SOURCE_NAME} records no hash for {filename}"
-        elif problem is None and got != want:
-            problem = f"{filename} has sha256 {got[:12]}... instead of {want[:12]}..."
+        problem = problem or (f"{SOURCE_NAME} records no hash for {filename}" if not want else None) or (
+            f"{filename} has sha256 {got[:12]}... instead of {want[:12]}..." if got != want else None)
     problem = problem or safetensors_problem(directory / WEIGHTS_NAME)
     if problem:
         _remove_tree(directory)

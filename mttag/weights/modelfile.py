@@ -1,4 +1,8 @@
-"""Model directories: ``config.json``, ``model.safetensors`` (never pickles) and a ``README.md`` card."""
+"""Model directories: ``config.json``, ``model.safetensors`` (never pickles) and a ``README.md`` card.
+
+Loading is our own rather than ``safetensors.torch.load_model`` so that the network is built on the
+``meta`` device and checked against the weights' header before any tensor is read or allocated.
+"""
 
 from __future__ import annotations
 

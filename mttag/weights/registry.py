@@ -155,8 +155,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, Any]:
             entries[raw["name"]] = entry
     if path is None and (os.environ.get(ENV_MODEL) or "").strip():
         default, default_from = os.environ[ENV_MODEL].strip(), ENV_MODEL
-    return {"default": default, "default_from": default_from, "models": list(entries.values()),
-            "_path": str(files[0][0]), "_files": [str(f) for f, _ in files]}
+    return {"default": default, "default_from": default_from, "models": list(entries.values()), "_path": str(files[0][0])}
 
 
 def get_entry(name: str, path: str | Path | None = None) -> dict[str, Any] | None:
