@@ -144,7 +144,7 @@ def fetch(url: str, dest: Path, label: str, *, progress: bool | None = None, max
         if total is not None and total > max_bytes:
             raise ModelLoadError(f"{label}: {url} is {human_size(total)}, more than any model mttag downloads; refused")
         announced, received = (total if total is not None else expected_size), 0
-        shown = progress if progress is not None else sys.stderr.isatty()
+        shown = progress is not False and sys.stderr.isatty()  # never into a pipe or a log
         with open(dest, "wb") as out, tqdm(total=announced, unit="B", unit_scale=True, leave=False,
                                            desc=f"downloading {label}", disable=not shown) as bar:
             while True:
