@@ -21,7 +21,7 @@ _BLOCK_KEYS = {
     "1.fn.fn.net.0": "ff.0",
     "1.fn.fn.net.3": "ff.3",
 }
-_BLOCK_RE = re.compile(r"^transformer\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_HEAD_KEYS = {"mlp_head.0.": "head_norm.", "mlp_head.1.": "head."}
 
 
 class ConversionError(Exception):
@@ -52,49 +52,29 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return net
 
 
+def _rename(key: str, to_ours: bool) -> str:
+    """One tensor name, the authors' to mttag's (``to_ours``) or back."""
+    blocks, head = _BLOCK_KEYS, _HEAD_KEYS
+    if not to_ours:
+        blocks, head = {v: k for k, v in blocks.items()}, {v: k for k, v in head.items()}
+    m = re.fullmatch(r"(transformer\.layers|blocks)\.(\d+)\.(.+)\.(weight|bias)", key)
+    if m and m[1] == ("transformer.layers" if to_ours else "blocks"):
+        if m[3] not in blocks:
+            raise ConversionError(f"unexpected {'checkpoint' if to_ours else 'model'} key {key}")
+        return f"{'blocks' if to_ours else 'transformer.layers'}.{m[2]}.{blocks[m[3]]}.{m[4]}"
+    prefix = next((p for p in head if key.startswith(p)), None)
+    return head[prefix] + key.split(".")[-1] if prefix else key
+
+
 def rename_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Authors' key names → mttag's MusicTaggingTransformer names."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("spec."):
-            continue  # STFT window and mel matrix: rebuilt from the config
-        m = _BLOCK_RE.match(key)
-        if m:
-            layer, inner, kind = m.groups()
-            if inner not in _BLOCK_KEYS:
-                raise ConversionError(f"unexpected checkpoint key {key}")
-            out[f"blocks.{layer}.{_BLOCK_KEYS[inner]}.{kind}"] = value
-        elif key.startswith("mlp_head.0."):
-            out["head_norm." + key.split(".")[-1]] = value
-        elif key.startswith("mlp_head.1."):
-            out["head." + key.split(".")[-1]] = value
-        else:
-            out[key] = value
-    return out
+    """Authors' key names → mttag's MusicTaggingTransformer names (the STFT window and mel matrix,
+    ``spec.*``, are rebuilt from the config)."""
+    return {_rename(k, True): v for k, v in state.items() if not k.startswith("spec.")}
 
 
 def to_authors_layout(state: dict[str, torch.Tensor], prefix: str = "network.") -> dict[str, torch.Tensor]:
-    """mttag's MusicTaggingTransformer names → the authors' key names (the inverse of
-    :func:`rename_keys`, without the spectrogram buffers), each prefixed with ``prefix``."""
-    inverse = {v: k for k, v in _BLOCK_KEYS.items()}
-    out = {}
-    for key, value in state.items():
-        if key.startswith("spec."):
-            continue
-        m = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key)
-        if m:
-            layer, inner, kind = m.groups()
-            if inner not in inverse:
-                raise ConversionError(f"unexpected model key {key}")
-            name = f"transformer.layers.{layer}.{inverse[inner]}.{kind}"
-        elif key.startswith("head_norm."):
-            name = "mlp_head.0." + key.split(".")[-1]
-        elif key.startswith("head."):
-            name = "mlp_head.1." + key.split(".")[-1]
-        else:
-            name = key
-        out[prefix + name] = value
-    return out
+    """The inverse of :func:`rename_keys`, each name prefixed with ``prefix``."""
+    return {prefix + _rename(k, False): v for k, v in state.items() if not k.startswith("spec.")}
 
 
 def _as_dict(params) -> dict:
@@ -142,13 +122,9 @@ def convert_checkpoint(
     card_body: str | None = None,
     force: bool = False,
 ) -> Path:
-    """Convert an authors' checkpoint to a model directory; returns the directory.
-
-    ``provenance`` adds to (and overrides) what the config records about the source;
-    ``metrics`` (e.g. the paper's published ROC-AUC / PR-AUC) go into the model card.
-    A config.json, README.md or model.safetensors in ``out_dir`` that mttag did not write is
-    refused before the checkpoint is read (:class:`ConversionError`), unless ``force``.
-    """
+    """Convert an authors' checkpoint to a model directory; returns the directory. ``provenance``
+    adds to what the config records, ``metrics`` go into the card. Files in ``out_dir`` that mttag
+    did not write are refused before the checkpoint is read, unless ``force``."""
     try:
         check_model_dir(out_dir, force)
     except ForeignFileError as exc:

@@ -1,6 +1,7 @@
-"""Model directories: ``config.json`` + ``model.safetensors`` + ``README.md`` model card.
+"""Model directories: ``config.json``, ``model.safetensors`` (never pickles) and a ``README.md`` card.
 
-Weights are stored only as safetensors, which cannot run code when loaded.
+Loading is our own rather than ``safetensors.torch.load_model`` so that the network is built on the
+``meta`` device and checked against the weights' header before any tensor is read or allocated.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from ..util.text import one_line
 
 
 def _card_metadata(config: ModelConfig, metrics: dict[str, Any] | None) -> str:
-    """The card's YAML block, written by huggingface_hub's ``ModelCardData`` (metrics as a
-    ``model-index`` of ``EvalResult``s), so any name reads back as exactly that string:
-    ``run: v2``, ``#1 model`` or ``yes`` are quoted as YAML needs."""
+    """The card's YAML block, by huggingface_hub's ``ModelCardData``, so that any name (``run: v2``,
+    ``yes``) reads back as exactly that string."""
     from huggingface_hub import EvalResult, ModelCardData
 
     prov = config.provenance
@@ -74,8 +74,7 @@ class ForeignFileError(FileExistsError):
 
 
 def _is_mttag_config(path: Path) -> bool:
-    """A config.json that :meth:`ModelConfig.save` wrote (format_version, arch, tags), not
-    one of the many other tools' config.json files a folder may hold."""
+    """A config.json that :meth:`ModelConfig.save` wrote, not another tool's."""
     try:
         if path.stat().st_size > 10_000_000:
             return False
@@ -99,10 +98,8 @@ def _is_mttag_card(path: Path) -> bool:
 
 
 def foreign_model_files(directory: str | Path) -> list[Path]:
-    """The files :func:`save_model` would replace in ``directory`` that mttag did not write:
-    a config.json or README.md that is not mttag's, and model.safetensors (or anything else
-    in the way) unless it sits beside mttag's own config.json. A missing directory has none;
-    a path that is not a directory is itself in the way."""
+    """The files :func:`save_model` would replace in ``directory`` that mttag did not write (weights
+    are mttag's when its config is beside them); a path that is not a directory is itself in the way."""
     directory = Path(directory)
     if not os.path.lexists(directory):
         return []
@@ -141,11 +138,8 @@ def save_model(
     *,
     force: bool = False,
 ) -> Path:
-    """Write ``model`` (which carries its ``config``) as a model directory.
-
-    An existing model directory of mttag's is replaced; a config.json, README.md or
-    model.safetensors that mttag did not write is not, unless ``force``
-    (:class:`ForeignFileError`, see :func:`foreign_model_files`)."""
+    """Write ``model`` (which carries its ``config``) as a model directory, replacing only files
+    mttag wrote unless ``force`` (:class:`ForeignFileError`)."""
     directory = Path(directory)
     check_model_dir(directory, force)
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +155,7 @@ def save_model(
 
 
 def load_config(directory: str | Path) -> ModelConfig:
-    """The checked config of a model directory (every field against its allowed range)."""
+    """The config of a model directory, every field checked against its allowed range."""
     directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -173,11 +167,8 @@ def load_config(directory: str | Path) -> ModelConfig:
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """``name -> (dtype, shape)`` of the tensors of a safetensors file, read from its header alone
-    (``safe_open`` maps the file; no tensor is read). Raises ``SafetensorError`` or ``OSError``
-    unless the header is well formed and the tensors' byte ranges tile the rest of the file
-    exactly: ``safe_open`` itself checks each range against ``numel × dtype size``, gaps,
-    overlaps and the file's end (and caps the header at 100 MB), so no check of ours repeats it."""
+    """``name -> (dtype, shape)`` from a safetensors header alone; ``safe_open`` raises unless the
+    tensors' byte ranges tile the file exactly (sizes, gaps, overlaps, end), so we check nothing more."""
     with safe_open(str(path), framework="numpy") as f:
         return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
 
@@ -192,14 +183,9 @@ def safetensors_problem(path: str | Path) -> str | None:
 
 
 def load_local_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Load a model directory from disk, in eval mode, on ``device``.
-
-    Nothing is allocated before the config and the weights agree: the config is checked
-    field by field, the network is built on the ``meta`` device (no memory), and the
-    safetensors header's names and shapes are compared with it; only then are the weights
-    read and assigned to the network (whose computed buffers, the spectrogram front end,
-    are built for real; see :func:`mttag.models.computed_buffers`).
-    """
+    """Load a model directory, in eval mode, on ``device``. Nothing is allocated before the config
+    and the header agree: the network is built on the ``meta`` device and compared with the
+    header's names and shapes; only then are the weights read."""
     directory = Path(directory)
     config = load_config(directory)
     weights = directory / WEIGHTS_NAME
