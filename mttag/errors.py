@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# re-exported: modules written before the constants moved import them from here
+# re-exported for code outside mttag that imported them from here (mttag itself uses .constants)
 from .constants import CARD_NAME, CONFIG_NAME, DEFAULT_WINDOWS, WEIGHTS_NAME  # noqa: F401
 
 

@@ -86,7 +86,7 @@ def test_bundled_musicnn_equals_msd_and_mtt_musicnn():
 
 
 def test_window_plan_defaults_to_the_models_own(tiny_model):
-    from mttag.errors import DEFAULT_WINDOWS
+    from mttag.constants import DEFAULT_WINDOWS
     from mttag.inference.tagging import Tagger, default_windows
 
     multi = mttag.load_model("musicnn")

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..errors import DEFAULT_WINDOWS
+from ..constants import DEFAULT_WINDOWS
 from ..util.display import printable
 from ._common import (
     EXIT_INTERRUPTED,

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import DEFAULT_WINDOWS
+from ..constants import DEFAULT_WINDOWS
 from ..util.display import printable
 from ._common import ProgressEvents, app, console, fail, parse_windows, ran_on, run
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..errors import DEFAULT_WINDOWS
+from ..constants import DEFAULT_WINDOWS
 from . import sources
 
 # Tracks per block of the listing: small enough that a lost block costs little work

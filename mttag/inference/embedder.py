@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DEFAULT_WINDOWS
+from ..constants import DEFAULT_WINDOWS
 
 if TYPE_CHECKING:
     import torch

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DEFAULT_WINDOWS
+from ..constants import DEFAULT_WINDOWS
 from ..util.display import printable
 from ..util.fileio import ExclusiveLock, LockedError, atomic_write
 from ..util.fs import fsync_dir as _fsync_dir
