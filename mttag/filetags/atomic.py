@@ -19,8 +19,6 @@ from ..util.hashing import file_sha256
 from .outcome import WriteError, reason
 
 TMP_SUFFIX = ".mttag-tmp"
-# The write pipeline
-
 LOCK_WAIT = 30.0  # seconds a run waits for another mttag run to finish with a file
 
 

@@ -4,9 +4,10 @@ that point into it), and Ogg packets page by page.
 
 :class:`AudioPayload` parses a file once and hashes its audio at most once; the fingerprint
 (:mod:`.fingerprint`) and the check that a write left the audio alone (:mod:`.verify`) share
-that one hash. MP4 atoms and Ogg pages are read with mutagen's parsers; the ID3v2, MPEG, FLAC
-and RIFF/IFF walkers stay hand-written because mutagen keeps the offsets they give (where the
-audio starts and ends) private, and a byte-range digest needs them.
+that one hash. MP4 atoms and Ogg pages are read with mutagen's parsers. The other walkers stay
+hand-written because a byte-range digest needs offsets mutagen does not give: it keeps FLAC's
+audio offset and its RIFF/IFF chunk readers private, its MPEG frame search is laxer than the
+rule that refuses a program named .mp3, and it reads only the first of stacked ID3v2 tags.
 """
 
 from __future__ import annotations

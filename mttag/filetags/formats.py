@@ -16,6 +16,8 @@ from .outcome import WriteError, reason
 
 
 class TagHandler:
+    """The mttag fields of one open file, in its own format's keys (:mod:`.fields`); saved by :meth:`save`."""
+
     format = "?"
     id3_version: int | None = None
     join: str | None = None  # forced join separator (ID3v2.3)

@@ -19,13 +19,11 @@ DEFAULT_FIELDS = ("genre", "mood", "mttag")
 MODES = ("add", "replace")
 CASES = ("title", "as-is", "lower")
 
-
 # At most this many genres (moods) go into GENRE (MOOD): a player shows a long genre list as
 # noise, and past the third genre the reference set's tracks rarely have any (docs/tagging.md).
 MAX_GENRES = 3
 MAX_MOODS = 2
 
-# --------------------------------------------------------------------------------------
 # Which tags are genres, moods, instruments, voices and eras: mttag.inference.vocab's table
 # (mttag/data/vocabulary.json) decides for every tag it knows; this older table only for the
 # model spellings it does not (custom models trained on these vocabularies). Data, not logic:

@@ -48,7 +48,7 @@ class WriteRequest:
 
 
 def _fields(value: str | list[str]) -> list[str]:
-    from ..filetags.writer import FIELDS
+    from ..filetags.fields import FIELDS
 
     text = value if isinstance(value, str) else ",".join(value)
     names = [v.strip().lower() for v in text.split(",") if v.strip()]
