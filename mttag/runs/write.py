@@ -12,16 +12,7 @@ from pathlib import Path
 
 from ..util.display import printable
 from ..util.fs import regular_or_missing
-from .common import (
-    EXIT_SOME_FAILED,
-    RunError,
-    RunEvents,
-    RunSummary,
-    close_undo_log,
-    finish,
-    interruptible,
-    open_undo_log,
-)
+from .common import EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, close_undo_log, finish, interruptible, open_undo_log
 
 DEFAULT_FIELDS = "genre,mood,mttag"
 
