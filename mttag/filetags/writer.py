@@ -44,7 +44,6 @@ from typing import Any
 from ..util.hashing import file_sha256
 from . import formats
 from .atomic import (
-    LOCK_WAIT,
     TMP_SUFFIX,
     check_writable,
     file_lock,
@@ -196,7 +195,7 @@ def _verify_copy(audio: AudioPayload, tmp: str, plan: Mapping[str, list[str]], o
 
 
 __all__ = [
-    "CASES", "DEFAULT_FIELDS", "DISPLAY_NAMES", "FIELDS", "LOCK_WAIT", "MAX_GENRES", "MAX_MOODS", "MODES", "TAG_KINDS",
+    "CASES", "DEFAULT_FIELDS", "DISPLAY_NAMES", "FIELDS", "MAX_GENRES", "MAX_MOODS", "MODES", "TAG_KINDS",
     "TMP_SUFFIX", "UNDO_FORMAT", "Chosen", "FieldChange", "UndoLog", "WriteError", "WriteOptions", "WriteOutcome",
     "audio_fingerprint", "audio_ranges", "calibrated", "choose_tags", "decoded_digest", "default_undo_log",
     "display_name", "file_lock", "file_sha256", "is_undo_log", "load_kinds", "make_delta", "merge_values",
