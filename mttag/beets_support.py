@@ -100,10 +100,10 @@ def genre_values(tags: Sequence[Any], kind: str, threshold: float | None = None,
     """The chosen tags of one kind (``genre``, ``mood``) that ``mttag write`` would put into
     that field, spelled as it spells them: of a confidence of at least ``min_confidence``
     (default :data:`mttag.inference.calibration.DEFAULT_THRESHOLD`, unless ``threshold`` is given),
-    at most 3 genres or 2 moods (:func:`mttag.filetags.writer.choose_tags`). ``tags``: TagScores,
+    at most 3 genres or 2 moods (:func:`mttag.filetags.plan.choose_tags`). ``tags``: TagScores,
     ``{"tag", "score", "confidence"}`` records or ``(tag, score)`` pairs (no confidence: all
     of that kind, capped)."""
-    from .filetags.writer import WriteOptions, choose_tags, planned_values
+    from .filetags.plan import WriteOptions, choose_tags, planned_values
 
     options = WriteOptions(fields=(kind,), threshold=threshold, min_confidence=min_confidence)
     return planned_values(choose_tags(tags, options), options)[kind]

@@ -3,7 +3,9 @@
 import pytest
 
 from mttag import constants, errors
+from mttag.filetags import atomic, undolog
 from mttag.filetags import writer as filetags
+from mttag.runs import write as runs_write
 from mttag.util import fs, hashing, text
 from mttag.weights import download, hub
 
@@ -22,7 +24,8 @@ def test_hashes_of_a_known_file(tmp_path):
 def test_modules_share_one_copy_of_each_helper():
     assert download.git_blob_sha1 is hashing.git_blob_sha1 and download.file_hash is hashing.file_hash
     assert filetags.file_sha256 is hashing.file_sha256
-    assert filetags._fsync_dir is fs.fsync_dir
+    assert atomic.fsync_dir is fs.fsync_dir
+    assert undolog.regular_or_missing is fs.regular_or_missing and runs_write.regular_or_missing is fs.regular_or_missing
     assert not hasattr(hub, "_sha256") and not hasattr(hub, "_git_blob_sha1")
     assert download.is_offline is hub.is_offline
 

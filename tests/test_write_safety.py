@@ -19,6 +19,7 @@ from conftest import synth, write_audio
 from typer.testing import CliRunner
 
 from mttag.cli import app
+from mttag.filetags import atomic, formats
 from mttag.filetags import writer as filetags
 
 runner = CliRunner()
@@ -70,7 +71,7 @@ def lines(text: str, word: str) -> list[str]:
 
 
 def genre(path: Path) -> list[str]:
-    return filetags._open(str(path)).get("genre")
+    return formats.open_tags(str(path)).get("genre")
 
 
 # ---------------------------------------------------------------------------- 1. undo is bound to what mttag wrote
@@ -304,7 +305,7 @@ def test_an_edit_saved_during_the_write_survives_and_the_file_is_reported(tmp_pa
 
 def test_a_second_mttag_run_waits_for_the_file_lock(tmp_path, monkeypatch):
     song = flac(tmp_path, "a.flac")
-    monkeypatch.setattr(filetags, "LOCK_WAIT", 0.2)
+    monkeypatch.setattr(atomic, "LOCK_WAIT", 0.2)
     with filetags.file_lock(os.path.realpath(song)):
         log = filetags.UndoLog(tmp_path / "u.jsonl")
         outcome = filetags.write_tags(song, TAGS, filetags.WriteOptions(), log)
@@ -583,13 +584,13 @@ def test_files_mutagen_knows_by_extension_are_written_and_undone(tmp_path, kind)
 def test_temporary_copy_keeps_the_extension(tmp_path, monkeypatch):
     song = flac(tmp_path, "a.flac")
     seen = []
-    real_open = filetags._open
+    real_open = formats.open_tags
 
     def spy(path):
         seen.append(os.path.basename(path))
         return real_open(path)
 
-    monkeypatch.setattr(filetags, "_open", spy)
+    monkeypatch.setattr(formats, "open_tags", spy)
     log = filetags.UndoLog(tmp_path / "u.jsonl")
     assert filetags.write_tags(song, TAGS, filetags.WriteOptions(), log).status == "written"
     log.close()

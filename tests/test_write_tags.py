@@ -21,6 +21,7 @@ from conftest import HAS_FFMPEG, synth, write_audio
 from typer.testing import CliRunner
 
 from mttag.cli import app
+from mttag.filetags import formats
 from mttag.filetags import writer as filetags
 
 runner = CliRunner()
@@ -162,7 +163,7 @@ def sha(path: Path) -> str:
 
 
 def fields_of(path: Path) -> dict[str, list[str]]:
-    h = filetags._open(str(path))
+    h = formats.open_tags(str(path))
     return {name: h.get(name) for name in filetags.FIELDS}
 
 
@@ -465,7 +466,7 @@ def test_interrupt_before_replace_stops_cleanly(library, tmp_path, monkeypatch):
 
 KILLER = r"""
 import os, signal, sys
-from mttag.filetags import writer as filetags
+from mttag.filetags import formats
 from mttag.cli import app
 where, victim = sys.argv[1], os.path.realpath(sys.argv[2])
 if where == "between":          # the undo record is on disk, the file not yet replaced
@@ -476,7 +477,7 @@ if where == "between":          # the undo record is on disk, the file not yet r
         return real_replace(src, dst, *args, **kwargs)
     os.replace = fault
 else:                            # mid-file: the copy is half written when the process dies
-    original = filetags._open
+    original = formats.open_tags
     def opened(path):
         handler = original(path)
         if os.path.basename(path).startswith("." + os.path.basename(victim)):
@@ -486,7 +487,7 @@ else:                            # mid-file: the copy is half written when the p
                 os.kill(os.getpid(), signal.SIGKILL)
             handler.save = save
         return handler
-    filetags._open = opened
+    formats.open_tags = opened
 app(["write", *sys.argv[3:]])
 """
 

@@ -6,9 +6,10 @@ clean tag list plus the artist used to group tracks for leak-free splits:
 
 * generic field names (``genre``, ``mood``, ``grouping``, ``style``, ``comment``, ``artist``,
   ``albumartist``, ``album``, ``composer``) are mapped to each format's own keys
-  (``TCON``/``TMOO``/``TIT1``+``GRP1``, ``©gen``/``©grp``/freeform ``MOOD``, Vorbis ``GENRE`` ...);
-  any other name is looked up as a custom field (ID3 ``TXXX:NAME``, MP4
-  ``----:com.apple.iTunes:NAME``, a Vorbis/APE/ASF key of that name);
+  (``TCON``/``TMOO``/``TIT1``+``GRP1``, ``©gen``/``©grp``/freeform ``MOOD``, Vorbis ``GENRE`` ...)
+  by :mod:`mttag.filetags.fields`, the table the writer uses too; any other name is looked up
+  as a custom field (ID3 ``TXXX:NAME``, MP4 ``----:com.apple.iTunes:NAME``, a Vorbis/APE/ASF
+  key of that name);
 * every value of a multi-valued field is used, and each value is further split on the
   common separators ``;`` ``/`` ``,`` ``|`` (ID3 v2.3 multi-values written with ``/``
   included);
@@ -26,30 +27,10 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
+from . import fields as _fields
+
 DEFAULT_FIELDS = ("genre",)
 DEFAULT_SEPARATORS = (";", "/", ",", "|", "\x00")
-
-# generic name -> per-format keys (ID3 frame ids or "TXXX:DESC"; MP4 atom names; ASF attribute names).
-# Vorbis comments and APEv2 keys are case-insensitive and use the generic name itself,
-# plus the aliases listed under "vorbis".
-_ID3 = {
-    "genre": ["TCON"], "mood": ["TMOO", "TXXX:MOOD"], "grouping": ["TIT1", "GRP1", "TXXX:GROUPING"],
-    "style": ["TXXX:STYLE"], "comment": ["COMM"], "artist": ["TPE1"], "albumartist": ["TPE2", "TXXX:ALBUMARTIST"],
-    "album": ["TALB"], "composer": ["TCOM"],
-}
-_MP4 = {
-    "genre": ["\xa9gen"], "grouping": ["\xa9grp"], "comment": ["\xa9cmt"], "artist": ["\xa9ART"],
-    "albumartist": ["aART"], "album": ["\xa9alb"], "composer": ["\xa9wrt"],
-}
-_ASF = {
-    "genre": ["WM/Genre"], "mood": ["WM/Mood"], "grouping": ["WM/ContentGroupDescription"],
-    "comment": ["Description"], "artist": ["Author"], "albumartist": ["WM/AlbumArtist"],
-    "album": ["WM/AlbumTitle"], "composer": ["WM/Composer"],
-}
-_VORBIS_ALIASES = {
-    "albumartist": ["albumartist", "album artist", "album_artist"],
-    "comment": ["comment", "description"],
-}
 
 _SPACE = re.compile(r"\s+")
 _FEAT = re.compile(r"\s+(?:feat\.?|ft\.?|featuring)\s+.*$", re.IGNORECASE)
@@ -109,9 +90,8 @@ def _text(value) -> list[str]:
 
 
 def _id3_values(tags, field: str) -> list[str]:
-    keys = _ID3.get(field, [f"TXXX:{field.upper()}"])
     out: list[str] = []
-    for key in keys:
+    for key in _fields.id3_keys(field):
         if key.startswith("TXXX:"):
             desc = key[5:].upper()
             frames = [f for f in tags.getall("TXXX") if str(getattr(f, "desc", "")).upper() == desc]
@@ -126,20 +106,23 @@ def _id3_values(tags, field: str) -> list[str]:
 
 def _mp4_values(tags, field: str) -> list[str]:
     out: list[str] = []
-    for key in _MP4.get(field, []):
-        out.extend(_text(tags.get(key)))
-    name = field.upper()
+    names = {field.upper()}
+    for key in _fields.MP4.get(field, ()):
+        if key.startswith("----:"):
+            names.add(key.rsplit(":", 1)[-1].upper())
+        else:
+            out.extend(_text(tags.get(key)))
     for key in tags.keys():  # freeform atoms: ----:<mean>:<name>, any mean, name case-insensitive
-        if key.startswith("----:") and key.rsplit(":", 1)[-1].upper() == name:
+        if key.startswith("----:") and key.rsplit(":", 1)[-1].upper() in names:
             out.extend(_text(tags[key]))
     return out
 
 
-def _keyed_values(tags, field: str, mapping: dict[str, list[str]] | None) -> list[str]:
+def _keyed_values(tags, field: str, asf: bool) -> list[str]:
     """Vorbis comments, APEv2 and ASF: look the names up case-insensitively."""
-    wanted = {k.lower() for k in _VORBIS_ALIASES.get(field, [field])}
-    if mapping is not None:
-        wanted |= {k.lower() for k in mapping.get(field, [])}
+    wanted = {k.lower() for k in _fields.vorbis_keys(field)}
+    if asf:
+        wanted |= {k.lower() for k in _fields.ASF.get(field, ())}
     out: list[str] = []
     try:
         keys = list(tags.keys())
@@ -187,7 +170,7 @@ def read_fields(path: str | os.PathLike, fields: Sequence[str]) -> dict[str, lis
             elif kind == "mp4":
                 values = _mp4_values(tags, field)
             else:
-                values = _keyed_values(tags, field, _ASF if kind == "asf" else None)
+                values = _keyed_values(tags, field, kind == "asf")
         except Exception:  # noqa: BLE001
             values = []
         out[field] = [v for v in values if v and v.strip()]

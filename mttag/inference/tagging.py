@@ -159,7 +159,7 @@ class TagResult:
     # with keep_windows: each window's (start, end, tags chosen like ``tags``)
     timeline: list[tuple[float, float, list[tuple[str, float]]]] | None = field(default=None, repr=False)
     tag_names: list[str] | None = field(default=None, repr=False)  # the model's vocabulary, for probabilities
-    # what identifies the audio tagged (mttag.filetags.writer.audio_fingerprint): `mttag write` refuses
+    # what identifies the audio tagged (mttag.filetags.fingerprint.audio_fingerprint): `mttag write` refuses
     # a file whose recording changed since; None where it could not be read
     fingerprint: str | None = field(default=None, repr=False)
     # the chosen tags in full, parallel to ``tags`` (whose names are their ``tag``, scores their
@@ -212,7 +212,7 @@ def model_label(model: nn.Module) -> str:
 def _fingerprint(path: str) -> str | None:
     """The audio fingerprint of a file being tagged (one more read of it; the decoder
     reports a file that cannot be read)."""
-    from ..filetags.writer import audio_fingerprint
+    from ..filetags.fingerprint import audio_fingerprint
 
     try:
         return audio_fingerprint(path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..util.display import printable
+from ..util.fs import regular_or_missing
 from .common import EXIT_SOME_FAILED, RunError, RunEvents, RunSummary, close_undo_log, finish, interruptible, open_undo_log
 
 DEFAULT_FIELDS = "genre,mood,mttag"
@@ -38,7 +39,7 @@ class WriteRequest:
 
 
 def _fields(value: str | list[str]) -> list[str]:
-    from ..filetags.writer import FIELDS
+    from ..filetags.fields import FIELDS
 
     text = value if isinstance(value, str) else ",".join(value)
     names = [v.strip().lower() for v in text.split(",") if v.strip()]
@@ -107,15 +108,6 @@ def _check_regular(path: Path, label: str) -> None:
         raise RunError(f"{label}: not a regular file")
 
 
-def _regular_or_missing(path: Path) -> bool:
-    """False for a FIFO, device or folder, where a regular file is expected (reading or
-    appending to a FIFO waits for another process, forever)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return True  # missing (created later) or unreadable: the open that follows says why
-
-
 def _open_log(req: WriteRequest, options):
     """``(lock, log)`` for a run that writes; ``(None, None)`` for a dry run."""
     from ..audio.decode import AUDIO_EXTENSIONS
@@ -127,7 +119,7 @@ def _open_log(req: WriteRequest, options):
     log_path = req.undo_log or filetags.default_undo_log(req.results)
     if log_path.suffix.lower() in set(AUDIO_EXTENSIONS):
         raise RunError(f"--undo-log {printable(log_path)}: names an audio file")
-    if not _regular_or_missing(log_path):
+    if not regular_or_missing(log_path):
         raise RunError(f"--undo-log {printable(log_path)}: not a regular file")
     header = {"results": str(req.results.resolve()), "fields": list(options.fields), "mode": options.mode}
     try:
