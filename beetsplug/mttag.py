@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from beets import ui
 from beets.dbcore import types

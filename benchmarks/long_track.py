@@ -8,7 +8,7 @@ Music Tagging Transformer with random weights, and runs
     /usr/bin/time -v mttag tag FILE --model DIR [--windows all] --format jsonl
 
 for each format and windows setting, printing the peak RSS and the wall time.
-A "decode" row runs the same windows through :func:`mttag.audio.decode.iter_windows`
+A "decode" row runs the same windows through :func:`mttag.audio.windows.iter_windows`
 without a model: what the audio side alone holds.
 
     python benchmarks/long_track.py                       # flac + mp3, default and all windows

@@ -5,7 +5,7 @@ percussive noise bursts and a little hiss; 44.1 kHz stereo, half mp3, half flac)
 then times, for the default number of windows and for ``--windows all``:
 
 * decode   — probing, decoding, downmixing and resampling every window through
-             :func:`mttag.audio.decode.iter_windows` (no model);
+             :func:`mttag.audio.windows.iter_windows` (no model);
 * model    — the Music Tagging Transformer (teacher preset, random weights) on
              batches of windows already in memory (no decoding);
 * tag      — :meth:`mttag.Tagger.tag_files` end to end (decoding in worker
@@ -98,7 +98,7 @@ def _audio_seconds(paths) -> float:
 
 
 def bench_decode(paths, config, windows) -> tuple[float, int]:
-    from mttag.audio.decode import iter_windows
+    from mttag.audio.windows import iter_windows
 
     n = 0
     t = time.perf_counter()

@@ -56,8 +56,8 @@ def components(features: np.ndarray, dim: int) -> np.ndarray:
 
 def even(n: int, k: int) -> np.ndarray:
     """The grid indices ``--windows k`` picks on a track of n windows, from
-    ``mttag.audio.decode.window_starts`` itself (on a track of exactly n unit windows)."""
-    from mttag.audio.decode import window_starts
+    ``mttag.audio.windows.window_starts`` itself (on a track of exactly n unit windows)."""
+    from mttag.audio.windows import window_starts
 
     return np.array([round(s) for s in window_starts(float(n), 1.0, k)])
 
@@ -108,7 +108,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import mttag
-    from mttag.audio.decode import iter_audio_files, probe, read_segment
+    from mttag.audio.decode import probe, read_segment
+    from mttag.audio.files import iter_audio_files
     from mttag.inference.tagging import Tagger
 
     model = mttag.load_model(args.model)

@@ -34,7 +34,8 @@ def main() -> None:
     import numpy as np
 
     import mttag
-    from mttag.audio.decode import iter_audio_files, probe, read_segment
+    from mttag.audio.decode import probe, read_segment
+    from mttag.audio.files import iter_audio_files
     from mttag.inference.tagging import Tagger
 
     model = mttag.load_model(args.model)

@@ -12,20 +12,10 @@ import soundfile as sf
 from conftest import HAS_FFMPEG, finishes, needs_ffmpeg, synth, write_audio
 
 from mttag.audio import decode as audio
-from mttag.audio.decode import (
-    MIN_DURATION,
-    AudioError,
-    check_decoded,
-    even_starts,
-    fit_length,
-    is_silent,
-    iter_audio_files,
-    iter_windows,
-    load_audio,
-    probe,
-    read_segment,
-    window_starts,
-)
+from mttag.audio import windows as windows_mod
+from mttag.audio.decode import MIN_DURATION, AudioError, check_decoded, load_audio, probe, read_segment
+from mttag.audio.files import iter_audio_files
+from mttag.audio.windows import even_starts, fit_length, is_silent, iter_windows, window_starts
 
 SR = 22050
 SOUNDFILE_FORMATS = ["wav", "flac", "ogg", "opus", "mp3"]
@@ -314,8 +304,8 @@ def test_reading_windows_reads_bounded_stretches(tmp_path, monkeypatch):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
-    run_frames = int(audio._RUN_SECONDS * 44100)
-    assert n == 18 and len(segments) == 180 // int(audio._RUN_SECONDS)
+    run_frames = int(windows_mod._RUN_SECONDS * 44100)
+    assert n == 18 and len(segments) == 180 // int(windows_mod._RUN_SECONDS)
     assert all(0 < r <= audio._BLOCK_FRAMES for r in reads)  # never -1 (= the whole file)
     assert max(segments) <= run_frames + 2 * int(audio._MARGIN_SECONDS * 44100) + 2
     assert sum(segments) < 1.02 * info.frames
@@ -328,7 +318,7 @@ def test_windows_cut_from_a_stretch_equal_windows_read_alone(tmp_path, make_audi
     path = make_audio(tmp_path / name, seconds=23.0)
     _, gen = iter_windows(path, SR, 2.0, None)
     together = list(gen)
-    monkeypatch.setattr(audio, "_RUN_SECONDS", 0.0)  # every window its own read
+    monkeypatch.setattr(windows_mod, "_RUN_SECONDS", 0.0)  # every window its own read
     _, gen = iter_windows(path, SR, 2.0, None)
     alone = list(gen)
     assert len(together) == len(alone) == 12
@@ -337,11 +327,11 @@ def test_windows_cut_from_a_stretch_equal_windows_read_alone(tmp_path, make_audi
 
 
 def test_runs_group_close_windows_only():
-    assert audio._runs([0, 3, 6], 3.0, 30.0, 1.0) == [[0, 3, 6]]
-    assert audio._runs([0, 3, 6, 10], 3.0, 30.0, 1.0) == [[0, 3, 6, 10]]  # 1 s gap: still one run
-    assert audio._runs([0, 10, 20], 3.0, 30.0, 1.0) == [[0], [10], [20]]  # sparse plan: one read each
-    assert audio._runs([0, 3, 6, 9], 3.0, 9.0, 1.0) == [[0, 3, 6], [9]]  # a run spans at most 9 s
-    assert audio._runs([0, 2.5, 3.0], 3.0, 30.0, 1.0) == [[0, 2.5, 3.0]]  # overlapping last window
+    assert windows_mod._runs([0, 3, 6], 3.0, 30.0, 1.0) == [[0, 3, 6]]
+    assert windows_mod._runs([0, 3, 6, 10], 3.0, 30.0, 1.0) == [[0, 3, 6, 10]]  # 1 s gap: still one run
+    assert windows_mod._runs([0, 10, 20], 3.0, 30.0, 1.0) == [[0], [10], [20]]  # sparse plan: one read each
+    assert windows_mod._runs([0, 3, 6, 9], 3.0, 9.0, 1.0) == [[0, 3, 6], [9]]  # a run spans at most 9 s
+    assert windows_mod._runs([0, 2.5, 3.0], 3.0, 30.0, 1.0) == [[0, 2.5, 3.0]]  # overlapping last window
 
 
 @needs_ffmpeg
@@ -506,7 +496,7 @@ def test_truncated_file_read_in_several_stretches_stops_at_the_damage(tmp_path, 
     cut, and nothing after it."""
     cut = _cut(make_audio(tmp_path / f"long.{ext}", seconds=60.0), 0.5)
     info, gen = iter_windows(cut, SR, 2.0, None)
-    assert len(audio._runs(window_starts(info.duration, 2.0, None), 2.0, audio._RUN_SECONDS, 1.0)) >= 3
+    assert len(windows_mod._runs(window_starts(info.duration, 2.0, None), 2.0, windows_mod._RUN_SECONDS, 1.0)) >= 3
     windows = finishes(lambda: list(gen))
     assert 12 <= len(windows) <= 16
     assert all(np.isfinite(w).all() and not is_silent(w) for w in windows)

@@ -457,7 +457,7 @@ def test_prepare_reports_a_folder_it_cannot_list(tmp_path, locked_folder):
 
 
 def test_prepare_source_readers_never_skip_a_folder_silently(tmp_path, locked_folder):
-    from mttag.audio.decode import UnlistableFolder
+    from mttag.audio.files import UnlistableFolder
 
     wav(tmp_path / "lib" / "a.wav")
     wav(tmp_path / "lib" / "locked" / "b.wav")

@@ -91,7 +91,7 @@ def test_saved_files_follow_umask(tmp_path):
 def test_model_card_metadata_reads_back_exactly(tmp_path, name):
     import yaml
 
-    from mttag.models import build_model, make_config, place
+    from mttag.models import build_model, make_config
     from mttag.weights.modelfile import save_model
 
     model = build_model(make_config("transformer", ["a", "b"], "tiny"))

@@ -256,7 +256,7 @@ def test_streamed_and_prefetched_tracks_agree(library, tiny_model, monkeypatch):
 def test_windows_decoded_in_stretches_tag_like_windows_read_alone(library, tiny_model, monkeypatch):
     """The stretch decoder (consecutive windows decoded together and cut apart) is a fast
     path that claims exactness: probabilities within 1e-3 of every window read on its own."""
-    from mttag.audio import decode as audio
+    from mttag.audio import windows as audio
 
     files = audio_paths(library)
     together = list(Tagger(tiny_model, "cpu", windows=None).tag_files(files, top=None))

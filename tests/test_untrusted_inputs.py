@@ -22,10 +22,11 @@ from conftest import finishes, synth, write_audio
 from typer.testing import CliRunner
 
 from mttag.audio import decode as audio
-from mttag.audio.decode import iter_audio_files
+from mttag.audio.files import iter_audio_files
+from mttag.audio.windows import window_starts
 from mttag.cli import app
 from mttag.inference import index as embedding
-from mttag.inference.index import MANIFEST, SCORES, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
+from mttag.inference.index import MANIFEST, TRACKS, VECTORS, EmbeddingIndex, EmbeddingIndexError, IndexWriter
 from mttag.inference.output import ResultWriter
 
 runner = CliRunner()
@@ -142,7 +143,7 @@ def test_lengths_no_file_of_that_size_could_hold_are_not_believed():
 
 def test_a_bounded_window_plan_is_computed_without_the_whole_grid():
     """``--windows 20`` on a track claiming 2**63 frames planned every grid window first."""
-    starts = finishes(lambda: audio.window_starts(4e14, 10.0, 20), timeout=5)
+    starts = finishes(lambda: window_starts(4e14, 10.0, 20), timeout=5)
     assert len(starts) == 20 and starts[0] < starts[-1] < 4e14
 
 

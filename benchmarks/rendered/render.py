@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field

@@ -31,9 +31,9 @@ def evaluate(
     workers: int = typer.Option(0, "--workers", min=0),
 ) -> None:
     """Macro and per-tag ROC-AUC and PR-AUC (JSON: top-level roc_auc, pr_auc, per_tag)."""
-    from ..training.store import PreparedDataset
     from ..errors import TrainingError
     from ..training.evaluation import evaluate as run_eval
+    from ..training.store import PreparedDataset
     from ..weights.modelfile import ModelLoadError
     from ..weights.pretrained import load_model
 

@@ -79,11 +79,10 @@ def run_training(dataset, out_dir, cfg, resume, unlabeled_paths, quiet, force=Fa
     """Shared by ``train`` and ``distill``: open data, run, print progress and a summary."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-    from ..training.prepare import PrepareInterrupted
-
-    from ..training.store import PreparedDataset
     from ..errors import TrainingError
     from ..training.loop import train
+    from ..training.prepare import PrepareInterrupted
+    from ..training.store import PreparedDataset
     from ..weights.modelfile import ModelLoadError
 
     try:
@@ -152,9 +151,9 @@ def run_rounds(dataset, out_dir: Path, cfg, rounds: int, resume: bool, unlabeled
     OUT_DIR is locked for the whole run (one writer per directory; under torchrun, rank 0
     holds it), and SIGTERM stops the run like Ctrl+C: exit 130, resumable. A file in a run
     directory that mttag did not write is refused before anything is created, unless ``force``."""
-    from ..training.store import PreparedDataset
     from ..errors import TrainingError
     from ..training.rundir import check_run_dir, run_lock
+    from ..training.store import PreparedDataset
     from ..util.fileio import LockedError
 
     if dataset is not None:  # before OUT_DIR is created

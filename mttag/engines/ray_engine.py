@@ -10,7 +10,7 @@ share of the object store)::
   become blocks of a dataset, which Ray spreads over the cluster.
 * **decode**: each task reads a track's bytes (a local or shared path as it is, an
   object-store file copied to a temporary file) and decodes only the windows the model
-  will see, with the single-machine decoder (:func:`mttag.audio.decode.iter_windows`), so an
+  will see, with the single-machine decoder (:func:`mttag.audio.windows.iter_windows`), so an
   hour-long track costs its windows, not its samples. A track that cannot be decoded
   becomes a row with its error, exactly as on one machine.
 * **model**: stateful actors, each holding the model once (``map_batches`` with a
@@ -114,7 +114,8 @@ def decode_track(track: str, sample_rate: int, crop_seconds: float, windows: int
     bytes), ``silent``, ``error`` and the read and decode seconds."""
     import numpy as np
 
-    from ..audio.decode import AudioError, is_silent, iter_windows
+    from ..audio.decode import AudioError
+    from ..audio.windows import is_silent, iter_windows
 
     row: dict[str, Any] = {"path": track, "duration": None, "n": 0, "audio": b"", "silent": True, "error": None,
                            "_read_s": 0.0, "_decode_s": 0.0}

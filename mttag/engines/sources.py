@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..audio.decode import AUDIO_EXTENSIONS, UnlistableFolder, iter_audio_files
+from ..audio.files import AUDIO_EXTENSIONS, UnlistableFolder, iter_audio_files
 
 MANIFEST_TEXT = (".txt", ".lst", ".m3u", ".m3u8")
 MANIFEST_SUFFIXES = MANIFEST_TEXT + (".csv", ".tsv", ".parquet")

@@ -577,7 +577,7 @@ def write_playlist(path: str | os.PathLike, entries: Sequence[tuple[str, float]]
 
     Refuses (``EmbeddingIndexError``) to replace a file that is not a playlist unless ``force``,
     and anything with an audio extension always."""
-    from ..audio.decode import AUDIO_EXTENSIONS
+    from ..audio.files import AUDIO_EXTENSIONS
 
     path = Path(path)
     if path.suffix.lower() in AUDIO_EXTENSIONS:

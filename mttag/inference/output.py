@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..audio.decode import AUDIO_EXTENSIONS
+from ..audio.files import AUDIO_EXTENSIONS
 from ..util.display import json_printable, printable, reaches_terminal
 from ..util.fileio import ExclusiveLock, LockedError
 from . import vocab

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..audio.decode import AudioError, is_silent, iter_windows, window_starts
+from ..audio.decode import AudioError
+from ..audio.windows import is_silent, iter_windows, window_starts
 from ..constants import DEFAULT_WINDOWS  # noqa: E402  (re-exported: mttag.inference.tagging.DEFAULT_WINDOWS)
 from ..device import resolve_precision, select_device  # noqa: F401 (resolve_precision: re-exported)
 from ..models import place

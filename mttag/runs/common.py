@@ -147,7 +147,7 @@ def bf16_emulation_warning(precision: str, device_type: str) -> str | None:
 def find_audio(paths: Iterable[str | os.PathLike]):
     """The audio files under ``paths`` (folders searched recursively), and the folders that
     could not be listed (each a failure of its own, not a silent gap)."""
-    from ..audio.decode import UnlistableFolder, iter_audio_files
+    from ..audio.files import UnlistableFolder, iter_audio_files
 
     unlistable: list[UnlistableFolder] = []
     files = list(iter_audio_files(paths, on_error=unlistable.append))

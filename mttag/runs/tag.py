@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..constants import DEFAULT_WINDOWS
 from ..util.display import printable
 from .common import (
     EXIT_SOME_FAILED,

@@ -110,7 +110,7 @@ def _check_regular(path: Path, label: str) -> None:
 
 def _open_log(req: WriteRequest, options):
     """``(lock, log)`` for a run that writes; ``(None, None)`` for a dry run."""
-    from ..audio.decode import AUDIO_EXTENSIONS
+    from ..audio.files import AUDIO_EXTENSIONS
     from ..filetags import writer as filetags
     from ..util.fileio import LockedError
 

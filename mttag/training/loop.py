@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..audio.decode import even_starts
+from ..audio.windows import even_starts
 from ..device import resolve_precision, select_device
 from ..errors import TrainingError
 from ..models import ModelConfig, build_model, crop_seconds_for, make_config, place

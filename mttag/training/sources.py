@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.decode import iter_audio_files
+from ..audio.files import iter_audio_files
 from ..filetags.reader import clean_tags
 from ..util.display import printable
 from .splits import _SPLIT_NAMES, parse_split
@@ -300,7 +300,7 @@ def tracks_from_metadata(folder: str | os.PathLike, fields: Sequence[str] = ("ge
     fields are unlabelled. The group is the artist tag, else the file's folder.
 
     A subfolder that cannot be listed is passed to ``on_error`` (a
-    :class:`mttag.audio.decode.UnlistableFolder`), or without it raised once the readable files
+    :class:`mttag.audio.files.UnlistableFolder`), or without it raised once the readable files
     have been yielded: it is never skipped in silence."""
     from ..filetags.reader import DEFAULT_SEPARATORS, read_file_tags
 

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.decode import even_starts
+from ..audio.windows import even_starts
 from ..util.fileio import atomic_write
 from .splits import _SPLIT_NAMES, UNLABELED, parse_split
 
