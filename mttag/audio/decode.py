@@ -8,6 +8,7 @@ Every failure is an :class:`AudioError` whose message names the file and the rea
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,32 +164,19 @@ def _counted_info(path: Path, sample_rate: int, channels: int, claim: str) -> Au
     # one byte per frame (mono, 8-bit): the count is all that is kept
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0", "-ac", "1",
            "-ar", str(sample_rate), "-f", "u8", "-"]
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        except OSError as exc:
-            raise AudioError(path, f"cannot run ffmpeg ({exc.strerror})") from None
-        timer = threading.Timer(FFMPEG_TIMEOUT, proc.kill)
-        timer.start()
-        frames = 0
-        try:
-            while frames <= limit:
-                chunk = proc.stdout.read(1 << 20)
-                if not chunk:
-                    break
-                frames += len(chunk)
-        finally:
-            proc.stdout.close()  # past the limit: ffmpeg then exits on a broken pipe
-            killed = proc.wait() != 0 and not timer.is_alive()
-            timer.cancel()
-        if frames > limit:
-            raise AudioError(path, "decodes to more audio than a file of this size can hold")
-        if killed:  # a count cut short is no length: tagging would plan windows on part of the track
-            raise AudioError(path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s")
-        if frames == 0:
-            err.seek(0)
-            lines = err.read().decode(errors="replace").strip().splitlines() or ["no audio samples"]
-            raise AudioError(path, f"not a decodable audio file ({_short(lines[-1], path)})")
+    frames = 0
+    # past the limit the pipe is closed and ffmpeg exits; a count cut short by the timeout is
+    # refused (tagging would plan windows on part of the track)
+    with _ffmpeg(cmd, path) as run:
+        while frames <= limit:
+            chunk = run.stdout.read(1 << 20)
+            if not chunk:
+                break
+            frames += len(chunk)
+    if frames > limit:
+        raise AudioError(path, "decodes to more audio than a file of this size can hold")
+    if frames == 0:
+        raise AudioError(path, f"not a decodable audio file ({_short(run.last_error('no audio samples'), path)})")
     return AudioInfo(str(path), int(sample_rate), max(1, int(channels)), frames, "ffmpeg")
 
 
@@ -464,39 +453,63 @@ def _read_ffmpeg(info: AudioInfo, start: int, frames: int | None) -> np.ndarray:
     if frames is not None:
         cmd += ["-t", f"{(frames + 64) / src:.6f}"]  # a little extra, cut exactly below
     cmd += ["-vn", "-map", "0:a:0", "-ac", str(channels), "-ar", str(src), "-f", "f32le", "-"]
-    # stderr goes to a file: a damaged stream can log more than a pipe holds and stall ffmpeg
+    blocks: list[np.ndarray] = []
+    got, frame_bytes = 0, 4 * channels
+    with _ffmpeg(cmd, Path(info.path)) as run:
+        # read in blocks and downmix each, so a long file is never held at full width
+        while frames is None or got < frames:
+            want = _BLOCK_FRAMES if frames is None else min(_BLOCK_FRAMES, frames - got)
+            raw = run.stdout.read(want * frame_bytes)
+            usable = len(raw) - len(raw) % frame_bytes
+            if usable:
+                block = np.frombuffer(raw[:usable], dtype=np.float32).reshape(-1, channels)
+                blocks.append(_to_mono(block))
+                got += len(block)
+            if len(raw) < want * frame_bytes:
+                break
+    if run.returncode != 0 and not blocks:
+        raise AudioError(info.path, f"ffmpeg could not decode it ({_short(run.last_error('unknown error'), Path(info.path))})")
+    return np.concatenate(blocks)[skip:] if blocks else np.zeros(0, np.float32)
+
+
+class _FfmpegRun:
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.stdout, self._proc = proc.stdout, proc
+        self.stderr_tail = b""
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    def last_error(self, default: str) -> str:
+        lines = self.stderr_tail.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else default
+
+
+@contextlib.contextmanager
+def _ffmpeg(cmd: list[str], path: Path) -> Iterator[_FfmpegRun]:
+    """ffmpeg running ``cmd``, its output read from ``run.stdout``; killed after
+    :data:`FFMPEG_TIMEOUT` s (then AudioError on leaving the block). Leaving early closes the
+    pipe, and ffmpeg exits on it. stderr goes to a file: a damaged stream can log more than a
+    pipe holds and stall ffmpeg; its end is ``run.last_error()`` once the block is left."""
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         except OSError as exc:
-            raise AudioError(info.path, f"cannot run ffmpeg ({exc.strerror})") from None
+            raise AudioError(path, f"cannot run ffmpeg ({exc.strerror})") from None
         timer = threading.Timer(FFMPEG_TIMEOUT, proc.kill)
         timer.start()
-        blocks: list[np.ndarray] = []
-        got, frame_bytes = 0, 4 * channels
+        run = _FfmpegRun(proc)
         try:
-            # read in blocks and downmix each, so a long file is never held at full width
-            while frames is None or got < frames:
-                want = _BLOCK_FRAMES if frames is None else min(_BLOCK_FRAMES, frames - got)
-                raw = proc.stdout.read(want * frame_bytes)
-                usable = len(raw) - len(raw) % frame_bytes
-                if usable:
-                    block = np.frombuffer(raw[:usable], dtype=np.float32).reshape(-1, channels)
-                    blocks.append(_to_mono(block))
-                    got += len(block)
-                if len(raw) < want * frame_bytes:
-                    break
+            yield run
         finally:
-            proc.stdout.close()  # we may stop reading early: ffmpeg then exits on a broken pipe
+            proc.stdout.close()
             killed = proc.wait() != 0 and not timer.is_alive()
             timer.cancel()
+            err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
+            run.stderr_tail = err.read()
         if killed:
-            raise AudioError(info.path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s")
-        if proc.returncode != 0 and not blocks:
-            err.seek(0)
-            lines = err.read().decode(errors="replace").strip().splitlines() or ["unknown error"]
-            raise AudioError(info.path, f"ffmpeg could not decode it ({_short(lines[-1], Path(info.path))})")
-    return np.concatenate(blocks)[skip:] if blocks else np.zeros(0, np.float32)
+            raise AudioError(path, f"ffmpeg did not finish in {FFMPEG_TIMEOUT} s")
 
 
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
