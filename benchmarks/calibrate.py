@@ -137,7 +137,7 @@ def main() -> int:
     data = {
         "calibration_version": 1,
         "method": "confidence = Phi((logit p - mu) / sigma), mu and sigma of logit p for the tag over the reference "
-                  "tracks (each tagged with the default window plan, float32); see mttag/calibration.py",
+                  "tracks (each tagged with the default window plan, float32); see mttag/inference/calibration.py",
         "models": models,
     }
     a.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
