@@ -71,9 +71,8 @@ class TrainConfig:
     eval_chunks: int = 8
     augment: bool = True
     augment_probabilities: dict[str, float] = field(default_factory=dict)
-    amp: bool = True  # bf16 autocast on CUDA
-    # 'auto': bf16 autocast on CUDA (when amp); 'fp32'; 'bf16': on any device, e.g. CPUs with
-    # native bf16 (AVX-512 BF16, AMX), where it makes training steps ~1.7x faster
+    # 'auto': bf16 autocast on CUDA; 'fp32'; 'bf16': on any device, e.g. CPUs with native bf16
+    # (AVX-512 BF16, AMX), where it makes training steps ~1.7x faster
     precision: str = "auto"
     workers: int = 2
     seed: int = 0
@@ -260,7 +259,7 @@ def _place(config: TrainConfig) -> tuple[int, int, torch.device, bool]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    amp = resolve_precision(config.precision, device, training=True) == "bf16" and (config.amp or config.precision == "bf16")
+    amp = resolve_precision(config.precision, device, training=True) == "bf16"
     return rank, world, device, amp
 
 
