@@ -80,8 +80,11 @@ def write(path: Path, n: int) -> dict:
     return {"write_s": time.perf_counter() - t0}
 
 
-def build(path: Path) -> dict:
+def build(path: Path, expansion_add: int | None = None) -> dict:
     from mttag.inference import ann
+
+    if expansion_add:  # a cheaper graph than mttag builds: a lower bound on its recall, for sizes too slow to build
+        ann.EXPANSION_ADD = expansion_add
 
     last = [time.perf_counter()]
 
@@ -91,7 +94,7 @@ def build(path: Path) -> dict:
             last[0] = time.perf_counter()
 
     r = ann.build(path, rebuild=True, progress=progress)
-    return {"build_s": r.seconds, "ann_bytes": r.bytes,
+    return {"build_s": r.seconds, "ann_bytes": r.bytes, "expansion_add": ann.EXPANSION_ADD,
             "build_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -198,12 +201,15 @@ def main() -> None:
     ap.add_argument("--exact-queries", type=int, default=10)
     ap.add_argument("--ef", type=int, nargs="+", default=[128, 256, 512, 1024])
     ap.add_argument("--min-fetch", type=int, help="Candidates rescored at least (default: mttag.inference.ann.MIN_FETCH).")
+    ap.add_argument("--expansion-add", type=int, help="Build with this expansion_add instead of mttag's "
+                    "(mttag.inference.ann.EXPANSION_ADD): a cheaper graph whose recall is a lower bound on mttag's, "
+                    "for sizes whose build would take too long on this machine.")
     ap.add_argument("--phase", choices=["write", "build", "truth", "measure"], help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help="Keep the indexes in --work (default: reuse if present).")
     args = ap.parse_args()
     if args.phase:  # one phase, in its own process (memory and timings of that phase alone)
         path = args.work / f"n{args.sizes[0]}.mttag"
-        result = {"write": lambda: write(path, args.sizes[0]), "build": lambda: build(path),
+        result = {"write": lambda: write(path, args.sizes[0]), "build": lambda: build(path, args.expansion_add),
                   "truth": lambda: exact_truth(path, args.queries),
                   "measure": lambda: measure(path, args.queries, args.exact_queries, args.ef, args.min_fetch)}[args.phase]()
         print(json.dumps(result))
@@ -220,6 +226,8 @@ def main() -> None:
                    "--queries", str(args.queries), "--exact-queries", str(args.exact_queries), "--ef", *map(str, args.ef)]
             if args.min_fetch:
                 cmd += ["--min-fetch", str(args.min_fetch)]
+            if args.expansion_add:
+                cmd += ["--expansion-add", str(args.expansion_add)]
             done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         row["vectors_bytes"] = (path / "vectors.f32").stat().st_size
