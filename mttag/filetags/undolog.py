@@ -31,7 +31,7 @@ _HEX = set("0123456789abcdef")
 
 def undo_key_path() -> Path:
     """The per-user secret that signs undo records (``~/.config/mttag/undo.key``)."""
-    from ..weights.registry import user_config_dir
+    from ..util.fs import user_config_dir
 
     return user_config_dir() / UNDO_KEY_NAME
 

@@ -1,11 +1,14 @@
 """Small file-system answers shared by the package: syncing a folder after a rename (a file
 renamed into place survives a crash only once its folder is synced), and whether a path may be
-opened as a plain file."""
+opened as a plain file, and where mttag keeps its per-user settings (the user registry, the
+undo-log key)."""
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
+from pathlib import Path
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -29,3 +32,12 @@ def regular_or_missing(path: str | os.PathLike) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return True  # missing (created later) or unreadable: the open that follows says why
+
+
+def user_config_dir() -> Path:
+    """mttag's folder in the user's configuration directory (``XDG_CONFIG_HOME`` honoured)."""
+    if os.environ.get("XDG_CONFIG_HOME"):
+        return Path(os.environ["XDG_CONFIG_HOME"]).expanduser() / "mttag"
+    if sys.platform == "win32" and os.environ.get("APPDATA"):  # pragma: no cover - Windows only
+        return Path(os.environ["APPDATA"]) / "mttag"
+    return Path.home() / ".config" / "mttag"

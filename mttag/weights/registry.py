@@ -8,13 +8,13 @@ import json
 import math
 import os
 import re
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from ..constants import CONFIG_NAME, DATA_DIR, WEIGHTS_NAME
 from ..errors import ModelLoadError
+from ..util.fs import user_config_dir
 
 REGISTRY_PATH = DATA_DIR / "registry.json"
 ENV_REGISTRY = "MTTAG_REGISTRY"
@@ -32,15 +32,6 @@ LOCATION_KINDS = ("bundled", "hub", "url")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _HEX = {"sha1": re.compile(r"^[0-9a-f]{40}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def user_config_dir() -> Path:
-    """mttag's folder in the user's configuration directory (``XDG_CONFIG_HOME`` honoured)."""
-    if os.environ.get("XDG_CONFIG_HOME"):
-        return Path(os.environ["XDG_CONFIG_HOME"]).expanduser() / "mttag"
-    if sys.platform == "win32" and os.environ.get("APPDATA"):  # pragma: no cover - Windows only
-        return Path(os.environ["APPDATA"]) / "mttag"
-    return Path.home() / ".config" / "mttag"
 
 
 def user_registry_paths() -> list[Path]:
