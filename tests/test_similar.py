@@ -227,6 +227,26 @@ def test_the_ann_decision_takes_the_run_s_count_without_opening_the_index(music,
     assert opened == []
 
 
+def test_auto_builds_no_ann_file_past_the_size_where_its_recall_was_measured(music, tiny_model_dir, tmp_path,
+                                                                            monkeypatch):
+    """Past AUTO_MAX_TRACKS --ann auto keeps similar exact (the graph's recall falls with size) and
+    says how to ask for one; --ann on still builds it, and auto then keeps it up to date."""
+    from mttag.inference import ann
+
+    monkeypatch.setattr(ann, "AUTO_MIN_TRACKS", 1)
+    monkeypatch.setattr(ann, "AUTO_MAX_TRACKS", 1)
+    out = tmp_path / "a.mttag"
+    result = run("embed", *good_files(music)[:2], "-o", out, "-m", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    assert "searches it exactly" in " ".join(result.output.split()) and ann.read_meta(out) is None
+    if not ann.available():
+        return
+    result = run("embed", "-o", out, "--resume", "--ann", "on")
+    assert result.exit_code == 0 and ann.read_meta(out)["count"] == 2, result.output
+    result = run("embed", *good_files(music)[2:3], "-o", out, "--resume", "-m", tiny_model_dir)
+    assert result.exit_code == 0 and ann.read_meta(out)["count"] == 3, result.output
+
+
 def test_another_model_is_refused(index, music, tmp_path):
     other = save_tiny_model(tmp_path / "other", seed=1)
     before = (index / VECTORS).read_bytes()

@@ -49,6 +49,11 @@ ANN_FORMAT_VERSION = 1
 # Below this many tracks exact search is fast enough (35 ms at 100k, benchmarks/similar_latency.py)
 # and always right: "auto" neither builds nor uses an ANN file there.
 AUTO_MIN_TRACKS = 200_000
+# ... nor builds one past this many (an ANN file built on request, `--ann on`, is still used and
+# kept up to date): recall@10 with these parameters fell from 0.94 at a million musicnn-like
+# tracks to 0.80 at three million (benchmarks/ann_recall.py, docs/similarity.md), while exact
+# search there takes ~0.1 s (0.4 s at ten million), so past a million "auto" keeps it exact.
+AUTO_MAX_TRACKS = 1_000_000
 # HNSW parameters, chosen by benchmarks/ann_recall.py (docs/similarity.md): int8 vectors halve
 # the memory of float16, and exact rescoring of the candidates recovers the order int8
 # distances blur; 16 links per node is usearch's default; expansion_add 64 builds ~2x faster
