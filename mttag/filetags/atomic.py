@@ -111,14 +111,6 @@ def _unlink(path: str) -> None:
         pass
 
 
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _still_as_read(real: str, st: os.stat_result, sha: str) -> None:
     """The file is the one mttag read: same inode, size, mtime and content. Another
     program's save since then (or a replaced file) stops the write, so its edit survives."""

@@ -10,13 +10,13 @@ import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..util.fs import fsync_file
 from ..util.hashing import file_sha256
 from . import formats
 from .atomic import (
     check_writable,
     file_lock,
     finish_times,
-    fsync_file,
     make_copy,
     replacing,
     temp_beside,

@@ -41,6 +41,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..util.fs import fsync_file
 from ..util.hashing import file_sha256
 from . import formats
 from .atomic import (
@@ -48,7 +49,6 @@ from .atomic import (
     check_writable,
     file_lock,
     finish_times,
-    fsync_file,
     make_copy,
     replacing,
 )

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .fs import fsync_dir
+from .fs import fsync_dir, fsync_file
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
@@ -27,22 +27,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        _fsync_file(tmp)
+        try:
+            fsync_file(tmp)
+        except OSError:
+            pass  # a file system that cannot sync (some network mounts) still gets the rename
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # a file system that cannot sync (some network mounts) still gets the rename
-    finally:
-        os.close(fd)
 
 
 class LockedError(Exception):

@@ -11,6 +11,15 @@ import sys
 from pathlib import Path
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush ``path``'s content to disk; raises OSError when it cannot be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Flush ``folder``'s entries to disk; a no-op where folders cannot be opened (Windows) or synced."""
     try:
