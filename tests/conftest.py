@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -176,3 +177,42 @@ def finishes(fn, timeout: float = 30.0):
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3-compatible server (moto's) on 127.0.0.1 with a bucket ``catalogue``, and the
+    standard environment pointing at it; yields a boto3 client."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    from moto.s3.responses import S3Response
+
+    serialized = getattr(S3Response, "serialized", None)
+
+    def fixed(self, result):
+        # moto 5.2.1 names the CompleteMultipartUpload answer's root element wrongly, which
+        # pyarrow (rightly) takes for an error (getmoto/moto#10055); real S3 does not
+        status, headers, body = serialized(self, result)
+        if self.data.get("Action") == "CompleteMultipartUpload" and isinstance(body, str):
+            body = body.replace("CompleteMultipartUploadResponse", "CompleteMultipartUploadResult")
+        return status, headers, body
+
+    if serialized is not None:
+        monkeypatch.setattr(S3Response, "serialized", fixed)
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="catalogue")
+    yield client
+    server.stop()

@@ -7,7 +7,6 @@ takes ~10 s to start on two cores."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,9 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.dataset as pads  # noqa: E402
 from conftest import synth, write_audio  # noqa: E402
 
-from mttag.engines import ray_engine  # noqa: E402
+from mttag.engines import dataset_index, ray_engine  # noqa: E402
+from mttag.inference.embedder import Embedder  # noqa: E402
+from mttag.inference.index import EmbeddingIndex  # noqa: E402
 from mttag.inference.tagging import Tagger  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +65,7 @@ def test_same_numbers_as_one_machine_a_bad_file_and_resume(cluster, library, tin
     root, good, bad = library
     out = tmp_path / "tags.parquet"
     summary = ray_engine.run([root / "music"], out, model=tiny_model, model_name="tiny", windows=None,
-                             precision="fp32", rows_per_part=2, tracks_per_call=3)
+                             precision="fp32", rows_per_part=2, tracks_per_call=3, embeddings=True)
     assert (summary.tagged, summary.failed) == (TRACKS, 1)
     rows = dataset_rows(out)
     paths = [r["path"] for r in rows]
@@ -82,6 +83,14 @@ def test_same_numbers_as_one_machine_a_bad_file_and_resume(cluster, library, tin
         assert row["duration"] == pytest.approx(r.duration)
     print(f"ray vs one machine: largest score difference {worst:.3g} over {len(expected)} tracks")
     assert worst <= 1e-4, worst
+
+    # the dataset made into an index (mttag embed --from): the single-machine embedder's vectors
+    summary = dataset_index.import_dataset(dataset_index.open_dataset(str(out)), tmp_path / "idx.mttag")
+    assert (summary.added, [os.path.basename(p) for p, _ in summary.failed]) == (TRACKS, ["broken.wav"])
+    idx = EmbeddingIndex(tmp_path / "idx.mttag")
+    local = Embedder(tiny_model, "cpu", windows=None, model_name="tiny")
+    worst = max(float(np.max(np.abs(idx.vector(idx.row_of(r.path)) - r.vector))) for r in local.embed_files(good))
+    assert idx.model == local.identity and worst <= 1e-4, worst
 
     # --resume: nothing new, nothing rewritten
     parts = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -113,7 +122,7 @@ def test_killed_actor_and_writer_lose_nothing_and_write_nothing_twice(cluster, l
             assert np.allclose(r["scores"], expected[r["path"]].probabilities, atol=1e-4)
 
 
-def test_cli_manifest_embeddings_and_refusals(cluster, library, tiny_model_dir, tmp_path):
+def test_cli_manifest_embeddings_and_refusals(cluster, library, tiny_model, tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
     from mttag.cli import app
@@ -129,6 +138,18 @@ def test_cli_manifest_embeddings_and_refusals(cluster, library, tiny_model_dir, 
     assert set(rows) == {"t0.wav", "t1.wav", "gone.wav"}
     assert "no such file" in rows["gone.wav"]["error"]
     assert np.linalg.norm(rows["t0.wav"]["embedding"]) == pytest.approx(1.0, abs=1e-5)
+
+    # the dataset made into an index for mttag similar, by the model's folder and windows
+    from mttag.constants import DEFAULT_WINDOWS
+
+    res = runner.invoke(app, ["embed", "--from", str(out), "-o", str(tmp_path / "idx.mttag"), "-q"])
+    assert res.exit_code == 1, res.output  # gone.wav has no vector
+    idx = EmbeddingIndex(tmp_path / "idx.mttag")
+    assert sorted(Path(p).name for p in idx.paths) == ["t0.wav", "t1.wav"]
+    assert idx.model["name"] == str(tiny_model_dir) and idx.manifest["windows"] == DEFAULT_WINDOWS
+    # (the vectors are compared with the single-machine engine's in fp32 above: this run's
+    # workers may take bf16 on a CPU that has it, which the test process's patch cannot reach)
+    assert idx.model["revision"] == Embedder(tiny_model, "cpu", model_name="x").identity["revision"]
 
     res = runner.invoke(app, ["tag", str(root / "music"), "--engine", "ray", "-o", str(tmp_path / "x"), "--write"])
     assert res.exit_code == 2 and "--write is not available with --engine ray" in res.output
@@ -211,43 +232,6 @@ def test_uris_survive_the_command_line(tmp_path):
     local = tmp_path / "a:" / "b"
     local.mkdir(parents=True)
     assert as_source(local) == str(local)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    from moto.s3.responses import S3Response
-
-    serialized = getattr(S3Response, "serialized", None)
-
-    def fixed(self, result):
-        # moto 5.2.1 names the CompleteMultipartUpload answer's root element wrongly, which
-        # pyarrow (rightly) takes for an error (getmoto/moto#10055); real S3 does not
-        status, headers, body = serialized(self, result)
-        if self.data.get("Action") == "CompleteMultipartUpload" and isinstance(body, str):
-            body = body.replace("CompleteMultipartUploadResponse", "CompleteMultipartUploadResult")
-        return status, headers, body
-
-    if serialized is not None:
-        monkeypatch.setattr(S3Response, "serialized", fixed)
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="catalogue")
-    yield client
-    server.stop()
 
 
 def test_object_store_in_and_out(cluster, library, tiny_model, s3, tmp_path):

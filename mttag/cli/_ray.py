@@ -1,4 +1,5 @@
-"""``mttag tag --engine ray`` and ``mttag embed --engine ray``: the command-line side."""
+"""``mttag tag --engine ray`` and ``mttag embed --engine ray``, and ``mttag embed --from`` (the
+dataset such a run wrote, made into an index): the command-line side."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from ._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, console, fail,
 
 # typer hands PATHS over as Path objects, which fold "s3://bucket" into "s3:/bucket"
 _FOLDED_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/(?!/)")
+# Tracks without a vector listed one by one after an import (the rest counted): a catalogue's
+# failures were each reported by the run that met them.
+SHOWN_FAILURES = 10
 
 
 def as_source(path: Path | str) -> str:
@@ -68,3 +72,43 @@ def run_tag(paths, **kwargs) -> NoReturn:
 
 def run_embed(paths, **kwargs) -> NoReturn:
     run_cli(paths, command="embed", embeddings=True, **kwargs)
+
+
+def run_import(source: str, output: Path, *, resume: bool, force: bool, quiet: bool) -> tuple[int, int | None]:
+    """``mttag embed --from DATASET -o INDEX``: ``(exit code, tracks the index holds)``; the
+    ANN file is the caller's, as after embedding audio."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..engines.dataset_index import DatasetError, import_dataset, open_dataset
+    from ..inference.parquet import ParquetUnavailable
+
+    source = as_source(source)
+    try:
+        dataset = open_dataset(source)
+    except (DatasetError, ParquetUnavailable, ImportError) as exc:
+        fail(f"--from {exc}" if isinstance(exc, DatasetError) else str(exc))
+    bar = Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, disable=quiet or not console.is_terminal, transient=True)
+    task = bar.add_task("import", total=dataset.rows)
+    try:
+        with sigterm_as_interrupt(), bar:
+            summary = import_dataset(dataset, output, resume=resume, force=force,
+                                     progress=lambda s, total: bar.update(task, completed=s.rows))
+    except DatasetError as exc:
+        fail(str(exc), exc.exit_code)
+    if not quiet:
+        for path, reason in summary.failed[:SHOWN_FAILURES]:
+            warn(f"{printable(path)}: no vector ({reason})")
+        if len(summary.failed) > SHOWN_FAILURES:
+            warn(f"... and {len(summary.failed) - SHOWN_FAILURES} more tracks without a vector (the dataset's error column says why)")
+        parts = len(dataset.files)
+        counts = "".join([f", {len(summary.failed)} without a vector" if summary.failed else "",
+                          f", {summary.already} already in it" if summary.already else ""])
+        msg = (f"{summary.added} tracks imported from {printable(source)} ({parts} part{'s' if parts != 1 else ''}, "
+               f"{printable(dataset.model['name'])}){counts} in {summary.seconds:.1f} s; "
+               f"{printable(output)} holds {summary.stored} tracks")
+        console.print(("[yellow]interrupted:[/] " if summary.interrupted else "") + escape(msg),
+                      highlight=False, soft_wrap=True)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED, None
+    return (EXIT_SOME_FAILED if summary.failed else EXIT_OK), summary.stored

@@ -87,6 +87,31 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -
     return EXIT_OK
 
 
+def _import(source: str, output: Path, paths, engine: str, resume: bool, force: bool, quiet: bool, ann: Ann,
+            refused: dict[str, object]) -> None:
+    """``--from DATASET``: the index made from a dataset's embeddings, then its ANN file."""
+    from ._ray import run_import
+
+    if paths:
+        fail("--from imports a dataset's embeddings: give no PATHS (embed them into a dataset, or into the index, first)")
+    if engine != "local":
+        fail("--from runs on this machine (the index is a folder here): leave out --engine")
+    for option, value in refused.items():
+        if value is not None:
+            fail(f"{option} is not available with --from: the dataset's embeddings are made already "
+                 f"(its model and windows are the index's)")
+    if ann is Ann.on:
+        from ..inference.ann import MISSING, available
+
+        if not available():
+            fail(f"--ann on: {MISSING}")
+    code, stored = run_import(source, output, resume=resume, force=force, quiet=quiet)
+    if stored is None:  # interrupted: no ANN file over a partial import
+        raise typer.Exit(code)
+    ann_code = _build_ann(output, ann, quiet, stored)
+    raise typer.Exit(ann_code if ann_code != EXIT_OK else code)
+
+
 @app.command()
 def embed(
     paths: Optional[List[Path]] = typer.Argument(None, help="Audio files and/or folders (searched recursively). None with --ann on: only build the ANN file of the --output index."),
@@ -101,6 +126,7 @@ def embed(
     engine: str = typer.Option("local", "--engine", help="local (an index folder on this machine) or ray (a Ray cluster; --output is a Parquet dataset of embeddings and scores, a folder or s3:// gs:// URI). See docs/scale.md."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
     ann: Ann = typer.Option(Ann.auto, "--ann", help="Build or update the index's ANN file for fast mttag similar at scale (pip install 'mttag[ann]'): auto (from 200,000 tracks, or if the index has one), on, or off."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Make the --output index from the embeddings of a Parquet dataset written by mttag embed --engine ray (its folder, one part, or an s3:// gs:// URI) instead of from audio: no model runs. With --resume, adds the tracks the index lacks."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.
 
@@ -110,6 +136,9 @@ def embed(
 
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, not {engine!r}")
+    if from_ is not None:
+        _import(from_, output, paths, engine, resume, force, quiet, ann,
+                {"--model": model, "--windows": windows, "--batch-size": batch_size, "--address": address})
     if not paths and (engine == "ray" or ann is not Ann.on):
         fail("missing argument 'PATHS...' (or --ann on, to build the ANN file of an existing index); "
              "see 'mttag embed --help'")

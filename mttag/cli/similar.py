@@ -66,15 +66,17 @@ def similar(
 
     Exit codes: 0 tracks found; 1 none found (filters too strict, empty index) or the query file failed; 2 usage error.
     """
-    from ..inference.output import path_text
+    from ..inference.output import path_key, path_text
     from ..runs.similar import SimilarRequest, find_similar, write_similar_playlist
+    from ._ray import as_source
 
+    query = as_source(query)  # a track of an index made from a catalogue on object storage: its s3:// URI
     request = SimilarRequest(query, index, top=top, tags=tag, min_score=min_score, min_duration=min_duration,
                              max_duration=max_duration, include_query=include_query, model=model, device=device,
                              windows=windows, ann=ann.value)
     found = run(find_similar, request, ConsoleEvents())
     hits = found.hits
-    label = path_text(os.path.abspath(query))
+    label = path_key(query)
     if fmt is Format.table:
         _print_table(os.fspath(query), hits)
     elif fmt is Format.csv:

@@ -165,10 +165,12 @@ def _DECODED_SCHEMA():
 
 class ModelActor:
     """Holds one copy of the model; tags the decoded tracks of a batch together (their
-    windows share forward passes) and returns one result row per track."""
+    windows share forward passes) and returns one result row per track. ``embeddings``: what
+    makes them (:func:`_embedding_description`), None for tags only."""
 
     def __init__(self, model_ref, *, device: str, precision: str, batch_size: int | None, windows: int | None,
-                 model_name: str, top: int | None, threshold: float | None, embeddings: bool, threads: int,
+                 model_name: str, top: int | None, threshold: float | None, embeddings: dict[str, Any] | None,
+                 threads: int,
                  fault_marker: str | None = None):
         import ray
         import torch
@@ -180,7 +182,7 @@ class ModelActor:
         if device == "auto":
             device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.tagger = Tagger(net, device, batch_size=batch_size, windows=windows, model_name=model_name,
-                             embeddings=embeddings, model_threads=1, precision=precision)
+                             embeddings=embeddings is not None, model_threads=1, precision=precision)
         self.top, self.threshold, self.embeddings = top, threshold, embeddings
         self.fault_marker = fault_marker
 
@@ -213,7 +215,7 @@ class ModelActor:
         for t, r in zip(tracks, rows):
             result = tagger._result(t, config.tags, (self.top, self.threshold, None))
             vector = None
-            if self.embeddings and result.ok:
+            if self.embeddings is not None and result.ok:
                 try:
                     vector = pool(result.window_embeddings)
                 except ValueError as exc:
@@ -222,7 +224,7 @@ class ModelActor:
             row["path"] = t.path  # the track's own name (a URI stays a URI)
             row.update(_read_s=r["_read_s"] or 0.0, _decode_s=r["_decode_s"] or 0.0, _model_s=t.model_seconds)
             out.append(row)
-        base = schema(config.tags, tagger.model_name)
+        base = schema(config.tags, tagger.model_name, self.embeddings)
         timing = [pa.field(c, pa.float64()) for c in _TIMING]
         return pa.Table.from_pylist(out, schema=pa.schema(list(base) + timing))
 
@@ -230,7 +232,8 @@ class ModelActor:
 # -- stage 4: write ----------------------------------------------------------------------------
 
 
-def _write_batch(batch, *, fs, folder: str, tags: list[str], model: str, fault_marker: str | None = None):
+def _write_batch(batch, *, fs, folder: str, tags: list[str], model: str, embedding: dict[str, Any] | None = None,
+                 fault_marker: str | None = None):
     """Ray task body: the batch's rows as one part; returns what the driver counts."""
     import pyarrow as pa
 
@@ -238,7 +241,7 @@ def _write_batch(batch, *, fs, folder: str, tags: list[str], model: str, fault_m
 
     start = time.perf_counter()
     rows = batch.select(COLUMNS).to_pylist()
-    name = write_part(fs, folder, rows, tags, model)
+    name = write_part(fs, folder, rows, tags, model, embedding)
     if fault_marker and not os.path.exists(fault_marker):
         # tests: the part is on disk but the task dies before reporting it; Ray's retry
         # writes the same tracks under the same name
@@ -321,7 +324,8 @@ class _Output:
 
 
 @contextlib.contextmanager
-def _output(text: str, resume: bool, tags: list[str], command: str) -> Iterator[_Output]:
+def _output(text: str, resume: bool, tags: list[str], command: str,
+            embedding: dict[str, Any] | None = None) -> Iterator[_Output]:
     """The output folder, created, locked for the run where it is on a local or shared
     disk, and checked (:func:`_existing`)."""
     from ..inference.parquet import is_local
@@ -338,7 +342,7 @@ def _output(text: str, resume: bool, tags: list[str], command: str) -> Iterator[
                 # folder would remove the first one's. An object store has no lock (docs/scale.md).
                 held.enter_context(ExclusiveLock(os.path.join(folder, LOCK_NAME),
                                                  f"another mttag {command} writing {shown}", remove=True))
-            before, done = _existing(fs, folder, resume, tags, shown)
+            before, done = _existing(fs, folder, resume, tags, shown, embedding)
         except LockedError as exc:
             raise EngineError(str(exc)) from None
         except (OSError, ValueError) as exc:
@@ -346,10 +350,11 @@ def _output(text: str, resume: bool, tags: list[str], command: str) -> Iterator[
         yield _Output(fs, folder, before, done)
 
 
-def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tuple[set[str], set[str]]:
+def _existing(fs, folder: str, resume: bool, tags: list[str], output: str,
+              embedding: dict[str, Any] | None = None) -> tuple[set[str], set[str]]:
     """``(parts there, tracks they hold)``, from one listing of ``folder`` and one read of
     each part; refuses a folder that is not a results dataset, one holding results without
-    ``resume``, and one made with another vocabulary."""
+    ``resume``, and one made with another vocabulary (or embeddings of another model)."""
     from ..inference.parquet import list_folder, read_part_paths
 
     parts, others = list_folder(fs, folder)
@@ -367,6 +372,10 @@ def _existing(fs, folder: str, resume: bool, tags: list[str], output: str) -> tu
         if meta.get("tags") != list(tags):
             raise EngineError(f"--output {output}: its results are another model's tags "
                               f"({meta.get('model')}); resume with the same model")
+        theirs = meta.get("embedding")
+        if embedding is not None and isinstance(theirs, dict) and theirs != embedding:
+            raise EngineError(f"--output {output}: its embeddings were made by another model or with other "
+                              f"windows ({meta.get('model')}); resume with the same model and --windows")
         done.update(paths)
     return set(parts), done
 
@@ -386,6 +395,19 @@ def _open_model(model, model_name: str | None, windows, embeddings: bool, quiet:
     if embeddings and not hasattr(net, "forward_with_embedding"):
         raise EngineError(f"{type(net).__name__} models give no embeddings (no forward_with_embedding)")
     return net, name, windows
+
+
+def _embedding_description(net, model, model_name: str | None, windows: int | None) -> dict[str, Any]:
+    """What made the dataset's embeddings, as an index records it (parts carry it, so that
+    ``mttag embed --from`` can make an index of them that ``mttag similar`` can query with
+    audio): the model's identity under a name it can be loaded by again, the pooling, the
+    windows per track."""
+    from ..inference.embedder import model_identity
+    from ..inference.index import POOLING
+    from ..runs.embed import model_reference
+
+    name = model_name or model_reference(model, net)  # a local model folder as an absolute path
+    return {"model": model_identity(net, name), "pooling": POOLING, "windows": windows}
 
 
 def _to_do(inputs, done: set[str], summary: RunSummary) -> tuple[list[str], list[tuple[str, str]]]:
@@ -410,14 +432,15 @@ def _start(ray, address: str | None, quiet: bool, device: str, actors: int | Non
     return _cluster_plan(ray, device, actors, threads)
 
 
-def _problems_part(out: _Output, problems: list[tuple[str, str]], tags: list[str], name: str) -> dict[str, Any]:
+def _problems_part(out: _Output, problems: list[tuple[str, str]], tags: list[str], name: str,
+                   embedding: dict[str, Any] | None) -> dict[str, Any]:
     """Sources that could not be listed as a part of rows with their errors, like tracks that
     fail; its report."""
     from ..inference.parquet import write_part
 
     rows = [{"path": p, "model": name, "duration": None, "windows": 0, "tags": [], "scores": None,
              "embedding": None, "error": reason} for p, reason in problems]
-    return _report(write_part(out.fs, out.folder, rows, tags, name), rows, {})
+    return _report(write_part(out.fs, out.folder, rows, tags, name, embedding), rows, {})
 
 
 def _track_filesystems(todo: list[str]) -> dict[str, Any]:
@@ -494,13 +517,14 @@ def run(
     summary.model_name = name
     tags = list(net.config.tags)
     faults = _faults or {}
-    with _output(summary.output, resume, tags, "embed" if embeddings else "tag") as out:
+    embedding = _embedding_description(net, model, model_name, windows) if embeddings else None
+    with _output(summary.output, resume, tags, "embed" if embeddings else "tag", embedding) as out:
         todo, problems = _to_do(inputs, out.done, summary)
         if todo:  # a resumed run with nothing left to do starts no cluster
             plan = _start(ray, address, quiet, device, actors, threads)
             summary.actors, summary.device = plan.actors, "cuda" if plan.gpus else "cpu"
         if problems:
-            _tally(summary, [_problems_part(out, problems, tags, name)], on_part)
+            _tally(summary, [_problems_part(out, problems, tags, name, embedding)], on_part)
         if todo:
             storage = _storage_options()
             blocks = max(1, min(MAX_BLOCKS, math.ceil(len(todo) / MIN_TRACKS_PER_BLOCK)))
@@ -517,14 +541,14 @@ def run(
                 fn_constructor_kwargs={"model_ref": [ray.put(net if on_cpu else copy.deepcopy(net).cpu())],
                                        "device": device if not plan.gpus else "auto", "precision": precision,
                                        "batch_size": batch_size, "windows": windows, "model_name": name,
-                                       "top": top, "threshold": threshold, "embeddings": embeddings,
+                                       "top": top, "threshold": threshold, "embeddings": embedding,
                                        "threads": plan.threads, "fault_marker": faults.get("model")})
             # Writing is I/O and takes no core of its own: with any, it would wait for a free one
             # while decode tasks hold every core the actors leave, and parts (so --resume's
             # progress) would come only once decoding is done.
             ds = ds.map_batches(
                 _write_batch, batch_format="pyarrow", batch_size=rows_per_part, num_cpus=0, **storage,
-                fn_kwargs={"fs": out.fs, "folder": out.folder, "tags": tags, "model": name,
+                fn_kwargs={"fs": out.fs, "folder": out.folder, "tags": tags, "model": name, "embedding": embedding,
                            "fault_marker": faults.get("write")})
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 _tally(summary, table.to_pylist(), on_part)

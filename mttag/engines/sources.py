@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -21,16 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio.files import AUDIO_EXTENSIONS, UnlistableFolder, iter_audio_files
+from ..inference.output import is_uri
 
 MANIFEST_TEXT = (".txt", ".lst", ".m3u", ".m3u8")
 MANIFEST_SUFFIXES = MANIFEST_TEXT + (".csv", ".tsv", ".parquet")
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # Bytes copied at a time from an object store into a track's local temporary file.
 _COPY_CHUNK = 4 << 20
-
-
-def is_uri(text: str) -> bool:
-    return bool(_URI.match(text)) and not text.startswith("file://")
 
 
 def bucket_root(uri: str) -> str:

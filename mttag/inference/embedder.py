@@ -47,6 +47,14 @@ def model_revision(model: "nn.Module") -> str:
     return "sha256:" + h.hexdigest()
 
 
+def model_identity(model: "nn.Module", name: str) -> dict[str, Any]:
+    """What an index (or a Parquet dataset of embeddings) records about the model that made
+    its vectors, and refuses to mix: name, revision, dim, ..."""
+    config = model.config
+    return {"name": name, "revision": model_revision(model), "arch": config.arch, "preset": config.preset,
+            "sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds, "dim": _probe_dim(model)}
+
+
 def short_revision(revision: str) -> str:
     return revision.split(":", 1)[-1][:12]
 
@@ -140,12 +148,7 @@ class Embedder:
     def identity(self) -> dict[str, Any]:
         """What an index records about the model, and refuses to mix: name, revision, dim, ..."""
         if self._identity is None:
-            config = self.model.config
-            self._identity = {
-                "name": self.model_name, "revision": model_revision(self.model), "arch": config.arch,
-                "preset": config.preset, "sample_rate": config.sample_rate, "crop_seconds": config.crop_seconds,
-                "dim": _probe_dim(self.model),
-            }
+            self._identity = model_identity(self.model, self.model_name)
         return self._identity
 
     @property

@@ -107,9 +107,19 @@ def wide_tag_columns(vocabulary: list[str]) -> list[str]:
     return list(dict.fromkeys(display_tag(t) for t in vocabulary))
 
 
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_uri(text: str) -> bool:
+    """An object-store (or other remote) URI such as ``s3://bucket/a.mp3``; ``file://`` is local."""
+    return bool(_URI.match(text)) and not text.startswith("file://")
+
+
 def path_key(path: str) -> str:
-    """What identifies a track across runs for ``--resume``: its absolute path, as written."""
-    return path_text(os.path.abspath(path))
+    """What identifies a track across runs for ``--resume`` (and in an index): its absolute
+    path, as written; a URI (a track of the Ray engine on object storage) as it is."""
+    text = os.fspath(path)
+    return text if is_uri(text) else path_text(os.path.abspath(text))
 
 
 def _delimiter(fmt: str) -> str:

@@ -16,7 +16,10 @@ Columns::
     error      string            why the track has no tags (null when it has)
 
 The vocabulary (``scores``' order), the model and the format version are in the schema's
-key-value metadata under ``mttag`` (JSON), so a file describes itself.
+key-value metadata under ``mttag`` (JSON), so a file describes itself; a dataset of
+``mttag embed --engine ray`` also names what made its embeddings there (``embedding``: the
+model's identity as an index records it, the pooling and the windows per track), so that
+``mttag embed --from DATASET -o INDEX`` can turn it into an index for ``mttag similar``.
 
 pyarrow is imported inside the functions: ``mttag --help`` and every other output format
 must not need it (it comes with ``pip install "mttag[parquet]"`` or ``"mttag[ray]"``).
@@ -61,7 +64,8 @@ def _pa():
     return pa
 
 
-def schema(tags: list[str] | None = None, model: str | None = None) -> "pa.Schema":
+def schema(tags: list[str] | None = None, model: str | None = None,
+           embedding: dict[str, Any] | None = None) -> "pa.Schema":
     pa = _pa()
     fields = [
         pa.field("path", pa.string(), nullable=False),
@@ -75,6 +79,8 @@ def schema(tags: list[str] | None = None, model: str | None = None) -> "pa.Schem
         pa.field("error", pa.string()),
     ]
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, "tags": list(tags or [])}
+    if embedding is not None:
+        meta["embedding"] = embedding
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(meta).encode()})
 
 
@@ -129,9 +135,10 @@ def row_from_record(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def table(rows: list[dict[str, Any]], tags: list[str] | None = None, model: str | None = None) -> "pa.Table":
+def table(rows: list[dict[str, Any]], tags: list[str] | None = None, model: str | None = None,
+          embedding: dict[str, Any] | None = None) -> "pa.Table":
     pa = _pa()
-    sch = schema(tags, model)
+    sch = schema(tags, model, embedding)
     return pa.Table.from_pylist(rows, schema=sch)
 
 
@@ -233,7 +240,8 @@ def is_local(fs) -> bool:
     return type(fs).__name__ == "LocalFileSystem"
 
 
-def write_part(fs, folder: str, rows: list[dict[str, Any]], tags: list[str], model: str | None) -> str:
+def write_part(fs, folder: str, rows: list[dict[str, Any]], tags: list[str], model: str | None,
+               embedding: dict[str, Any] | None = None) -> str:
     """Write ``rows`` as one complete part in ``folder`` on the pyarrow filesystem ``fs``;
     return its name. On a local disk it is written under a hidden temporary name and
     renamed, so a reader (or a --resume) never sees half a file; an object store makes an
@@ -241,7 +249,7 @@ def write_part(fs, folder: str, rows: list[dict[str, Any]], tags: list[str], mod
     pa = _pa()
     name = part_name(r["path"] for r in rows)
     final = f"{folder.rstrip('/')}/{name}"
-    data = table(rows, tags, model)
+    data = table(rows, tags, model, embedding)
     local = is_local(fs)
     target = f"{folder.rstrip('/')}/.{name}.{uuid.uuid4().hex[:8]}.tmp" if local else final
     try:

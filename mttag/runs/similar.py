@@ -16,7 +16,7 @@ from .common import EXIT_SOME_FAILED, RunError, RunEvents, open_model, parse_win
 class SimilarRequest:
     """The options of ``mttag similar``, by the same names (``tags``: ``--tag``, repeatable)."""
 
-    query: Path
+    query: Path | str  # a file, or a track of the index by its path or URI
     index: Path
     top: int = 20
     tags: list[str] | None = None
