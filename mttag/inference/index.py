@@ -7,6 +7,8 @@ An **index** is a folder (conventionally ``NAME.mttag``)::
     vectors.f32    N x dim float32, C order, one unit-length (L2) row per track
     scores.f16     N x n_tags float16: each track's window-averaged tag probabilities
     tracks.jsonl   one line per row: {"row", "path", "duration", "windows"}
+    tracks.idx     a cache of where each line starts, the durations and the paths' hashes
+                   (:mod:`mttag.inference.tracktable`): opening reads no line
     .lock          held by the one process writing the index
 
 Rows are appended: the vector and the scores first, then the ``tracks.jsonl`` line, which
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import stat
 import time
@@ -27,7 +30,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -39,10 +42,9 @@ from .ann import ANN_FILE, ANN_META, open_ann
 from .ann import search as ann_search
 from .embedder import EmbeddingResult, normalise_rows, short_revision
 from .output import display_tag, path_from_text, path_key
-
-if TYPE_CHECKING:
-
-    pass
+from .tracktable import TABLE, TrackTable, key_hashes, sorted_to_row_order
+from .tracktable import read as read_table
+from .tracktable import write as write_table
 
 FORMAT = "mttag-embedding-index"
 FORMAT_VERSION = 1
@@ -51,7 +53,7 @@ VECTORS = "vectors.f32"
 SCORES = "scores.f16"
 TRACKS = "tracks.jsonl"
 LOCK = ".lock"
-OWN_FILES = (MANIFEST, VECTORS, SCORES, TRACKS, LOCK, ANN_FILE, ANN_META)
+OWN_FILES = (MANIFEST, VECTORS, SCORES, TRACKS, LOCK, ANN_FILE, ANN_META, TABLE)
 POOLING = "mean of the L2-normalised window embeddings, L2-normalised"
 # Finished tracks reach the operating system at once (a killed process loses nothing);
 # fsync, which protects against a power cut, at most this often: it costs milliseconds.
@@ -164,43 +166,115 @@ def _parse_track(line: bytes, row: int) -> dict[str, Any] | None:
     return record
 
 
-def _committed(path: Path, dim: int, n_tags: int) -> tuple[list[str], np.ndarray, int]:
-    """The committed tracks of an index: their paths, their durations, and the byte length
-    of their ``tracks.jsonl`` lines. Streams the file: only the paths and durations are kept
-    (a million tracks: ~150 MB, against ~650 MB as parsed records).
-
-    Only the last line may be unfinished or damaged (the run was killed while writing it); a
-    damaged line before it is refused rather than silently cutting the index short there."""
+def _data_rows(path: Path, dim: int, n_tags: int) -> int:
+    """Rows whose vector and scores are both on disk: a power cut can keep a line whose
+    vector never reached the disk, and rows past the data are not committed."""
     sizes = []
     for name in (VECTORS, SCORES):
         with _open_regular(path, name) as data:
             sizes.append(os.fstat(data.fileno()).st_size)
-    vector_rows, score_rows = sizes[0] // (4 * dim), sizes[1] // (2 * n_tags)
-    f = _open_regular(path, TRACKS)
-    # a power cut can keep a line whose vector never reached the disk: rows past the data are dropped
-    limit = min(vector_rows, score_rows)
+    return min(sizes[0] // (4 * dim), sizes[1] // (2 * n_tags))
+
+
+def _committed(path: Path, limit: int, start: int = 0, first_row: int = 0) -> tuple[list[str], array, int, array]:
+    """The committed tracks of an index from byte ``start`` of ``tracks.jsonl`` (row
+    ``first_row``; the track table covers those before): their paths, their durations, the
+    byte length of all committed lines (from the file's start), and where each line starts.
+    Streams the file: only the paths and durations are kept (a million tracks: ~150 MB,
+    against ~650 MB as parsed records).
+
+    Only the last line may be unfinished or damaged (the run was killed while writing it); a
+    damaged line before it is refused rather than silently cutting the index short there."""
     paths: list[str] = []
     durations = array("d")
-    end = 0
+    offsets = array("q")
+    end = start
     damaged: int | None = None
-    with f:
+    with _open_regular(path, TRACKS) as f:
+        f.seek(start)
         # each line read up to a bound, so a file with no line breaks is not held whole
-        for number, line in enumerate(iter(lambda: f.readline(MAX_TRACK_LINE_BYTES + 1), b""), 1):
+        for number, line in enumerate(iter(lambda: f.readline(MAX_TRACK_LINE_BYTES + 1), b""), first_row + 1):
             if damaged is not None:
                 raise _error(path, f"{TRACKS} line {damaged} is damaged; the index cannot be trusted past it")
             if len(line) > MAX_TRACK_LINE_BYTES:
                 raise _error(path, f"{TRACKS} line {number} is longer than {MAX_TRACK_LINE_BYTES >> 10} kB; "
                                    f"the index is damaged")
-            if not line.endswith(b"\n") or len(paths) >= limit:
+            if not line.endswith(b"\n") or first_row + len(paths) >= limit:
                 break  # the unfinished last line, or rows whose data is missing
-            record = _parse_track(line, len(paths))
+            record = _parse_track(line, first_row + len(paths))
             if record is None:
                 damaged = number  # fine if it is the last line: a write the run did not finish
                 continue
             paths.append(record["path"])
             durations.append(float(record["duration"]))
+            offsets.append(end)
             end += len(line)
-    return paths, np.frombuffer(durations, dtype=np.float64) if paths else np.zeros(0), end
+    return paths, durations, end, offsets
+
+
+def _map(path: Path, name: str) -> "mmap.mmap | bytes":
+    """A file of the index mapped read-only (b"" when empty: an empty file cannot be mapped)."""
+    with _open_regular(path, name) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+class Tracks(Sequence):
+    """The paths of an index's rows, in order: those the track table covers, each read from its
+    line in ``tracks.jsonl`` when asked, then the rest (read from the file's tail, or added by
+    the writer since), held in memory. ``key in tracks`` and :meth:`row` find a path key by
+    its hash without reading every line."""
+
+    def __init__(self, index: Path, table: TrackTable | None, lines: "mmap.mmap | bytes", rest: list[str]):
+        self.index, self.table, self.lines, self.rest = index, table, lines, rest
+        self.first = table.count if table is not None else 0
+        self._rest_rows: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return self.first + len(self.rest)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i >= self.first:
+            return self.rest[i - self.first]
+        offsets = self.table.offsets
+        record = _parse_track(bytes(self.lines[int(offsets[i]):int(offsets[i + 1])]), i)
+        if record is None:
+            raise _error(self.index, f"{TRACKS} line {i + 1} is damaged (it changed after the index was opened, "
+                                     f"or its track table is wrong); the index cannot be trusted")
+        return record["path"]
+
+    def row(self, key: str) -> int | None:
+        """The row of a path key, or None."""
+        if self.table is not None:
+            for r in self.table.candidates(key):
+                if self[int(r)] == key:
+                    return int(r)
+        if self._rest_rows is None:
+            self._rest_rows = {p: self.first + i for i, p in enumerate(self.rest)}
+        return self._rest_rows.get(key)
+
+    def __contains__(self, key) -> bool:
+        return isinstance(key, str) and self.row(key) is not None
+
+    def __eq__(self, other) -> bool:  # compares as the list of paths it was before the track table
+        if isinstance(other, (list, tuple, Tracks)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def extend(self, keys: Sequence[str]) -> None:
+        if self._rest_rows is not None:
+            self._rest_rows.update((k, len(self) + i) for i, k in enumerate(keys))
+        self.rest.extend(keys)
 
 
 def _write_json_synced(data: dict[str, Any]):
@@ -212,6 +286,35 @@ def _write_json_synced(data: dict[str, Any]):
             os.fsync(f.fileno())
 
     return write
+
+
+class _FileLines:
+    """Byte ranges of an index's ``tracks.jsonl`` read by seeking (the writer's view: a memory
+    map would forbid truncating the file on some systems)."""
+
+    def __init__(self, index: Path):
+        self.file = _open_regular(index, TRACKS)
+
+    def __len__(self) -> int:
+        return os.fstat(self.file.fileno()).st_size
+
+    def __getitem__(self, span: slice) -> bytes:
+        self.file.seek(span.start)
+        return self.file.read(span.stop - span.start)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class _Held:
+    """What a writer holds of the rows after its track table: their paths (in ``tracks``),
+    durations and line offsets, and the byte length of every committed line."""
+
+    tracks: Tracks
+    durations: array
+    end: int
+    offsets: array
 
 
 class IndexWriter:
@@ -234,7 +337,9 @@ class IndexWriter:
         self.dim = int(model["dim"])
         self.count = 0
         self.existing = 0  # rows the index held when opened
-        self.done: set[str] = set()
+        self.done: Tracks | set[str] = set()  # the path keys it holds (`key in writer.done`)
+        self._held_rows: _Held | None = None
+        self._created: Any = None
         self._lock: ExclusiveLock | None = None
         self._files: list = []
         self._last_sync = time.monotonic()
@@ -278,17 +383,21 @@ class IndexWriter:
     def _open_locked(self) -> None:
         path = self.path
         manifest = read_manifest(path)  # under the lock: nobody changes it now
+        held = None
         if manifest is not None:
-            paths, _, end = _committed(path, manifest["dim"], len(manifest["tags"]))
-            if paths and not self.resume and not self.force:
-                raise _error(path, f"already holds {len(paths)} tracks; add --resume to add to it, "
+            self._held_rows = held = self._held(manifest)  # set at once: close() closes its file
+            if len(held.tracks) and not self.resume and not self.force:
+                raise _error(path, f"already holds {len(held.tracks)} tracks; add --resume to add to it, "
                                    f"or --force to start it over")
             if self.resume:
                 self._check_model(manifest)
             else:
                 manifest = None  # --force, or an empty index: written anew below
         if manifest is None:
-            for name in (ANN_META, ANN_FILE, TRACKS, VECTORS, SCORES, MANIFEST):
+            if held is not None:
+                held.tracks.lines.close()
+                self._held_rows = None
+            for name in (TABLE, ANN_META, ANN_FILE, TRACKS, VECTORS, SCORES, MANIFEST):
                 (path / name).unlink(missing_ok=True)
             for name in (VECTORS, SCORES, TRACKS):
                 (path / name).touch()
@@ -299,18 +408,28 @@ class IndexWriter:
             }
             atomic_write(path / MANIFEST, _write_json_synced(manifest))
             _fsync_dir(path)
-            paths, end = [], 0
+            self._held_rows = held = _Held(Tracks(path, None, _FileLines(path), []), array("d"), 0, array("q"))
         # cut away a tail an interrupted run left unfinished: the next row goes right after the last whole one
-        n = len(paths)
-        for name, size in ((TRACKS, end), (VECTORS, n * 4 * self.dim), (SCORES, n * 2 * len(self.tags))):
+        n = len(held.tracks)
+        for name, size in ((TRACKS, held.end), (VECTORS, n * 4 * self.dim), (SCORES, n * 2 * len(self.tags))):
             if (path / name).stat().st_size != size:
                 os.truncate(path / name, size)
         self.existing = self.count = n
-        self.done = set(paths)
+        self.done = held.tracks  # `key in writer.done`: by hash through the track table, no line parsed at open
+        self._created = manifest.get("created")
         self._vectors = open(path / VECTORS, "ab")
         self._scores = open(path / SCORES, "ab")
         self._tracks = open(path / TRACKS, "ab")
         self._files = [self._vectors, self._scores, self._tracks]
+
+    def _held(self, manifest: dict[str, Any]) -> "_Held":
+        """The rows the index holds: through its track table and the lines after it."""
+        path = self.path
+        limit = _data_rows(path, manifest["dim"], len(manifest["tags"]))
+        lines = _FileLines(path)
+        table = read_table(path, manifest.get("created"), lines, limit)
+        rest, durations, end, offsets = _committed(path, limit, *((table.end, table.count) if table else (0, 0)))
+        return _Held(Tracks(path, table, lines, rest), durations, end, offsets)
 
     def _check_model(self, manifest: dict[str, Any]) -> None:
         theirs = manifest["model"]
@@ -347,21 +466,39 @@ class IndexWriter:
             raise ValueError("non-finite vectors or probabilities")
         names = list(paths) if keys else [path_key(p) for p in paths]
         lines = []
+        held = self._held_rows
         for i, key in enumerate(names):
             record = {"row": self.count + i, "path": key, "duration": round(float(durations[i]), 3),
                       "windows": int(windows[i]) if windows is not None else 0}
-            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            lines.append((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         # the vector and the scores first; the line in tracks.jsonl commits the row
         self._vectors.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         self._scores.write(np.ascontiguousarray(probabilities, dtype="<f2").tobytes())
         self._vectors.flush()
         self._scores.flush()
-        self._tracks.write("".join(lines).encode("utf-8"))
+        self._tracks.write(b"".join(lines))
         self._tracks.flush()
-        self.done.update(names)
+        for i, line in enumerate(lines):  # for the track table the writer leaves when it closes
+            held.offsets.append(held.end)
+            held.end += len(line)
+            held.durations.append(round(float(durations[i]), 3))
+        self.done.extend(names)
         self.count += len(paths)
         if time.monotonic() - self._last_sync >= SYNC_SECONDS:
             self.sync()
+
+    def _write_table(self) -> None:
+        held = self._held_rows
+        table = held.tracks.table
+        n = self.count
+        offsets = np.concatenate([np.asarray(table.offsets[:-1]) if table else np.zeros(0, np.int64),
+                                  np.frombuffer(held.offsets, dtype=np.int64), [held.end]])
+        durations = np.concatenate([np.asarray(table.durations) if table else np.zeros(0),
+                                    np.frombuffer(held.durations, dtype=np.float64)])
+        hashes = np.concatenate([sorted_to_row_order(table) if table else np.zeros(0, np.uint64),
+                                 key_hashes(held.tracks.rest)])
+        write_table(self.path, self._created, offsets, durations, hashes,
+                    held.tracks.lines[int(offsets[n - 1]):int(offsets[n])])
 
     def sync(self) -> None:
         """Everything written so far onto the disk (data files before the commit log)."""
@@ -378,6 +515,14 @@ class IndexWriter:
                 self.sync()
         except OSError as exc:
             error = exc
+        if error is None and self._files and self.count > self._held_rows.tracks.first:
+            try:
+                self._write_table()
+            except OSError:
+                pass  # a cache: readers read the lines it would cover, and the next writer writes it
+        if self._held_rows is not None:
+            self._held_rows.tracks.lines.close()
+            self._held_rows = None
         for f in self._files:
             try:
                 f.close()
@@ -429,9 +574,14 @@ class EmbeddingIndex:
         self.model: dict[str, Any] = manifest["model"]
         self.tags: list[str] = manifest["tags"]
         self.dim: int = manifest["dim"]
-        self.paths, self.durations, _ = _committed(self.path, self.dim, len(self.tags))
+        limit = _data_rows(self.path, self.dim, len(self.tags))
+        lines = _map(self.path, TRACKS)
+        table = read_table(self.path, manifest.get("created"), lines, limit)
+        rest, durations, _, _ = _committed(self.path, limit, *((table.end, table.count) if table else (0, 0)))
+        self.paths = Tracks(self.path, table, lines if table else b"", rest)
+        tail = np.frombuffer(durations, dtype=np.float64) if len(durations) else np.zeros(0)
+        self.durations = tail if table is None else np.concatenate([table.durations, tail]) if len(tail) else table.durations
         n = len(self.paths)
-        self._rows: dict[str, int] | None = None
         if n:
             self.vectors = np.memmap(self.path / VECTORS, dtype="<f4", mode="r", shape=(n, self.dim))
             self.scores = np.memmap(self.path / SCORES, dtype="<f2", mode="r", shape=(n, len(self.tags)))
@@ -466,9 +616,7 @@ class EmbeddingIndex:
 
     def row_of(self, path: str | os.PathLike) -> int | None:
         """The row of a file (matched by absolute path, as ``mttag tag --resume`` matches), or None."""
-        if self._rows is None:
-            self._rows = {p: i for i, p in enumerate(self.paths)}
-        return self._rows.get(path_key(os.fspath(path)))
+        return self.paths.row(path_key(os.fspath(path)))
 
     def tag_index(self, name: str) -> int:
         """The column of a tag: the model's own name (``mtt:rock``), else as every output spells
