@@ -80,6 +80,8 @@ def test_rows_after_the_table_are_read_from_the_tail(tmp_path, parsed, monkeypat
         assert w.existing == 34 and parsed == [30, 31, 32, 33]
         assert "/music/010 track é.flac" in w.done and "/music/033 track é.flac" in w.done
         assert not w.add_track("/music/020 track é.flac", 1.0, np.ones(4), np.zeros(2))
+        asked = ["/music/010 track é.flac", "/music/new.flac", "/music/032 track é.flac", "/music/010 track e.flac"]
+        assert w.done.missing(asked).tolist() == [False, True, False, True]
         w.add_rows(*rows(34, 36))
     parsed.clear()
     idx = EmbeddingIndex(path)

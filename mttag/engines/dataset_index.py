@@ -208,6 +208,9 @@ def _add(writer, dataset: Dataset, batch, summary: ImportSummary) -> None:
     probs = _values(pc.list_flatten(scores.take(rows)), n_tags)
     finite = np.isfinite(vectors).all(1) & np.isfinite(probs).all(1) & (np.abs(vectors).sum(1) > 0)
     usable = dict(zip(rows.tolist(), range(len(rows))))
+    good = [j for j in range(len(rows)) if finite[j]]
+    names = {j: path_key(paths[rows[j]]) for j in good}
+    new = dict(zip(good, writer.done.missing(list(names.values()))))
     take: list[int] = []
     keys: list[str] = []
     seen: set[str] = set()
@@ -217,8 +220,8 @@ def _add(writer, dataset: Dataset, batch, summary: ImportSummary) -> None:
             why = errors[i] or ("its embedding or scores are missing, of the wrong length, zero or not finite")
             summary.failed.append((paths[i], why))
             continue
-        key = path_key(paths[i])
-        if key in writer.done or key in seen:
+        key = names[j]
+        if not new[j] or key in seen:
             summary.already += 1
             continue
         take.append(j)

@@ -264,6 +264,22 @@ class Tracks(Sequence):
     def __contains__(self, key) -> bool:
         return isinstance(key, str) and self.row(key) is not None
 
+    def missing(self, keys: Sequence[str]) -> np.ndarray:
+        """Which of ``keys`` it does not hold, a bool each: :meth:`row` for many keys at once
+        (the hashes looked up together; only a key whose hash is there has its line read)."""
+        out = np.ones(len(keys), dtype=bool)
+        if self.table is not None and len(keys):
+            hashes = key_hashes(keys)
+            lo = np.searchsorted(self.table.hashes, hashes, "left")
+            hi = np.searchsorted(self.table.hashes, hashes, "right")
+            for i in np.flatnonzero(hi > lo):
+                out[i] = not any(self[int(r)] == keys[i] for r in self.table.rows[lo[i]:hi[i]])
+        if self.rest:
+            if self._rest_rows is None:
+                self._rest_rows = {p: self.first + i for i, p in enumerate(self.rest)}
+            out &= np.fromiter((k not in self._rest_rows for k in keys), dtype=bool, count=len(keys))
+        return out
+
     def __eq__(self, other) -> bool:  # compares as the list of paths it was before the track table
         if isinstance(other, (list, tuple, Tracks)):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))

@@ -122,7 +122,7 @@ def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSumm
         from ..inference.output import path_key
 
         before = len(files)
-        files = [f for f in files if path_key(str(f)) not in writer.done]
+        files = [f for f, new in zip(files, writer.done.missing([path_key(str(f)) for f in files])) if new]
         events.resuming(writer.existing, len(files), before - len(files))
     summary = RunSummary("embed", device=dev.type, precision=embedder.tagger.precision, model=model_name,
                          output=req.output)
