@@ -101,8 +101,8 @@ def open_dataset(source: str) -> Dataset:
         rows = 0
         for f in files:
             name = f.rsplit("/", 1)[-1]
-            meta, count = _footer(fs, f)
-            described = _describe(shown, name, describe(meta))
+            schema, count = _footer(fs, f)
+            described = _describe(shown, name, describe(schema))
             if first is None:
                 first = described
             elif described != first:

@@ -226,7 +226,8 @@ class Tracks(Sequence):
     the writer since), held in memory. ``key in tracks`` and :meth:`row` find a path key by
     its hash without reading every line."""
 
-    def __init__(self, index: Path, table: TrackTable | None, lines: "mmap.mmap | bytes", rest: list[str]):
+    def __init__(self, index: Path, table: TrackTable | None, lines: Any, rest: list[str]):
+        # lines: tracks.jsonl as anything sliced into bytes (a memory map, or the writer's _FileLines)
         self.index, self.table, self.lines, self.rest = index, table, lines, rest
         self.first = table.count if table is not None else 0
         self._rest_rows: dict[str, int] | None = None
