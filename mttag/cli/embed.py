@@ -45,10 +45,10 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -
         return EXIT_OK
     if ann is Ann.auto:  # only a large index, or one that has an ANN file to keep up to date
         n = stored or 0
-        has_file = ann_mod.read_meta(Path(output)) is not None
-        if n < ann_mod.AUTO_MIN_TRACKS and not has_file:
+        plan = ann_mod.auto_plan(output, n)
+        if plan == "small":
             return EXIT_OK
-        if n > ann_mod.AUTO_MAX_TRACKS and not has_file:
+        if plan == "large":
             if not quiet:
                 console.print(f"{printable(output)} holds {n} tracks: mttag similar searches it exactly (always right; "
                               f"~0.1 s a query at 3 M tracks). --ann on builds an ANN file for ~4 ms queries, which "
@@ -58,7 +58,7 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -
         if not ann_mod.available():
             if not quiet:
                 warn(f"{printable(output)} holds {n} tracks: mttag similar would be faster with an ANN file, "
-                     f"but {ann_mod.MISSING}" if not has_file else
+                     f"but {ann_mod.MISSING}" if ann_mod.read_meta(Path(output)) is None else
                      f"{printable(output)}: its ANN file is not updated: {ann_mod.MISSING}")
             return EXIT_OK
     start = time.perf_counter()

@@ -75,6 +75,18 @@ BUILD_CHUNK = 65536
 MODES = ("auto", "on", "off")
 
 
+def auto_plan(path: str | os.PathLike, tracks: int) -> str:
+    """What ``--ann auto`` does after a run left ``tracks`` in the index at ``path``: "build"
+    (or update) its ANN file, "small" (exact search is fast enough: none built), or "large"
+    (none built: past :data:`AUTO_MAX_TRACKS` the graph's measured recall fell, and exact
+    search stays right). An index that has an ANN file keeps it up to date whatever its size."""
+    if read_meta(Path(path)) is not None:
+        return "build"
+    if tracks < AUTO_MIN_TRACKS:
+        return "small"
+    return "large" if tracks > AUTO_MAX_TRACKS else "build"
+
+
 class AnnError(Exception):
     """The ANN file cannot be built or used; the message says why, in one line."""
 
