@@ -245,6 +245,34 @@ def test_auto_builds_no_ann_file_past_the_size_where_its_recall_was_measured(mus
     assert result.exit_code == 0 and ann.read_meta(out)["count"] == 2, result.output
     result = run("embed", *good_files(music)[2:3], "-o", out, "--resume", "-m", tiny_model_dir)
     assert result.exit_code == 0 and ann.read_meta(out)["count"] == 3, result.output
+    assert mttag.inference.index.EmbeddingIndex(out).ann is not None  # requested: searched through it
+
+
+def test_auto_neither_updates_nor_searches_its_own_ann_file_past_the_bound(music, tiny_model_dir, tmp_path,
+                                                                            monkeypatch):
+    """A graph that "auto" built while the index was small is not trusted once the index grows
+    past AUTO_MAX_TRACKS (its recall falls with size): similar searches exactly, and the file is
+    not updated; --ann on (at build or at query time) still uses it."""
+    from mttag.inference import ann
+    from mttag.inference.index import EmbeddingIndex
+
+    if not ann.available():
+        pytest.skip("usearch is not installed")
+    monkeypatch.setattr(ann, "AUTO_MIN_TRACKS", 1)
+    monkeypatch.setattr(ann, "AUTO_MAX_TRACKS", 2)
+    out = tmp_path / "a.mttag"
+    assert run("embed", *good_files(music)[:2], "-o", out, "-m", tiny_model_dir).exit_code == 0
+    meta = ann.read_meta(out)
+    assert meta["count"] == 2 and meta["requested"] == "auto"
+    assert EmbeddingIndex(out).ann is not None
+    result = run("embed", *good_files(music)[2:3], "-o", out, "--resume", "-m", tiny_model_dir)
+    assert result.exit_code == 0 and "searches it exactly" in " ".join(result.output.split()), result.output
+    assert ann.read_meta(out)["count"] == 2  # not updated
+    assert EmbeddingIndex(out).ann is None and EmbeddingIndex(out, ann="on").ann is not None
+    result = run("embed", "-o", out, "--resume", "--ann", "on")
+    assert result.exit_code == 0 and ann.read_meta(out) == {**ann.read_meta(out), "count": 3, "requested": "on"}
+    assert "note:" in result.output and "0.44 at 10 M" in " ".join(result.output.split())
+    assert EmbeddingIndex(out).ann is not None
 
 
 def test_another_model_is_refused(index, music, tmp_path):

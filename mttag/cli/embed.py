@@ -29,6 +29,11 @@ from ._common import (
 )
 
 
+# What the ANN file costs in recall past ann.AUTO_MAX_TRACKS (benchmarks/ann_recall.py, docs/similarity.md).
+_RECALL_PAST_AUTO = ("which then miss some of the closest tracks (recall@10 0.80 at 3 M tracks, 0.44 at 10 M; "
+                     "docs/similarity.md)")
+
+
 class Ann(str, Enum):
     auto = "auto"
     on = "on"
@@ -51,9 +56,8 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -
         if plan == "large":
             if not quiet:
                 console.print(f"{printable(output)} holds {n} tracks: mttag similar searches it exactly (always right; "
-                              f"~0.1 s a query at 3 M tracks). --ann on builds an ANN file for ~4 ms queries, which "
-                              f"then miss some of the closest tracks (recall@10 0.80 at 3 M; docs/similarity.md)",
-                              highlight=False, soft_wrap=True)
+                              f"~0.1 s a query at 3 M tracks, 0.4 s at 10 M). --ann on builds an ANN file for ~4 ms "
+                              f"queries, {_RECALL_PAST_AUTO}", highlight=False, soft_wrap=True)
             return EXIT_OK
         if not ann_mod.available():
             if not quiet:
@@ -67,7 +71,8 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -
     task = progress.add_task("ann", total=None)
     try:
         with sigterm_as_interrupt(), progress:
-            result = ann_mod.build(output, progress=lambda done, total: progress.update(task, completed=done, total=total))
+            result = ann_mod.build(output, progress=lambda done, total: progress.update(task, completed=done, total=total),
+                                   requested=ann is Ann.on)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/] the ANN file was not written; the index is complete "
                       "(mttag similar searches it exactly)", highlight=False, soft_wrap=True)
@@ -78,6 +83,10 @@ def _build_ann(output: Path, ann: Ann, quiet: bool, stored: int | None = None) -
         warn(f"ANN file not built: {exc}")
         return EXIT_SOME_FAILED if ann is Ann.on else EXIT_OK
     if not quiet:
+        if result is not None and result.count > ann_mod.AUTO_MAX_TRACKS:
+            console.print(f"note: {printable(output)} holds {result.count} tracks; its ANN file's queries take ~4 ms, "
+                          f"{_RECALL_PAST_AUTO}; --ann off (mttag similar) searches exactly",
+                          highlight=False, soft_wrap=True)
         if result is None:
             console.print("ANN file: up to date", highlight=False)
         else:

@@ -49,10 +49,11 @@ ANN_FORMAT_VERSION = 1
 # Below this many tracks exact search is fast enough (35 ms at 100k, benchmarks/similar_latency.py)
 # and always right: "auto" neither builds nor uses an ANN file there.
 AUTO_MIN_TRACKS = 200_000
-# ... nor builds one past this many (an ANN file built on request, `--ann on`, is still used and
-# kept up to date): recall@10 with these parameters fell from 0.94 at a million musicnn-like
-# tracks to 0.80 at three million (benchmarks/ann_recall.py, docs/similarity.md), while exact
-# search there takes ~0.1 s (0.4 s at ten million), so past a million "auto" keeps it exact.
+# ... nor builds, updates or searches one past this many (an ANN file built on request, `--ann on`,
+# is still used and kept up to date): recall@10 with these parameters fell from 0.94 at a million
+# musicnn-like tracks to 0.80 at three million and 0.44 at ten million (benchmarks/ann_recall.py,
+# docs/similarity.md), while exact search there takes ~0.1 s (0.4 s at ten million), so past a
+# million "auto" keeps it exact.
 AUTO_MAX_TRACKS = 1_000_000
 # HNSW parameters, chosen by benchmarks/ann_recall.py (docs/similarity.md): int8 vectors halve
 # the memory of float16, and exact rescoring of the candidates recovers the order int8
@@ -78,13 +79,20 @@ MODES = ("auto", "on", "off")
 def auto_plan(path: str | os.PathLike, tracks: int) -> str:
     """What ``--ann auto`` does after a run left ``tracks`` in the index at ``path``: "build"
     (or update) its ANN file, "small" (exact search is fast enough: none built), or "large"
-    (none built: past :data:`AUTO_MAX_TRACKS` the graph's measured recall fell, and exact
-    search stays right). An index that has an ANN file keeps it up to date whatever its size."""
-    if read_meta(Path(path)) is not None:
+    (none built or updated: past :data:`AUTO_MAX_TRACKS` the graph's measured recall fell, and
+    exact search stays right). A file built on request (``--ann on``) is kept up to date
+    whatever the size; one built by "auto" is not, once the index has grown past the bound."""
+    meta = read_meta(Path(path))
+    if meta is not None and (_requested(meta) or tracks <= AUTO_MAX_TRACKS):
         return "build"
     if tracks < AUTO_MIN_TRACKS:
         return "small"
     return "large" if tracks > AUTO_MAX_TRACKS else "build"
+
+
+def _requested(meta: dict[str, Any]) -> bool:
+    """Whether the ANN file was built on request (``--ann on``), not by "auto"."""
+    return meta.get("requested") == "on"
 
 
 class AnnError(Exception):
@@ -184,6 +192,8 @@ def open_ann(index: "EmbeddingIndex", mode: str = "auto") -> tuple[AnnSearcher |
     if mode == "off" or n == 0 or (mode == "auto" and n < AUTO_MIN_TRACKS):
         return None, None
     meta = read_meta(index.path)
+    if mode == "auto" and n > AUTO_MAX_TRACKS and meta is not None and not _requested(meta):
+        return None, None  # a graph "auto" built, on an index grown past where its recall holds
     if meta is None:
         if mode == "on":
             return None, (f"{printable(index.path)} has no ANN file; searching exactly "
@@ -276,14 +286,17 @@ def _new_graph(dim: int):
 
 
 def build(path: str | os.PathLike, *, rebuild: bool = False, threads: int | None = None,
-          progress: Callable[[int, int], None] | None = None, lock: bool = True) -> BuildResult | None:
+          progress: Callable[[int, int], None] | None = None, lock: bool = True,
+          requested: bool = True) -> BuildResult | None:
     """Build or update the ANN file of the index at ``path``; None when it is up to date.
 
     An existing ANN file that matches the index is extended with the rows added since (the
     graph is loaded, the new rows inserted, the whole saved anew), unless ``rebuild``.
     ``threads``: default every core. ``lock``: take the index's lock (pass False when the
     caller holds it). ``progress(done,
-    total)`` is called after each chunk of rows. Raises :class:`AnnError`."""
+    total)`` is called after each chunk of rows. ``requested``: built on request (``--ann
+    on``), not by ``--ann auto``, which neither updates nor searches it past
+    :data:`AUTO_MAX_TRACKS`; a file once requested stays so. Raises :class:`AnnError`."""
     from .index import LOCK, MANIFEST, EmbeddingIndex, EmbeddingIndexError
 
     path = Path(path)
@@ -296,7 +309,7 @@ def build(path: str | os.PathLike, *, rebuild: bool = False, threads: int | None
         if lock:
             held = ExclusiveLock(path / LOCK, f"another mttag embed writing {printable(path)}").acquire()
         index = EmbeddingIndex(path, ann="off")
-        return _build_locked(index, rebuild, threads, progress)
+        return _build_locked(index, rebuild, threads, progress, requested)
     except (LockedError, EmbeddingIndexError) as exc:
         raise AnnError(str(exc)) from None
     except OSError as exc:
@@ -307,7 +320,7 @@ def build(path: str | os.PathLike, *, rebuild: bool = False, threads: int | None
 
 
 def _build_locked(index: "EmbeddingIndex", rebuild: bool, threads: int | None,
-                  progress: Callable[[int, int], None] | None) -> BuildResult | None:
+                  progress: Callable[[int, int], None] | None, requested: bool) -> BuildResult | None:
     from usearch.index import Index
 
     path, n = index.path, len(index)
@@ -316,8 +329,9 @@ def _build_locked(index: "EmbeddingIndex", rebuild: bool, threads: int | None,
     t0 = time.perf_counter()
     meta = read_meta(path)
     graph, start = None, 0
+    requested = requested or (meta is not None and _requested(meta))
     if not rebuild and meta is not None and _mismatch(meta, index) is None and meta["count"] <= n:
-        if meta["count"] == n and (path / ANN_FILE).is_file():
+        if meta["count"] == n and (path / ANN_FILE).is_file() and _requested(meta) == requested:
             return None
         try:
             graph = Index.restore(os.fspath(path / ANN_FILE), view=False)
@@ -342,7 +356,7 @@ def _build_locked(index: "EmbeddingIndex", rebuild: bool, threads: int | None,
     new_meta = {
         "format": ANN_FORMAT, "format_version": ANN_FORMAT_VERSION, "count": n, "dim": index.dim,
         "library": "usearch", "library_version": _usearch_version(), "metric": "cos", "dtype": DTYPE,
-        "connectivity": CONNECTIVITY, "expansion_add": EXPANSION_ADD,
+        "connectivity": CONNECTIVITY, "expansion_add": EXPANSION_ADD, "requested": "on" if requested else "auto",
         "index_created": index.manifest.get("created"), "model_revision": index.model.get("revision"),
         "check": _check(index.vectors, n), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
