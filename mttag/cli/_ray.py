@@ -81,6 +81,7 @@ def run_import(source: str, output: Path, *, resume: bool, force: bool, quiet: b
 
     from ..engines.dataset_index import DatasetError, import_dataset, open_dataset
     from ..inference.parquet import ParquetUnavailable
+    from ..runs.common import RunError
 
     source = as_source(source)
     try:
@@ -94,7 +95,7 @@ def run_import(source: str, output: Path, *, resume: bool, force: bool, quiet: b
         with sigterm_as_interrupt(), bar:
             summary = import_dataset(dataset, output, resume=resume, force=force,
                                      progress=lambda s, total: bar.update(task, completed=s.rows))
-    except DatasetError as exc:
+    except RunError as exc:  # DatasetError, or the index's refusal
         fail(str(exc), exc.exit_code)
     if not quiet:
         for path, reason in summary.failed[:SHOWN_FAILURES]:

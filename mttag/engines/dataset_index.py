@@ -18,10 +18,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..runs.common import RunError
 from ..util.display import printable
 from . import sources
 
@@ -29,14 +31,10 @@ BATCH_ROWS = 32768
 COLUMNS = ["path", "duration", "windows", "scores", "embedding", "error"]
 
 
-class DatasetError(Exception):
+class DatasetError(RunError):
     """The dataset cannot be made into the index; the message says why, in one line.
     ``exit_code``: 2 for a refusal (nothing written), 1 for a failure part of the way (what
-    was added is kept)."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
+    was added is kept). Refusals of the index itself come as the run layer's RunError."""
 
 
 @dataclass
@@ -132,20 +130,12 @@ def import_dataset(dataset: Dataset, output: str | os.PathLike, *, resume: bool 
     """Append the dataset's usable rows to the index ``output`` (created; with ``resume`` added
     to, with ``force`` started over). Ctrl+C and SIGTERM stop it cleanly (``interrupted``:
     what was added is kept). ``progress(summary, total rows)`` after each batch. Raises
-    :class:`DatasetError`; the tracks added before a failure are kept."""
-    from ..inference.index import EmbeddingIndexError, IndexWriter
+    :class:`DatasetError`, or the run layer's RunError for an index it cannot write (nothing
+    written then); the tracks added before a failure are kept."""
     from ..runs.common import interruptible
+    from ..runs.embed import open_writer
 
-    if resume and force:
-        raise DatasetError("--resume adds to an index, --force starts it over: choose one")
-    writer = IndexWriter(output, dataset.model, dataset.tags, dataset.embedding.get("windows"), resume=resume,
-                         force=force)
-    try:
-        writer.open()
-    except EmbeddingIndexError as exc:
-        raise DatasetError(f"--output {exc}") from None
-    except OSError as exc:
-        raise DatasetError(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})") from None
+    writer = open_writer(Path(output), dataset.model, dataset.tags, dataset.embedding.get("windows"), resume, force)
     summary = ImportSummary()
     start = time.perf_counter()
     failure: str | None = None

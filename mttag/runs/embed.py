@@ -86,17 +86,37 @@ def _index_defaults(req: EmbedRequest) -> tuple[Any, int | None]:
     return model, n_windows
 
 
+RESUME_OR_FORCE = "--resume adds to an index, --force starts it over: choose one"
+
+
+def open_writer(output: Path, identity: dict[str, Any], tags: list[str], windows: int | None, resume: bool,
+                force: bool):
+    """The index's writer, opened (:class:`mttag.inference.index.IndexWriter`); a refusal (not
+    an index, another model, held by another run, ...) as a RunError naming ``--output``."""
+    from ..inference.index import EmbeddingIndexError, IndexWriter
+
+    if resume and force:
+        raise RunError(RESUME_OR_FORCE)
+    writer = IndexWriter(output, identity, tags, windows, resume=resume, force=force)
+    try:
+        writer.open()
+    except EmbeddingIndexError as exc:
+        raise RunError(f"--output {exc}") from None
+    except OSError as exc:
+        raise RunError(f"--output {printable(output)}: cannot write it ({exc.strerror or exc})") from None
+    return writer
+
+
 def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSummary:
     """Embed ``request.paths`` into the index ``request.output``; raises RunError for a refusal
     (nothing written then) or a failed write (the tracks written before are kept)."""
     from ..inference.embedder import Embedder
-    from ..inference.index import EmbeddingIndexError, IndexWriter
 
     req, events = request, events or RunEvents()
     if req.windows is not None:
         parse_windows(req.windows)  # a bad --windows before anything else
     if req.resume and req.force:
-        raise RunError("--resume adds to an index, --force starts it over: choose one")
+        raise RunError(RESUME_OR_FORCE)
     missing = missing_paths_error(req.paths)  # as tag: before the model loads, with a guess
     if missing is not None:
         raise missing
@@ -111,13 +131,7 @@ def run_embed(request: EmbedRequest, events: RunEvents | None = None) -> RunSumm
         raise RunError(f"--model {model_name}: {exc}") from None
     if not files and not unlistable:
         raise no_files_error(req.paths)
-    writer = IndexWriter(req.output, embedder.identity, embedder.tags, n_windows, resume=req.resume, force=req.force)
-    try:
-        writer.open()
-    except EmbeddingIndexError as exc:
-        raise RunError(f"--output {exc}") from None
-    except OSError as exc:
-        raise RunError(f"--output {printable(req.output)}: cannot write it ({exc.strerror or exc})") from None
+    writer = open_writer(req.output, embedder.identity, embedder.tags, n_windows, req.resume, req.force)
     if writer.existing:
         from ..inference.output import path_key
 
