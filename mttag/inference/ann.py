@@ -331,7 +331,9 @@ def _build_locked(index: "EmbeddingIndex", rebuild: bool, threads: int | None,
     graph, start = None, 0
     requested = requested or (meta is not None and _requested(meta))
     if not rebuild and meta is not None and _mismatch(meta, index) is None and meta["count"] <= n:
-        if meta["count"] == n and (path / ANN_FILE).is_file() and _requested(meta) == requested:
+        if meta["count"] == n and (path / ANN_FILE).is_file():
+            if _requested(meta) != requested:  # asked for now (--ann on): the graph itself is up to date
+                _write_meta(path, {**meta, "requested": "on"})
             return None
         try:
             graph = Index.restore(os.fspath(path / ANN_FILE), view=False)
@@ -361,16 +363,20 @@ def _build_locked(index: "EmbeddingIndex", rebuild: bool, threads: int | None,
         "check": _check(index.vectors, n), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
+    # the description last: until it is renamed in, the old one (or none) refuses the new graph
+    _write_meta(path, new_meta)
+    return BuildResult(n, n - start, rebuilt, time.perf_counter() - t0, size)
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(new_meta, f, indent=1)
+            json.dump(meta, f, indent=1)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
 
-    # the description last: until it is renamed in, the old one (or none) refuses the new graph
     atomic_write(_meta_path(path), write)
-    return BuildResult(n, n - start, rebuilt, time.perf_counter() - t0, size)
 
 
 def _usearch_version() -> str:
