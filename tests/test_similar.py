@@ -271,7 +271,7 @@ def test_auto_neither_updates_nor_searches_its_own_ann_file_past_the_bound(music
     assert EmbeddingIndex(out).ann is None and EmbeddingIndex(out, ann="on").ann is not None
     result = run("embed", "-o", out, "--resume", "--ann", "on")
     assert result.exit_code == 0 and ann.read_meta(out) == {**ann.read_meta(out), "count": 3, "requested": "on"}
-    assert "note:" in result.output and "0.44 at 10 M" in " ".join(result.output.split())
+    assert "note:" in result.output and "0.93 at 3 M" in " ".join(result.output.split())
     assert EmbeddingIndex(out).ann is not None
     # an up-to-date graph "auto" built, asked for now: only its description changes (a 10 M graph is 3.5 GB)
     (out / ann.ANN_META).write_text(json.dumps({**ann.read_meta(out), "requested": "auto"}))

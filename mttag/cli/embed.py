@@ -30,7 +30,8 @@ from ._common import (
 
 
 # What the ANN file costs in recall past ann.AUTO_MAX_TRACKS (benchmarks/ann_recall.py, docs/similarity.md).
-_RECALL_PAST_AUTO = ("which then miss some of the closest tracks (recall@10 0.80 at 3 M tracks, 0.44 at 10 M; "
+_RECALL_PAST_AUTO = ("which then miss some of the closest tracks (recall@10 0.93 at 3 M tracks; past that it falls "
+                     "with size: a graph built with half the effort fell from 0.80 at 3 M to 0.44 at 10 M; "
                      "docs/similarity.md)")
 
 

@@ -50,20 +50,22 @@ ANN_FORMAT_VERSION = 1
 # and always right: "auto" neither builds nor uses an ANN file there.
 AUTO_MIN_TRACKS = 200_000
 # ... nor builds, updates or searches one past this many (an ANN file built on request, `--ann on`,
-# is still used and kept up to date): recall@10 with these parameters fell from 0.94 at a million
-# musicnn-like tracks to 0.80 at three million and 0.44 at ten million (benchmarks/ann_recall.py,
-# docs/similarity.md), while exact search there takes ~0.1 s (0.4 s at ten million), so past a
-# million "auto" keeps it exact.
-AUTO_MAX_TRACKS = 1_000_000
+# is still used and kept up to date): recall@10 falls with size at fixed build parameters. With
+# these, 0.93 at three million musicnn-like tracks; a graph built with half the effort
+# (expansion_add 64) fell from 0.94 at one million to 0.80 at three and 0.44 at ten million
+# (benchmarks/ann_recall.py, docs/similarity.md). Exact search takes ~0.1 s at three million,
+# so past what was measured "auto" keeps it exact.
+AUTO_MAX_TRACKS = 3_000_000
 # HNSW parameters, chosen by benchmarks/ann_recall.py (docs/similarity.md): int8 vectors halve
 # the memory of float16, and exact rescoring of the candidates recovers the order int8
-# distances blur; 16 links per node is usearch's default; expansion_add 64 builds ~2x faster
-# than 128. At a million musicnn-like tracks expansion_search 512 finds 94 % of the exact top
-# 10 in 3-6 ms (128: 82 %, 1.3 ms; 1024: 95 %, 7 ms): the graph, not the int8 copies, then
-# bounds recall (rescoring 512 candidates instead of 64 gains nothing).
+# distances blur; 16 links per node is usearch's default. expansion_add 128 rather than 64:
+# at three million musicnn-like tracks recall@10 0.93 instead of 0.80, for a build 1.2-1.8x
+# longer. expansion_search 512 finds most of the exact top 10 in 3-4 ms (1024: a little more,
+# ~1.5x the time); the graph, not the int8 copies, bounds recall (rescoring 512 candidates
+# instead of 64 gains nothing).
 DTYPE = "i8"
 CONNECTIVITY = 16
-EXPANSION_ADD = 64
+EXPANSION_ADD = 128
 EXPANSION_SEARCH = 512
 # Candidates asked of the graph: at least this many, and more when filters reject them ...
 MIN_FETCH = 64
