@@ -135,7 +135,7 @@ def embed(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     engine: str = typer.Option("local", "--engine", help="local (an index folder on this machine) or ray (a Ray cluster; --output is a Parquet dataset of embeddings and scores, a folder or s3:// gs:// URI). See docs/scale.md."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the cluster (auto, HOST:PORT or ray://HOST:PORT). Default: $RAY_ADDRESS, else a Ray started on this machine."),
-    ann: Ann = typer.Option(Ann.auto, "--ann", help="Build or update the index's ANN file for fast mttag similar at scale (pip install 'mttag[ann]'): auto (from 200,000 tracks, or if the index has one), on, or off."),
+    ann: Ann = typer.Option(Ann.auto, "--ann", help="Build or update the index's ANN file for fast mttag similar at scale (pip install 'mttag[ann]'): auto (200,000 to 3,000,000 tracks, or if the index has one), on, or off."),
     from_: Optional[str] = typer.Option(None, "--from", help="Make the --output index from the embeddings of a Parquet dataset written by mttag embed --engine ray (its folder, one part, or an s3:// gs:// URI) instead of from audio: no model runs. With --resume, adds the tracks the index lacks."),
 ) -> None:
     """Embed tracks into a similarity index for mttag similar.

@@ -60,7 +60,7 @@ def similar(
     device: str = typer.Option("auto", "--device", "-d", help="For an audio QUERY: auto, cpu, cuda, cuda:N or mps."),
     windows: Optional[str] = typer.Option(None, "--windows", "-w", help="For an audio QUERY: windows pooled (default: as the index was made)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --playlist file that is not a playlist."),
-    ann: Ann = typer.Option(Ann.auto, "--ann", help="Search through the index's ANN file (built by mttag embed --ann): auto (when the index holds 200,000 tracks or more), on, or off (exact)."),
+    ann: Ann = typer.Option(Ann.auto, "--ann", help="Search through the index's ANN file (built by mttag embed --ann): auto (when the index holds 200,000 tracks or more; past 3,000,000 only a file built with --ann on), on, or off (exact)."),
 ) -> None:
     """List the tracks of an index that sound most like QUERY (cosine similarity of embeddings).
 
