@@ -7,6 +7,7 @@ whole way through a cluster)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,17 @@ def test_refusals_write_nothing(embedded, tiny_model, described, tmp_path):
     res = run("embed", "--from", mixed, "-o", tmp_path / "b.mttag")
     assert res.exit_code == 2 and "another model, vocabulary or --windows" in res.output, res.output
 
+    # a description that would make a damaged manifest (the dataset comes from elsewhere)
+    model = described["model"]
+    for forged in ({**described, "windows": "abc"}, {**described, "windows": 0},
+                   {**described, "model": {**model, "dim": True}}, {**described, "model": {**model, "name": 5}},
+                   {**described, "model": {k: v for k, v in model.items() if k != "revision"}}):
+        forged_ds = write_dataset(tmp_path / "forged", [good], tiny_model, forged)
+        res = run("embed", "--from", forged_ds, "-o", tmp_path / "f.mttag")
+        assert res.exit_code == 2 and "describes its embeddings wrongly" in res.output, (forged, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+        shutil.rmtree(forged_ds)
+
     # not there, not a dataset, a damaged part
     res = run("embed", "--from", tmp_path / "nowhere", "-o", tmp_path / "c.mttag")
     assert res.exit_code == 2 and "no such file or folder" in res.output
@@ -159,7 +171,23 @@ def test_refusals_write_nothing(embedded, tiny_model, described, tmp_path):
     for extra in (["-m", "tiny"], ["-w", "3"], [embedded[0].path], ["--engine", "ray"]):
         res = run("embed", "--from", ds, "-o", tmp_path / "d.mttag", *extra)
         assert res.exit_code == 2, (extra, res.output)
-    assert not any((tmp_path / n).exists() for n in ("a.mttag", "b.mttag", "c.mttag", "d.mttag"))
+    assert not any((tmp_path / n).exists() for n in ("a.mttag", "b.mttag", "c.mttag", "d.mttag", "f.mttag"))
+
+
+def test_a_cluster_resume_refuses_embeddings_of_another_model_or_windows(embedded, tiny_model, described, tmp_path):
+    """`mttag embed --engine ray --resume` into a dataset whose parts another model (or other
+    --windows) embedded: refused before any track is read, as that dataset could not become
+    one index."""
+    from pyarrow import fs as pafs
+
+    from mttag.engines.ray_engine import EngineError, _existing
+
+    ds = write_dataset(tmp_path / "ds", [[row(embedded[0])]], tiny_model, described)
+    tags = list(tiny_model.config.tags)
+    assert _existing(pafs.LocalFileSystem(), str(ds), True, tags, "ds", described)[1] == {row(embedded[0])["path"]}
+    for other in ({**described, "windows": WINDOWS + 1}, {**described, "model": {**described["model"], "revision": "x"}}):
+        with pytest.raises(EngineError, match="embeddings were made by another model or with other windows"):
+            _existing(pafs.LocalFileSystem(), str(ds), True, tags, "ds", other)
 
 
 def test_an_interrupted_import_keeps_what_it_added_and_resume_finishes(embedded, tiny_model, described, tmp_path,

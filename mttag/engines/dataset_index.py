@@ -65,15 +65,24 @@ class ImportSummary:
 
 
 def _describe(source: str, name: str, meta: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """What a part says made its embeddings, checked as an index's manifest is checked: the
+    dataset comes from elsewhere, and this becomes the index's manifest."""
+    from ..inference.index import description_problem
+
     embedding = (meta or {}).get("embedding")
     model = embedding.get("model") if isinstance(embedding, dict) else None
     if meta is None:
         raise DatasetError(f"{source}: {name} is not an mttag results part")
-    if not isinstance(model, dict) or not all(isinstance(model.get(k), t) for k, t in
-                                              (("name", str), ("revision", str), ("dim", int))):
+    if not isinstance(model, dict):
         raise DatasetError(f"{source}: {name} holds no embeddings (tags only: it was made by mttag tag, or by an "
                            f"mttag that did not describe its embeddings); make them with mttag embed --engine ray")
-    return embedding, list(meta.get("tags") or [])
+    tags = meta.get("tags")
+    why = description_problem(model, model.get("dim"), tags, embedding.get("windows"))
+    if why is None and not isinstance(model.get("name"), str):
+        why = "the model has no name"
+    if why is not None:
+        raise DatasetError(f"{source}: {name} describes its embeddings wrongly ({why}); it cannot become an index")
+    return embedding, tags
 
 
 def open_dataset(source: str) -> Dataset:

@@ -134,22 +134,28 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise _error(path, f"index format version {version} is newer than this mttag understands "
                            f"({FORMAT_VERSION}); upgrade with: pip install -U mttag")
-    model, dim, tags = data.get("model"), data.get("dim"), data.get("tags")
+    why = description_problem(data.get("model"), data.get("dim"), data.get("tags"), data.get("windows"))
+    if why is not None:
+        raise _error(path, f"{MANIFEST} is damaged ({why})")
+    return data
+
+
+def description_problem(model: Any, dim: Any, tags: Any, windows: Any) -> str | None:
+    """Why an index cannot be described by these (its manifest's model, dim, tags and windows,
+    or what a dataset of embeddings says made them), or None when it can."""
     if (not isinstance(model, dict) or not isinstance(model.get("revision"), str)
             or not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 65536
             or not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags)):
-        raise _error(path, f"{MANIFEST} is damaged (model, dim or tags missing or invalid)")
+        return "model, dim or tags missing or invalid"
     name = model.get("name")
     if name is not None and (not isinstance(name, str) or not name):
-        raise _error(path, f"{MANIFEST} is damaged (the model's name is not text)")
+        return "the model's name is not text"
     if model.get("dim", dim) != dim:
-        raise _error(path, f"{MANIFEST} is damaged (dim {dim}, but its model's embeddings have {printable(model.get('dim'))})")
-    windows = data.get("windows")
+        return f"dim {dim}, but its model's embeddings have {printable(model.get('dim'))}"
     if windows is not None and (not isinstance(windows, int) or isinstance(windows, bool)
                                 or not 1 <= windows <= MAX_INDEX_WINDOWS):
-        raise _error(path, f"{MANIFEST} is damaged (windows is {printable(json.dumps(windows))[:40]}: "
-                           f"a count of windows, or null for all)")
-    return data
+        return f"windows is {printable(json.dumps(windows))[:40]}: a count of windows, or null for all"
+    return None
 
 
 def _parse_track(line: bytes, row: int) -> dict[str, Any] | None:
