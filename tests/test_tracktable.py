@@ -126,7 +126,17 @@ def test_a_table_that_does_not_describe_the_file_is_ignored(tmp_path):
     # damaged: cut short, or not a table at all
     write(path, 0, 10, force=True)
     table = (path / TABLE).read_bytes()
-    for damaged in (table[: len(table) - 8], b"garbage" * 1000, table[:100]):
+    header, count = tracktable.HEADER_BYTES, 10
+    arrays = bytearray(table)
+    arrays[header + 8 * 3: header + 8 * 4] = (10 ** 6).to_bytes(8, "little")  # an offset out of order
+    swapped = bytearray(table)  # two hashes out of order
+    at = header + 8 * (2 * count + 1)
+    swapped[at: at + 16] = table[at + 8: at + 16] + table[at: at + 8]
+    negative = bytearray(table)  # a negative duration
+    at = header + 8 * (count + 1)
+    negative[at: at + 8] = np.float64(-1.0).tobytes()
+    for damaged in (table[: len(table) - 8], b"garbage" * 1000, table[:100], bytes(arrays), bytes(swapped),
+                    bytes(negative)):
         (path / TABLE).write_bytes(damaged)
         idx = EmbeddingIndex(path)
         assert idx.paths.table is None and list(idx.paths) == want and idx.row_of(want[4]) == 4
@@ -139,3 +149,21 @@ def test_starting_over_removes_the_table(tmp_path):
     idx = EmbeddingIndex(path)
     assert idx.paths.table is not None and idx.paths.table.count == 3
     assert list(idx.paths) == rows(50, 53)[0] and idx.row_of("/music/005 track é.flac") is None
+
+
+def test_a_line_damaged_after_the_table_is_one_line_from_mttag_similar(tmp_path):
+    """The table is checked when the index opens; a line it points at that is damaged later
+    (same length, so the table still matches the file's end) is a one-line error, no traceback."""
+    from typer.testing import CliRunner
+
+    from mttag.cli import app
+
+    path = tmp_path / "i.mttag"
+    write(path, 0, 10)
+    data = bytearray((path / TRACKS).read_bytes())
+    start = data.index(b'{"row": 3,')
+    data[start:start + 1] = b"X"
+    (path / TRACKS).write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["similar", "/music/003 track é.flac", "-i", str(path)])
+    assert result.exit_code == 1 and "line 4 is damaged" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and isinstance(result.exception, SystemExit)

@@ -65,7 +65,10 @@ def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Si
             known = ", ".join(display_tag(t) for t in idx.tags[:12])
             raise RunError(f"--tag {name!r}: not a tag of the index's model ({known}{', ...' if len(idx.tags) > 12 else ''})") from None
 
-    row = idx.row_of(req.query)
+    try:  # a tracks.jsonl line read through the track table can turn out damaged
+        row = idx.row_of(req.query)
+    except EmbeddingIndexError as exc:
+        raise RunError(f"--index {exc}", EXIT_SOME_FAILED) from None
     exclude: list[int] = []
     if row is not None:
         try:
@@ -83,6 +86,8 @@ def find_similar(request: SimilarRequest, events: RunEvents | None = None) -> Si
                           max_duration=req.max_duration)
     except ValueError as exc:  # a query of another size than the index's (its dim does not match the model)
         raise RunError(f"{printable(req.query)}: {exc}", EXIT_SOME_FAILED) from None
+    except EmbeddingIndexError as exc:  # a hit's tracks.jsonl line, read when it is shown
+        raise RunError(f"--index {exc}", EXIT_SOME_FAILED) from None
     return Similar(hits, idx, duration, bool(filters or req.min_duration or req.max_duration), row is not None, filters)
 
 
