@@ -264,9 +264,13 @@ class Tracks(Sequence):
             for r in self.table.candidates(key):
                 if self[int(r)] == key:
                     return int(r)
+        return self._rest_index().get(key)
+
+    def _rest_index(self) -> dict[str, int]:
+        """The rows after the table by path key, built when first needed (then kept by :meth:`extend`)."""
         if self._rest_rows is None:
             self._rest_rows = {p: self.first + i for i, p in enumerate(self.rest)}
-        return self._rest_rows.get(key)
+        return self._rest_rows
 
     def __contains__(self, key) -> bool:
         return isinstance(key, str) and self.row(key) is not None
@@ -282,9 +286,8 @@ class Tracks(Sequence):
             for i in np.flatnonzero(hi > lo):
                 out[i] = not any(self[int(r)] == keys[i] for r in self.table.rows[lo[i]:hi[i]])
         if self.rest:
-            if self._rest_rows is None:
-                self._rest_rows = {p: self.first + i for i, p in enumerate(self.rest)}
-            out &= np.fromiter((k not in self._rest_rows for k in keys), dtype=bool, count=len(keys))
+            rest = self._rest_index()
+            out &= np.fromiter((k not in rest for k in keys), dtype=bool, count=len(keys))
         return out
 
     def __eq__(self, other) -> bool:  # compares as the list of paths it was before the track table
